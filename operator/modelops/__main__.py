@@ -1,0 +1,5 @@
+"""Allows `python -m modelops`."""
+
+from modelops.cli import main
+
+raise SystemExit(main())
