@@ -1,0 +1,1 @@
+"""Triton model-repository helpers: signatures, config.pbtxt rendering, repository layout, a local tritonserver (never imports torch)."""

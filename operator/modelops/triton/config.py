@@ -1,0 +1,97 @@
+"""Pure rendering of a Triton config.pbtxt from a model signature and serving settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from enum import Enum
+
+from modelops.triton.signature import Signature, TensorSpec
+
+
+class Backend(str, Enum):
+    """How Triton runs a published version: TorchScript through libtorch, or our python-backend model.py."""
+
+    PYTORCH = "pytorch"
+    PYTHON = "python"
+
+    @property
+    def config_line(self) -> str:
+        return 'platform: "pytorch_libtorch"' if self is Backend.PYTORCH else 'backend: "python"'
+
+
+class InstanceKind(str, Enum):
+    """Where Triton places model instances."""
+
+    AUTO = "KIND_AUTO"
+    CPU = "KIND_CPU"
+    GPU = "KIND_GPU"
+
+
+def render_config(
+    model_name: str,
+    signature: Signature,
+    *,
+    backend: Backend | str = Backend.PYTORCH,
+    max_batch_size: int = 64,
+    preferred_batch_sizes: Sequence[int] = (),
+    max_queue_delay_us: int = 0,
+    instance_count: int = 1,
+    instance_kind: InstanceKind | str = InstanceKind.AUTO,
+    version: int | None = None,
+) -> str:
+    """Render config.pbtxt text for `model_name`.
+
+    - backend "pytorch" -> `platform: "pytorch_libtorch"` (loads model.pt); "python" -> `backend: "python"` (model.py).
+    - max_batch_size > 0 enables batching with `dynamic_batching` (preferred sizes, queue delay);
+      0 disables it, and the dims then carry an explicit variable batch dimension (-1).
+    - version given -> `version_policy: { specific: { versions: [N] } }`; None -> Triton's default (latest).
+    Raises ValueError on invalid settings. Same inputs, same text.
+    """
+    backend = Backend(backend)
+    instance_kind = InstanceKind(instance_kind)
+    if not model_name or model_name.startswith(".") or "/" in model_name:
+        raise ValueError(f"invalid model name {model_name!r}")
+    if max_batch_size < 0:
+        raise ValueError("max_batch_size must be >= 0")
+    if instance_count < 1:
+        raise ValueError("instance_count must be >= 1")
+    if max_queue_delay_us < 0:
+        raise ValueError("max_queue_delay_us must be >= 0")
+    if any(size < 1 or size > max_batch_size for size in preferred_batch_sizes):
+        raise ValueError(f"preferred_batch_sizes must lie in 1..max_batch_size ({max_batch_size})")
+    if version is not None and version < 1:
+        raise ValueError("version must be >= 1")
+
+    lines = [f"name: {_quote(model_name)}", backend.config_line, f"max_batch_size: {max_batch_size}"]
+    if version is not None:
+        lines.append(f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}")
+    lines += _tensors("input", signature.inputs, batched=max_batch_size > 0)
+    lines += _tensors("output", signature.outputs, batched=max_batch_size > 0)
+    lines += ["instance_group [", "  {", f"    count: {instance_count}", f"    kind: {instance_kind.value}", "  }", "]"]
+    if max_batch_size > 0:
+        lines.append("dynamic_batching {")
+        if preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: [ {', '.join(str(s) for s in preferred_batch_sizes)} ]")
+        if max_queue_delay_us:
+            lines.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _tensors(kind: str, tensors: Sequence[TensorSpec], *, batched: bool) -> list[str]:
+    lines = [f"{kind} ["]
+    for index, tensor in enumerate(tensors):
+        dims = tensor.dims if batched else (-1, *tensor.dims)
+        lines += ["  {",
+                  f"    name: {_quote(tensor.name)}",
+                  f"    data_type: {tensor.config_datatype}",
+                  f"    dims: [ {', '.join(str(d) for d in dims)} ]",
+                  "  }" + ("," if index < len(tensors) - 1 else "")]
+    lines.append("]")
+    return lines
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal (JSON escaping is a valid subset for these names)."""
+    return json.dumps(text)
