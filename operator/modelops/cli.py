@@ -1,0 +1,85 @@
+"""The `modelops` command line: run the operator, write the CRDs, drive the local dev cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in cluster")
+    run.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only this namespace (repeatable); default: all namespaces")
+    run.add_argument("--liveness-port", type=int, default=8080, help="serves /healthz; 0 disables it")
+    run.add_argument("--metrics-port", type=int, default=9090, help="serves Prometheus /metrics; 0 disables it")
+    run.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    run.add_argument("--verbose", action="store_true")
+    run.add_argument("--peering", default=None,
+                     help="kopf peering object name, for several replicas (needs kopf's peering CRDs)")
+    run.add_argument("--priority", type=int, default=0, help="this replica's peering priority")
+    run.set_defaults(handler=_run)
+
+    crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
+    crds.add_argument("--out", type=Path, default=Path("crds"), help="directory to write into")
+    crds.add_argument("--check", action="store_true", help="fail if the files on disk differ (drift check)")
+    crds.set_defaults(handler=_crds)
+
+    dev = commands.add_parser("dev", help="local development helpers").add_subparsers(dest="dev", required=True)
+    cluster = dev.add_parser("cluster", help="the local cluster: etcd, control plane and kwok nodes")
+    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument("--dir", type=Path, default=Path(".cluster"), help="where the cluster keeps its state")
+    cluster.set_defaults(handler=_cluster)
+
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from modelops.runner import RunOptions, run_operator
+
+    return run_operator(RunOptions(
+        namespaces=args.namespace, liveness_port=args.liveness_port, metrics_port=args.metrics_port,
+        log_format=args.log_format, verbose=args.verbose, peering=args.peering, priority=args.priority))
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from modelops.api.crds import write_crds
+
+    drifted = write_crds(args.out, check=args.check)
+    for path in drifted:
+        print(f"{path}: {'differs from the API models' if args.check else 'written'}")
+    if args.check and drifted:
+        print("run `modelops crds` to regenerate", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from modelops.dev.cluster import ClusterError, LocalCluster, build_tools
+
+    root = args.dir.resolve()
+    try:
+        if args.action == "down":
+            stopped = LocalCluster(root, Path("/nonexistent")).down()
+            print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+            return 0
+        if args.action == "status":
+            print(json.dumps(LocalCluster(root, Path("/nonexistent")).status(), indent=2))
+            return 0
+        cluster = LocalCluster(root, build_tools())
+        seconds = cluster.up()
+    except ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"cluster up in {seconds:.1f}s: export KUBECONFIG={cluster.kubeconfig}")
+    print(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""A real local Kubernetes cluster (etcd, control plane, kwok nodes) started as plain processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build.sh"
+STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.1/16"
+GPU_RESOURCE = "nvidia.com/gpu"
+# kwok manages exactly the nodes carrying this annotation.
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be started or reached."""
+
+
+def build_tools() -> Path:
+    """Build (or find already built) the pinned binaries; return their directory."""
+    override = os.environ.get("MODELOPS_BIN_DIR")
+    if override:
+        return Path(override)
+    result = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        raise ClusterError(f"building the cluster tools failed (exit {result.returncode}); see the output above")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A simulated node: CPU nodes take any pod, GPU nodes only pods that tolerate the GPU taint."""
+
+    name: str
+    gpus: int = 0
+    cpu: str = "32"
+    memory: str = "256Gi"
+
+    def manifest(self) -> dict:
+        labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "type": "kwok"}
+        allocatable = {"cpu": self.cpu, "memory": self.memory, "pods": "110"}
+        taints = []
+        if self.gpus:
+            labels["nvidia.com/gpu.present"] = "true"
+            allocatable[GPU_RESOURCE] = str(self.gpus)
+            taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
+            "spec": {"taints": taints},
+            "status": {"allocatable": allocatable, "capacity": allocatable},
+        }
+
+
+def default_nodes(cpu_nodes: int = 2, gpu_nodes: int = 2) -> list[NodeSpec]:
+    return [NodeSpec(f"cpu-{i}") for i in range(cpu_nodes)] + [NodeSpec(f"gpu-{i}", gpus=8) for i in range(gpu_nodes)]
+
+
+@dataclass
+class LocalCluster:
+    """One cluster living in `root` (certificates, etcd data, logs, pids, kubeconfig)."""
+
+    root: Path
+    bin_dir: Path
+    nodes: list[NodeSpec] = field(default_factory=default_nodes)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def up(self, *, die_with_parent: bool = False, timeout: float = 90.0) -> float:
+        """Start every component and wait for Ready nodes; return the seconds it took."""
+        if self.running():
+            raise ClusterError(f"a cluster is already running in {self.root}; run `down` first")
+        started = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / "etcd", ignore_errors=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        pki = self._ensure_pki()
+        ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
+        state = {"ports": ports, "pids": {}, "bin_dir": str(self.bin_dir)}
+        self._write_kubeconfig(ports["apiserver"], pki)
+        try:
+            start = lambda name, args: self._spawn(state, name, args, die_with_parent)  # noqa: E731
+            start("etcd", self._etcd_args(ports))
+            start("kube-apiserver", self._apiserver_args(ports, pki))
+            self._wait_apiserver(ports["apiserver"], pki, deadline=started + timeout)
+            start("kube-controller-manager", self._controller_manager_args(ports, pki))
+            start("kube-scheduler", self._scheduler_args(ports))
+            start("kwok", self._kwok_args(ports))
+            self._create_nodes()
+            self.kubectl("wait", "--for=condition=Ready", "node", "--all", f"--timeout={int(timeout)}s")
+            # Pods cannot be created before the namespace's default ServiceAccount exists.
+            self._wait(lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+                       "the default ServiceAccount", started + timeout)
+        except BaseException:
+            self.down()
+            raise
+        return time.monotonic() - started
+
+    def down(self) -> list[str]:
+        """Stop every process this cluster started (and nothing else); return their names."""
+        state = self._read_state()
+        stopped = []
+        for name, pid in reversed(list(state.get("pids", {}).items())):
+            if self._is_ours(pid, state):
+                _terminate(pid)
+                stopped.append(name)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    def running(self) -> bool:
+        state = self._read_state()
+        return any(self._is_ours(pid, state) for pid in state.get("pids", {}).values())
+
+    def status(self) -> dict[str, object]:
+        state = self._read_state()
+        components = {name: ("running" if self._is_ours(pid, state) else "stopped")
+                      for name, pid in state.get("pids", {}).items()}
+        return {"root": str(self.root), "kubeconfig": str(self.kubeconfig), "components": components,
+                "ports": state.get("ports", {})}
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+                                input=stdin, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    # ---- processes ---------------------------------------------------------
+
+    def _spawn(self, state: dict, name: str, args: list[str], die_with_parent: bool) -> None:
+        log = open(self.root / "logs" / f"{name}.log", "ab")
+        process = subprocess.Popen([str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_die_with_parent if die_with_parent else None)
+        log.close()
+        state["pids"][name] = process.pid
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    @staticmethod
+    def _is_ours(pid: int, state: dict) -> bool:
+        """A pid counts only while it still runs one of this cluster's binaries (pids get reused)."""
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+        return exe.startswith(state.get("bin_dir", "\0"))
+
+    def _wait(self, ready, what: str, deadline: float) -> None:  # type: ignore[no-untyped-def]
+        while not ready():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out waiting for {what}; logs are in {self.root / 'logs'}")
+            self._check_alive()
+            time.sleep(0.2)
+
+    def _check_alive(self) -> None:
+        state = self._read_state()
+        for name, pid in state.get("pids", {}).items():
+            if not self._is_ours(pid, state):
+                tail = (self.root / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                raise ClusterError(f"{name} exited during start-up:\n" + "\n".join(tail))
+
+    def _wait_apiserver(self, port: int, pki: dict[str, Path], deadline: float) -> None:
+        context = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+        context.load_cert_chain(str(pki["admin.crt"]), str(pki["admin.key"]))
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", context=context, timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        self._wait(ready, "kube-apiserver /readyz", deadline)
+
+    def _create_nodes(self) -> None:
+        manifests = "\n---\n".join(json.dumps(node.manifest()) for node in self.nodes)
+        self.kubectl("create", "-f", "-", stdin=manifests)
+
+    # ---- configuration -----------------------------------------------------
+
+    def _ensure_pki(self) -> dict[str, Path]:
+        """CA, API server serving certificate, admin client certificate, service-account key pair."""
+        pki = self.root / "pki"
+        files = {n: pki / n for n in ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "admin.crt",
+                                      "admin.key", "sa.key", "sa.pub")}
+        if all(p.exists() for p in files.values()):
+            return files
+        pki.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+                "-days", "3650", "-subj", "/CN=modelops-local-ca")
+        sans = "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default," \
+               "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        for name, subject, extensions in (
+            ("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"),
+            ("admin", "/O=system:masters/CN=kubernetes-admin", "extendedKeyUsage=clientAuth"),
+        ):
+            (pki / f"{name}.ext").write_text(extensions + "\n")
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                    "-subj", subject)
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                    "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.ext")
+        openssl("genrsa", "-out", "sa.key", "2048")
+        openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        return files
+
+    def _write_kubeconfig(self, port: int, pki: dict[str, Path]) -> None:
+        import base64
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "modelops-local", "cluster": {
+                "server": f"https://127.0.0.1:{port}", "certificate-authority-data": b64(pki["ca.crt"])}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate-data": b64(pki["admin.crt"]), "client-key-data": b64(pki["admin.key"])}}],
+            "contexts": [{"name": "modelops-local", "context": {"cluster": "modelops-local", "user": "admin"}}],
+            "current-context": "modelops-local",
+        }
+        self.kubeconfig.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+        self.kubeconfig.chmod(0o600)
+
+    def _etcd_args(self, ports: dict[str, int]) -> list[str]:
+        client, peer = f"http://127.0.0.1:{ports['etcd']}", f"http://127.0.0.1:{ports['etcd-peer']}"
+        return [f"--data-dir={self.root / 'etcd'}", f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296"]
+
+    def _apiserver_args(self, ports: dict[str, int], pki: dict[str, Path]) -> list[str]:
+        return [
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            f"--tls-cert-file={pki['apiserver.crt']}", f"--tls-private-key-file={pki['apiserver.key']}",
+            f"--client-ca-file={pki['ca.crt']}",
+            f"--service-account-key-file={pki['sa.pub']}", f"--service-account-signing-key-file={pki['sa.key']}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # The Endpoints reconciler refuses loopback addresses; nothing here needs the `kubernetes` endpoints.
+            "--endpoint-reconciler-type=none",
+        ]
+
+    def _component_auth(self) -> list[str]:
+        kc = str(self.kubeconfig)
+        return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false", "--bind-address=127.0.0.1"]
+
+    def _controller_manager_args(self, ports: dict[str, int], pki: dict[str, Path]) -> list[str]:
+        return [*self._component_auth(), f"--secure-port={ports['controller-manager']}",
+                f"--service-account-private-key-file={pki['sa.key']}", f"--root-ca-file={pki['ca.crt']}",
+                "--use-service-account-credentials=true",
+                f"--cluster-signing-cert-file={pki['ca.crt']}", f"--cluster-signing-key-file={pki['ca.key']}"]
+
+    def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
+        return [*self._component_auth(), f"--secure-port={ports['scheduler']}"]
+
+    def _kwok_args(self, ports: dict[str, int]) -> list[str]:
+        return [f"--kubeconfig={self.kubeconfig}", f"--config={STAGES_FILE}",
+                "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{ports['kwok']}"]
+
+
+def _terminate(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # A zombie (exited, not yet reaped by its parent) counts as gone.
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: ask the kernel to SIGKILL it when the starting process dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)

@@ -1,0 +1,47 @@
+"""Condition bookkeeping shared by every kind: transition times and the Events transitions deserve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A desired condition before bookkeeping (no times, no generation)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the resource."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def merge_conditions(previous: list[dict], desired: list[Cond], *, now: str, generation: int | None) -> list[dict]:
+    """Wire-form conditions: lastTransitionTime moves only when a condition's status flips."""
+    before = {c.get("type"): c for c in previous}
+    merged = []
+    for cond in desired:
+        status = "True" if cond.status else "False"
+        old = before.get(cond.type)
+        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+        merged.append({"type": cond.type, "status": status, "reason": cond.reason, "message": cond.message,
+                       "lastTransitionTime": since or now, "observedGeneration": generation})
+    return merged
+
+
+def became_true(previous: list[dict], current: list[dict], cond_type: str) -> dict | None:
+    """The condition if it is True now and was not before (a transition worth an Event)."""
+    was = {c.get("type"): c for c in previous}.get(cond_type)
+    now = {c.get("type"): c for c in current}.get(cond_type)
+    if now and now["status"] == "True" and not (was and was.get("status") == "True"):
+        return now
+    return None

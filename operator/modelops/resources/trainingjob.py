@@ -1,0 +1,427 @@
+"""Pure planning for TrainingJobs: from the spec and the observed worker pods to desired objects and status.
+
+The worker group of one attempt is `workers` pods named <job>-a<attempt>-w<rank>. A failed worker fails
+the attempt (a DDP group cannot continue short a rank): the rest are deleted and attempt+1 starts, until
+`backoffLimit` failed attempts. Failed pods are kept (they hold no resources) so the attempt count is
+rebuilt from the world after an operator restart. No I/O here: the controller applies the Plan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from modelops import API_VERSION
+from modelops.api.trainingjob import TrainingJobSpec
+from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.resources.naming import dns1035_label, dns_label
+
+LABEL_JOB = "modelops.dev/training-job"
+LABEL_RANK = "modelops.dev/rank"
+LABEL_ATTEMPT = "modelops.dev/attempt"
+ANNOTATION_PROGRESS = "modelops.dev/progress"
+ANNOTATION_POD_SPEC = "modelops.dev/pod-spec"
+RENDEZVOUS_PORT = 29500
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAINER_CONTAINER = "trainer"
+REPOSITORY_VOLUME = "model-repository"
+DEFAULT_COMMAND = ["python", "-m", "modelops.trainer"]
+# Spec fields that only steer the controller; every other field shapes the pods.
+CONTROL_FIELDS = {"suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"}
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None = None
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What the planner needs to know about one worker pod."""
+
+    name: str
+    rank: int
+    attempt: int
+    phase: str
+    deleting: bool = False
+    exit_code: int | None = None
+    reason: str = ""
+    pod_spec: str | None = None
+    progress: dict[str, Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Still holds (or may hold) resources: not finished."""
+        return self.phase not in TERMINAL
+
+    @classmethod
+    def from_pod(cls, pod: dict[str, Any]) -> ObservedPod:
+        meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+        labels, annotations = meta.get("labels", {}) or {}, meta.get("annotations", {}) or {}
+        terminated = next((cs.get("state", {}).get("terminated") for cs in status.get("containerStatuses") or []
+                           if cs.get("name") == TRAINER_CONTAINER), None) or {}
+        try:
+            progress = json.loads(annotations[ANNOTATION_PROGRESS]) if ANNOTATION_PROGRESS in annotations else None
+        except ValueError:
+            progress = None
+        return cls(
+            name=meta["name"], rank=int(labels.get(LABEL_RANK, 0)), attempt=int(labels.get(LABEL_ATTEMPT, 0)),
+            phase=status.get("phase") or "Pending", deleting=bool(meta.get("deletionTimestamp")),
+            exit_code=terminated.get("exitCode"),
+            reason=terminated.get("reason") or status.get("reason") or "",
+            pod_spec=annotations.get(ANNOTATION_POD_SPEC),
+            progress=progress if isinstance(progress, dict) else None,
+        )
+
+
+@dataclass
+class Plan:
+    """What the controller should do, in order: apply, delete pods, write status, post events."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+
+# ---- names -------------------------------------------------------------------
+
+
+def job_label(job: str) -> str:
+    return dns_label(job)
+
+
+def pod_name(job: str, attempt: int, rank: int) -> str:
+    return dns_label(job, f"-a{attempt}-w{rank}")
+
+
+def service_name(job: str) -> str:
+    return dns1035_label(job, "-workers")
+
+
+def worker_hostname(job: str, rank: int) -> str:
+    return dns_label(job, f"-w{rank}")
+
+
+# ---- desired objects -----------------------------------------------------------
+
+
+def pod_shaping_spec(spec: TrainingJobSpec) -> dict[str, Any]:
+    """The part of the spec that shapes the pods; pods record it to detect edits of a running group."""
+    return {k: v for k, v in spec.wire().items() if k not in CONTROL_FIELDS}
+
+
+def trainer_args(spec: TrainingJobSpec) -> list[str]:
+    t = spec.trainer
+    args = ["--data-path", t.data_path, "--label-column", t.label_column] if t.data_path else \
+        ["--dataset", t.dataset or "digits"]
+    args += [
+        "--missing", t.missing, "--model", t.model, "--hidden-sizes", ",".join(map(str, t.hidden_sizes)),
+        "--epochs", str(t.epochs), "--batch-size", str(t.batch_size), "--lr", repr(t.learning_rate),
+        "--seed", str(t.seed), "--augment" if t.augment else "--no-augment",
+        "--val-fraction", repr(t.val_fraction), "--test-fraction", repr(t.test_fraction),
+        "--max-batch-size", str(t.max_batch_size),
+        "--repository", spec.output.repository.mount_path, "--model-name", spec.output.model_name,
+    ]
+    return args
+
+
+def rendezvous_env(job: JobMeta, spec: TrainingJobSpec, rank: int) -> list[dict[str, Any]]:
+    """torch.distributed's env:// variables, plus torchrun's PET_* equivalents for a torchrun command."""
+    env = {"WORLD_SIZE": spec.workers, "RANK": rank, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": 1}
+    if spec.workers > 1:
+        master = f"{worker_hostname(job.name, 0)}.{service_name(job.name)}"
+        env |= {"MASTER_ADDR": master, "MASTER_PORT": RENDEZVOUS_PORT,
+                "PET_NNODES": spec.workers, "PET_NPROC_PER_NODE": 1, "PET_NODE_RANK": rank,
+                "PET_MASTER_ADDR": master, "PET_MASTER_PORT": RENDEZVOUS_PORT}
+    return [{"name": k, "value": str(v)} for k, v in env.items()]
+
+
+def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> dict[str, Any]:
+    repository = spec.output.repository
+    env = [e.wire() for e in spec.env] + rendezvous_env(job, spec, rank) + [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODELOPS_JOB_NAME", "value": job.name},
+        {"name": "MODELOPS_ATTEMPT", "value": str(attempt)},
+        {"name": "MODELOPS_REPOSITORY", "value": repository.mount_path},
+        {"name": "MODELOPS_MODEL_NAME", "value": spec.output.model_name},
+    ]
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        limits["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        limits["memory"] = spec.resources.memory
+    if spec.resources.gpus:
+        limits[GPU_RESOURCE] = str(spec.resources.gpus)
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
+        "command": spec.command or DEFAULT_COMMAND,
+        "args": spec.args if spec.args is not None else ([] if spec.command else trainer_args(spec)),
+        "env": env,
+        "resources": {"limits": limits, "requests": dict(limits)} if limits else {},
+        "volumeMounts": [{"name": REPOSITORY_VOLUME, "mountPath": repository.mount_path}],
+    }
+    if spec.workers > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    tolerations = [t.wire() for t in spec.tolerations]
+    if spec.resources.gpus:
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if repository.persistent_volume_claim:
+        volume = {"name": REPOSITORY_VOLUME, "persistentVolumeClaim": repository.persistent_volume_claim.wire()}
+    else:
+        assert repository.host_path is not None  # the schema requires exactly one source
+        volume = {"name": REPOSITORY_VOLUME, "hostPath": {"path": repository.host_path.path,
+                                                         "type": "DirectoryOrCreate"}}
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": [volume]}
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = spec.node_selector
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.workers > 1:
+        pod_spec["hostname"] = worker_hostname(job.name, rank)
+        pod_spec["subdomain"] = service_name(job.name)
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job.name, attempt, rank), "namespace": job.namespace,
+            "labels": {"app.kubernetes.io/name": "modelops-trainer", "app.kubernetes.io/managed-by": "modelops",
+                       LABEL_JOB: job_label(job.name), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
+            "annotations": {ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True)},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def rendezvous_service(job: JobMeta) -> dict[str, Any]:
+    """Headless Service giving each DDP worker a stable DNS name (<hostname>.<service>)."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": service_name(job.name), "namespace": job.namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "modelops", LABEL_JOB: job_label(job.name)},
+                     "ownerReferences": [owner_reference(job)]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {LABEL_JOB: job_label(job.name)},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]},
+    }
+
+
+def owner_reference(job: JobMeta) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "TrainingJob", "name": job.name, "uid": job.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+# ---- the plan ------------------------------------------------------------------
+
+
+def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],
+         now: datetime) -> Plan:
+    """Decide everything for one reconcile pass. `previous` is the last written status: only its recorded
+    facts (start/completion time, a terminal phase, the last progress) are read from it."""
+    result = Plan()
+    stamp = _rfc3339(now)
+    attempts = sorted({p.attempt for p in pods})
+    current = max(attempts, default=0)
+    failed_attempts = {p.attempt for p in pods if p.phase == "Failed"}
+    group = {p.rank: p for p in pods if p.attempt == current}
+    active_stale = [p for p in pods if p.active and p.attempt != current]
+    start_time = previous.get("startTime")
+    completion_time = previous.get("completionTime")
+    phase = previous.get("phase") if previous.get("phase") in TERMINAL else None
+    reason, message = "", ""
+    model = previous.get("model")
+    refused = ""
+
+    progress = previous.get("progress")
+    rank0 = group.get(0)
+    if rank0 and rank0.progress:
+        progress = _progress(rank0.progress)
+
+    if phase is None and spec.suspend:
+        phase, reason, message = "Suspended", "Suspended", "spec.suspend is true: workers removed"
+        result.delete_pods = [p.name for p in pods if p.active and not p.deleting]
+        start_time = None
+    elif phase is None:
+        failed = [p for p in group.values() if p.phase == "Failed"]
+        deadline = spec.active_deadline_seconds
+        elapsed = (now - _parse(start_time)).total_seconds() if start_time else 0.0
+        if failed and len(failed_attempts) > spec.backoff_limit:
+            phase, reason = "Failed", "BackoffLimitExceeded"
+            message = f"{_describe_failure(failed[0])}; {len(failed_attempts)} failed attempt(s), " \
+                      f"backoffLimit is {spec.backoff_limit}"
+        elif deadline and start_time and elapsed >= deadline:
+            phase, reason = "Failed", "DeadlineExceeded"
+            message = f"the job ran {elapsed:.0f}s, longer than activeDeadlineSeconds={deadline}"
+        elif group and len(group) == spec.workers and all(p.phase == "Succeeded" for p in group.values()):
+            phase, reason = "Succeeded", "ModelPublished"
+            model = _published_model(rank0.progress if rank0 else None) or model
+            message = f"published {model['name']} version {model['version']} at {model['uri']}" if model else \
+                "all workers succeeded; the trainer reported no published model"
+        elif failed:
+            # Restart the whole group: remove the survivors, then start the next attempt.
+            survivors = [p for p in group.values() if p.active]
+            result.delete_pods = [p.name for p in survivors if not p.deleting]
+            if not survivors and not active_stale:
+                result.apply = _group_objects(job, spec, current + 1, existing=set())
+                result.events.append(Event("Warning", "WorkerFailed",
+                                           f"{_describe_failure(failed[0])}; restarting the group "
+                                           f"(restart {len(failed_attempts)} of {spec.backoff_limit})"))
+            phase, reason = "Pending", "Restarting"
+            message = f"restarting after: {_describe_failure(failed[0])}"
+        else:
+            refused = _refused_change(spec, list(group.values()))
+            if active_stale:
+                result.delete_pods = [p.name for p in active_stale if not p.deleting]
+            elif not refused:
+                result.apply = _group_objects(job, spec, current, existing=set(group))
+                if result.apply:
+                    start_time = start_time or stamp
+            running = sum(p.phase == "Running" for p in group.values())
+            if running == spec.workers:
+                phase, reason, message = "Running", "WorkersRunning", f"{running}/{spec.workers} workers running"
+            else:
+                phase, reason = "Pending", "WorkersStarting"
+                message = f"{running}/{spec.workers} workers running"
+        if deadline and start_time and phase not in TERMINAL:
+            result.requeue_after = max(0.0, deadline - elapsed)
+        if phase in TERMINAL:
+            completion_time = stamp
+            result.delete_pods = [p.name for p in pods if p.active and not p.deleting]
+            result.apply = []
+    else:
+        # Finished jobs stay finished; make sure no worker lingers (e.g. a delete lost to a restart).
+        result.delete_pods = [p.name for p in pods if p.active and not p.deleting]
+        reason, message = _terminal_reason(previous)
+
+    if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and completion_time:
+        remaining = spec.ttl_seconds_after_finished - (now - _parse(completion_time)).total_seconds()
+        if remaining <= 0:
+            result.delete_job = True
+        else:
+            result.requeue_after = remaining
+
+    counts = {
+        "desired": spec.workers,
+        "running": sum(p.phase == "Running" for p in group.values()),
+        "succeeded": sum(p.phase == "Succeeded" for p in group.values()),
+        "failed": sum(p.phase == "Failed" for p in group.values()),
+    }
+    conditions = merge_conditions(previous.get("conditions", []), [
+        Cond("Ready", phase == "Succeeded", reason, message),
+        Cond("Running", phase == "Running", reason, message),
+        Cond("Succeeded", phase == "Succeeded", reason, message),
+        Cond("Failed", phase == "Failed", reason, message),
+        Cond("Suspended", phase == "Suspended", reason, message),
+        Cond("Reconciling", phase in ("Pending", "Running"), reason, message),
+        Cond("Stalled", phase == "Failed", reason, message),
+        Cond("UpdateRefused", bool(refused), "ImmutableWhileRunning" if refused else "", refused),
+    ], now=stamp, generation=job.generation)
+    status: dict[str, Any] = {
+        "observedGeneration": job.generation, "phase": phase, "conditions": conditions,
+        "workers": counts, "workersReady": f"{counts['running']}/{spec.workers}",
+        "restarts": len(failed_attempts - ({current} if phase == "Failed" else set())),
+        "startTime": start_time, "completionTime": completion_time if phase in TERMINAL else None,
+        "progress": progress, "progressSummary": _summary(progress), "model": model,
+    }
+    result.status = {k: v for k, v in status.items() if v is not None}
+    result.events += _transition_events(previous, result.status)
+    return result
+
+
+def _group_objects(job: JobMeta, spec: TrainingJobSpec, attempt: int, existing: set[int]) -> list[dict[str, Any]]:
+    objects = [rendezvous_service(job)] if spec.workers > 1 else []
+    missing = [rank for rank in range(spec.workers) if rank not in existing]
+    if not missing:
+        return []
+    return objects + [worker_pod(job, spec, attempt, rank) for rank in missing]
+
+
+def _refused_change(spec: TrainingJobSpec, group: list[ObservedPod]) -> str:
+    """A message naming the fields edited since the running group started ('' when none)."""
+    running = next((p.pod_spec for p in group if p.active and p.pod_spec), None)
+    if running is None:
+        return ""
+    try:
+        before = json.loads(running)
+    except ValueError:
+        return ""
+    now = pod_shaping_spec(spec)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if not changed:
+        return ""
+    details = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" if k == "workers" else k for k in changed)
+    return (f"not applied to the running workers: {details}. The change takes effect when the group is "
+            "next started (suspend and resume the job, or after a restart)")
+
+
+def _describe_failure(pod: ObservedPod) -> str:
+    code = f"exit code {pod.exit_code}" if pod.exit_code is not None else "no exit code"
+    return f"worker {pod.rank} (pod {pod.name}) failed: {code}" + (f" ({pod.reason})" if pod.reason else "")
+
+
+def _terminal_reason(previous: dict[str, Any]) -> tuple[str, str]:
+    for cond in previous.get("conditions", []):
+        if cond.get("type") == previous.get("phase"):
+            return cond.get("reason", ""), cond.get("message", "")
+    return "", ""
+
+
+def _progress(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("phase", "epoch", "epochs", "step", "loss", "valAccuracy", "samplesPerSecond", "updated")
+    return {k: report[k] for k in keys if report.get(k) is not None}
+
+
+def _published_model(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    model = (report or {}).get("model")
+    if not isinstance(model, dict) or not {"name", "version", "uri"} <= model.keys():
+        return None
+    published = {"name": str(model["name"]), "version": int(model["version"]), "uri": str(model["uri"])}
+    if report and report.get("testAccuracy") is not None:
+        published["testAccuracy"] = float(report["testAccuracy"])
+    return published
+
+
+def _summary(progress: dict[str, Any] | None) -> str | None:
+    if not progress or progress.get("epoch") is None:
+        return None
+    text = f"epoch {progress['epoch']}/{progress.get('epochs', '?')}"
+    if progress.get("loss") is not None:
+        text += f" loss {progress['loss']:.3f}"
+    if progress.get("valAccuracy") is not None:
+        text += f" acc {progress['valAccuracy']:.3f}"
+    return text
+
+
+def _transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
+    events = []
+    old, new = previous.get("conditions", []), status["conditions"]
+    for cond_type, kind in (("Running", "Normal"), ("Succeeded", "Normal"), ("Failed", "Warning"),
+                            ("Suspended", "Normal"), ("UpdateRefused", "Warning")):
+        cond = became_true(old, new, cond_type)
+        if cond:
+            events.append(Event(kind, cond["reason"], cond["message"]))  # type: ignore[arg-type]
+    if previous.get("phase") == "Suspended" and status["phase"] != "Suspended":
+        events.append(Event("Normal", "Resumed", "spec.suspend is false: starting the workers"))
+    return events
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+

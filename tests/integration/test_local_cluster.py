@@ -1,0 +1,103 @@
+"""The local cluster behaves like a real one: nodes, scheduling, GC, and pods ended by annotation."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from modelops.dev.cluster import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+
+def get(kube, *args: str) -> Any:  # type: ignore[no-untyped-def]
+    return json.loads(kube.kubectl("get", *args, "-o", "json"))
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def pod(name: str, *, gpus: int = 0, tolerate_gpu: bool = False) -> str:
+    container: dict[str, Any] = {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}
+    spec: dict[str, Any] = {"containers": [container], "restartPolicy": "Never"}
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+    if tolerate_gpu:
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+
+
+def test_nodes_ready_with_gpu_pool(kube) -> None:  # type: ignore[no-untyped-def]
+    nodes = get(kube, "nodes")["items"]
+    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in n["status"]["conditions"])]
+    gpu = [n for n in ready if n["status"]["allocatable"].get("nvidia.com/gpu") == "8"]
+    assert len(ready) >= 4
+    assert len(gpu) == 2
+    for node in gpu:
+        assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in node["spec"]["taints"]
+        assert node["metadata"]["labels"]["nvidia.com/gpu.present"] == "true"
+
+
+def test_deployment_runs_and_is_garbage_collected(kube) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("create", "deployment", "web", "--image=nginx", "--replicas=3")
+
+    def running() -> list[dict[str, Any]]:
+        pods = get(kube, "pods", "-l", "app=web")["items"]
+        up = [p for p in pods if p["status"].get("phase") == "Running" and p["status"].get("podIP")]
+        return up if len(up) == 3 else []
+
+    pods = eventually(running, what="3 running pods")
+    assert all(not p["spec"]["nodeName"].startswith("gpu-") for p in pods), "untolerated pods on GPU nodes"
+    kube.kubectl("delete", "deployment", "web")
+    eventually(lambda: not get(kube, "pods", "-l", "app=web")["items"], what="pods garbage-collected")
+
+
+def test_gpu_pods_land_only_where_tolerated(kube) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=pod("trainer", gpus=1, tolerate_gpu=True))
+    kube.kubectl("apply", "-f", "-", stdin=pod("intruder", gpus=1))
+    placed = eventually(lambda: get(kube, "pod", "trainer")["spec"].get("nodeName"), what="GPU pod placed")
+    assert placed.startswith("gpu-")
+
+    def unschedulable() -> bool:
+        conditions = get(kube, "pod", "intruder")["status"].get("conditions", [])
+        return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable" for c in conditions)
+
+    eventually(unschedulable, what="untolerated GPU pod reported Unschedulable")
+    assert not get(kube, "pod", "intruder")["spec"].get("nodeName")
+
+
+@pytest.mark.parametrize(("code", "phase", "reason"), [("0", "Succeeded", "Completed"), ("3", "Failed", "Error")])
+def test_exit_code_annotation_ends_pod(kube, code: str, phase: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=pod("worker"))
+    eventually(lambda: get(kube, "pod", "worker")["status"].get("phase") == "Running", what="Running")
+    kube.kubectl("annotate", "pod", "worker", f"e2e.modelops.dev/exit-code={code}")
+    status = eventually(lambda: (s := get(kube, "pod", "worker")["status"])["phase"] == phase and s, what=phase)
+    terminated = status["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == int(code)
+    assert terminated["reason"] == reason
+
+
+def test_second_cluster_coexists_and_down_leaves_nothing(local_cluster: LocalCluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    other = LocalCluster(tmp_path / "other", local_cluster.bin_dir, nodes=local_cluster.nodes[:1])
+    try:
+        other.up(die_with_parent=True)
+        state = json.loads(other.state_file.read_text())
+        assert set(other.status()["ports"].values()).isdisjoint(local_cluster.status()["ports"].values())
+        assert "cpu-0" in other.kubectl("get", "nodes").stdout
+    finally:
+        other.down()
+    assert not any(LocalCluster._is_ours(pid, state) for pid in state["pids"].values()), "a component outlived `down`"
+    assert local_cluster.running(), "stopping one cluster touched the other"

@@ -1,0 +1,251 @@
+"""The TrainingJob planner: pod specs, DDP env, restarts, deadlines, suspend, TTL and status from pod sets."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from modelops.api.trainingjob import TrainingJobSpec
+from modelops.resources import trainingjob as tj
+from modelops.resources.naming import dns1035_label, dns_label
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+JOB = tj.JobMeta(name="digits", namespace="ml", uid="uid-1", generation=3)
+
+
+def spec(**overrides: Any) -> TrainingJobSpec:
+    base: dict[str, Any] = {"output": {"modelName": "digits", "repository": {"hostPath": {"path": "/srv/models"}}}}
+    return TrainingJobSpec.model_validate(base | overrides)
+
+
+def pod(rank: int, phase: str = "Running", attempt: int = 0, exit_code: int | None = None, **kw: Any) -> tj.ObservedPod:
+    return tj.ObservedPod(name=tj.pod_name("digits", attempt, rank), rank=rank, attempt=attempt, phase=phase,
+                          exit_code=exit_code, **kw)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(status: dict[str, Any], cond_type: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == cond_type)
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects]
+
+
+# ---- pods ------------------------------------------------------------------------
+
+
+def test_single_worker_pod_runs_the_builtin_trainer() -> None:
+    p = tj.worker_pod(JOB, spec(trainer={"epochs": 3, "model": "cnn"}), attempt=0, rank=0)
+    container = p["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "modelops.trainer"]
+    args = container["args"]
+    assert args[args.index("--epochs") + 1] == "3"
+    assert args[args.index("--dataset") + 1] == "digits"
+    assert args[args.index("--repository") + 1] == "/models"
+    assert args[args.index("--model-name") + 1] == "digits"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["WORLD_SIZE"] == "1" and env["RANK"] == "0" and "MASTER_ADDR" not in env
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert p["spec"]["restartPolicy"] == "Never"
+    assert "hostname" not in p["spec"] and "tolerations" not in p["spec"]
+    assert p["spec"]["volumes"] == [{"name": "model-repository",
+                                     "hostPath": {"path": "/srv/models", "type": "DirectoryOrCreate"}}]
+    owner = p["metadata"]["ownerReferences"][0]
+    assert owner == {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "name": "digits",
+                     "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+
+
+def test_ddp_pods_get_rendezvous_env_gpus_and_toleration() -> None:
+    s = spec(workers=2, resources={"gpus": 1, "cpu": "4", "memory": "8Gi"},
+             tolerations=[{"key": "team", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+             nodeSelector={"pool": "a100"}, priorityClassName="training")
+    pods = [tj.worker_pod(JOB, s, attempt=0, rank=r) for r in range(2)]
+    for rank, p in enumerate(pods):
+        env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
+        assert env["WORLD_SIZE"] == "2" and env["RANK"] == str(rank)
+        assert env["MASTER_ADDR"] == "digits-w0.digits-workers" and env["MASTER_PORT"] == "29500"
+        assert env["PET_NODE_RANK"] == str(rank)
+        assert p["spec"]["hostname"] == f"digits-w{rank}" and p["spec"]["subdomain"] == "digits-workers"
+        limits = p["spec"]["containers"][0]["resources"]["limits"]
+        assert limits == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in p["spec"]["tolerations"]
+        assert {"key": "team", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in p["spec"]["tolerations"]
+        assert p["spec"]["nodeSelector"] == {"pool": "a100"}
+        assert p["spec"]["priorityClassName"] == "training"
+    service = tj.rendezvous_service(JOB)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+
+
+def test_custom_command_keeps_rendezvous_and_drops_trainer_args() -> None:
+    p = tj.worker_pod(JOB, spec(command=["torchrun", "train.py"], workers=2), attempt=0, rank=1)
+    container = p["spec"]["containers"][0]
+    assert container["command"] == ["torchrun", "train.py"] and container["args"] == []
+    assert {"name": "PET_NNODES", "value": "2"} in container["env"]
+
+
+def test_pvc_repository_is_mounted() -> None:
+    s = spec(output={"modelName": "m", "repository": {"persistentVolumeClaim": {"claimName": "models"},
+                                                      "mountPath": "/repo"}})
+    p = tj.worker_pod(JOB, s, attempt=0, rank=0)
+    assert p["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == "/repo"
+
+
+@pytest.mark.parametrize("name", ["a" * 253, "x.y.z", "9lives", "Mixed.Case-" + "b" * 80])
+def test_long_or_dotted_names_stay_valid_and_distinct(name: str) -> None:
+    names = {tj.pod_name(name, 12, 127), tj.service_name(name), tj.worker_hostname(name, 3), tj.job_label(name)}
+    for n in names:
+        assert len(n) <= 63 and n == n.lower() and n[0].isalnum() and n[-1].isalnum() and "." not in n
+    assert tj.service_name(name)[0].isalpha()
+    assert tj.pod_name(name, 0, 0) != tj.pod_name(name + "x", 0, 0)
+    assert dns_label("short") == "short" and dns1035_label("short", "-s") == "short-s"
+
+
+# ---- plans -----------------------------------------------------------------------
+
+
+def test_new_job_creates_service_and_all_workers() -> None:
+    result = tj.plan(JOB, spec(workers=2), [], {}, NOW)
+    assert kinds(result.apply) == ["Service/digits-workers", "Pod/digits-a0-w0", "Pod/digits-a0-w1"]
+    assert result.status["phase"] == "Pending"
+    assert result.status["startTime"] == stamp(NOW)
+    assert result.status["observedGeneration"] == 3
+    assert condition(result.status, "Reconciling")["status"] == "True"
+    assert condition(result.status, "Ready")["status"] == "False"
+
+
+def test_partially_created_group_is_completed_without_duplicates() -> None:
+    result = tj.plan(JOB, spec(workers=3), [pod(0, "Pending")], {}, NOW)
+    assert kinds(result.apply) == ["Service/digits-workers", "Pod/digits-a0-w1", "Pod/digits-a0-w2"]
+
+
+def test_running_group_reports_running_and_mirrors_progress() -> None:
+    report = {"phase": "Training", "epoch": 3, "epochs": 10, "loss": 0.25, "valAccuracy": 0.9375, "step": 60}
+    pods = [pod(0, progress=report), pod(1)]
+    previous = {"phase": "Pending", "startTime": stamp(NOW), "conditions": []}
+    result = tj.plan(JOB, spec(workers=2), pods, previous, NOW)
+    assert result.apply == [] and result.delete_pods == []
+    assert result.status["phase"] == "Running"
+    assert result.status["workersReady"] == "2/2"
+    assert result.status["progress"]["epoch"] == 3
+    assert result.status["progressSummary"] == "epoch 3/10 loss 0.250 acc 0.938"
+    assert [e.reason for e in result.events] == ["WorkersRunning"]
+
+
+def test_success_records_the_published_model() -> None:
+    final = {"phase": "Succeeded", "epoch": 10, "epochs": 10, "testAccuracy": 0.97,
+             "model": {"name": "digits", "version": 4, "uri": "/models/digits/4"}}
+    pods = [pod(0, "Succeeded", exit_code=0, progress=final), pod(1, "Succeeded", exit_code=0)]
+    result = tj.plan(JOB, spec(workers=2), pods, {"phase": "Running", "startTime": stamp(NOW)}, NOW)
+    assert result.status["phase"] == "Succeeded"
+    assert result.status["model"] == {"name": "digits", "version": 4, "uri": "/models/digits/4", "testAccuracy": 0.97}
+    assert result.status["completionTime"] == stamp(NOW)
+    ready = condition(result.status, "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "ModelPublished"
+    assert condition(result.status, "Reconciling")["status"] == "False"
+    assert ("Normal", "ModelPublished") in [(e.type, e.reason) for e in result.events]
+
+
+def test_worker_failure_restarts_the_whole_group() -> None:
+    pods = [pod(0, "Running"), pod(1, "Failed", exit_code=3, reason="Error")]
+    result = tj.plan(JOB, spec(workers=2, backoffLimit=2), pods, {"startTime": stamp(NOW)}, NOW)
+    assert result.delete_pods == ["digits-a0-w0"] and result.apply == []
+    assert result.status["phase"] == "Pending"
+    # once the survivor is gone, the next attempt starts
+    pods = [pod(1, "Failed", exit_code=3, reason="Error")]
+    result = tj.plan(JOB, spec(workers=2, backoffLimit=2), pods, {"startTime": stamp(NOW)}, NOW)
+    assert kinds(result.apply) == ["Service/digits-workers", "Pod/digits-a1-w0", "Pod/digits-a1-w1"]
+    assert result.status["restarts"] == 1
+    assert [e.reason for e in result.events if e.type == "Warning"] == ["WorkerFailed"]
+    assert "exit code 3" in result.events[0].message
+
+
+def test_backoff_limit_exceeded_fails_the_job() -> None:
+    pods = [pod(0, "Failed", attempt=0, exit_code=1), pod(0, "Failed", attempt=1, exit_code=1),
+            pod(1, "Running", attempt=1)]
+    result = tj.plan(JOB, spec(workers=2, backoffLimit=1), pods, {"startTime": stamp(NOW)}, NOW)
+    assert result.status["phase"] == "Failed"
+    failed = condition(result.status, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "exit code 1" in failed["message"]
+    assert condition(result.status, "Stalled")["status"] == "True"
+    assert result.delete_pods == ["digits-a1-w1"] and result.apply == []
+    assert result.status["restarts"] == 1
+
+
+def test_deadline_fails_the_job_and_otherwise_requeues() -> None:
+    start = NOW - timedelta(seconds=100)
+    previous = {"phase": "Running", "startTime": stamp(start)}
+    running = [pod(0)]
+    early = tj.plan(JOB, spec(activeDeadlineSeconds=300), running, previous, NOW)
+    assert early.status["phase"] == "Running" and early.requeue_after == pytest.approx(200)
+    late = tj.plan(JOB, spec(activeDeadlineSeconds=60), running, previous, NOW)
+    assert late.status["phase"] == "Failed"
+    assert condition(late.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert late.delete_pods == ["digits-a0-w0"]
+
+
+def test_suspend_removes_workers_and_resume_starts_fresh() -> None:
+    previous = {"phase": "Running", "startTime": stamp(NOW)}
+    suspended = tj.plan(JOB, spec(workers=2, suspend=True), [pod(0), pod(1)], previous, NOW)
+    assert suspended.delete_pods == ["digits-a0-w0", "digits-a0-w1"]
+    assert suspended.status["phase"] == "Suspended" and "startTime" not in suspended.status
+    assert condition(suspended.status, "Suspended")["status"] == "True"
+    resumed = tj.plan(JOB, spec(workers=2), [], suspended.status, NOW)
+    assert kinds(resumed.apply)[1:] == ["Pod/digits-a0-w0", "Pod/digits-a0-w1"]
+    assert "Resumed" in [e.reason for e in resumed.events]
+
+
+def test_finished_job_is_final_and_ttl_deletes_it() -> None:
+    done = NOW - timedelta(seconds=30)
+    previous = {"phase": "Succeeded", "completionTime": stamp(done), "startTime": stamp(done),
+                "model": {"name": "digits", "version": 1, "uri": "/models/digits/1"},
+                "conditions": [{"type": "Succeeded", "status": "True", "reason": "ModelPublished", "message": "m"}]}
+    pods = [pod(0, "Succeeded", exit_code=0)]
+    waiting = tj.plan(JOB, spec(ttlSecondsAfterFinished=60), pods, previous, NOW)
+    assert not waiting.delete_job and waiting.requeue_after == pytest.approx(30)
+    assert waiting.apply == [] and waiting.status["phase"] == "Succeeded" and waiting.events == []
+    assert waiting.status["model"]["version"] == 1
+    expired = tj.plan(JOB, spec(ttlSecondsAfterFinished=10), pods, previous, NOW)
+    assert expired.delete_job
+
+
+def test_edit_of_running_group_is_refused_with_a_condition() -> None:
+    original = spec(workers=2)
+    pod_spec = json.dumps(tj.pod_shaping_spec(original), sort_keys=True)
+    pods = [pod(0, pod_spec=pod_spec), pod(1, pod_spec=pod_spec)]
+    result = tj.plan(JOB, spec(workers=3), pods, {"phase": "Running", "startTime": stamp(NOW)}, NOW)
+    assert result.apply == [] and result.delete_pods == []
+    refused = condition(result.status, "UpdateRefused")
+    assert refused["status"] == "True" and "workers 2 -> 3" in refused["message"]
+    assert ("Warning", "ImmutableWhileRunning") in [(e.type, e.reason) for e in result.events]
+    # control fields are not pod-shaping: changing them is fine
+    ok = tj.plan(JOB, spec(workers=2, backoffLimit=9), pods, {"phase": "Running", "startTime": stamp(NOW)}, NOW)
+    assert condition(ok.status, "UpdateRefused")["status"] == "False"
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    first = tj.plan(JOB, spec(), [pod(0)], {"startTime": stamp(NOW)}, NOW)
+    later = NOW + timedelta(minutes=5)
+    second = tj.plan(JOB, spec(), [pod(0)], first.status, later)
+    assert condition(second.status, "Running")["lastTransitionTime"] == stamp(NOW)
+    assert second.events == []
+
+
+def test_observed_pod_from_a_kubernetes_pod() -> None:
+    raw = {
+        "metadata": {"name": "digits-a1-w0", "labels": {tj.LABEL_RANK: "0", tj.LABEL_ATTEMPT: "1"},
+                     "annotations": {tj.ANNOTATION_PROGRESS: json.dumps({"epoch": 2})}},
+        "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
+    }
+    observed = tj.ObservedPod.from_pod(raw)
+    assert (observed.rank, observed.attempt, observed.phase, observed.exit_code, observed.reason) == \
+        (0, 1, "Failed", 137, "OOMKilled")
+    assert observed.progress == {"epoch": 2} and not observed.active
