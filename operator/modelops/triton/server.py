@@ -158,6 +158,8 @@ class TritonServer:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        # the python-backend stub embeds Python and finds this environment through the first python3 on PATH
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         libs = [str(p) for p in self.install.lib_dirs] + [env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
         env.update(self.env)
