@@ -1,0 +1,85 @@
+"""A freshly published model served by the real tritonserver (python backend) answers correctly over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelops.triton.config import render_config
+from modelops.triton.server import TritonServer, find_triton
+from modelops.triton.signature import load_signature
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow,
+              pytest.mark.skipif(find_triton() is None, reason="tritonserver binary absent (pip install nvidia-pytriton)")]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, Path]]:
+    repository = tmp_path_factory.mktemp("models")
+    train = subprocess.run(
+        [sys.executable, "-m", "modelops.trainer", "--dataset", "digits", "--epochs", "4", "--batch-size", "32",
+         "--lr", "0.003", "--num-threads", "1", "--repository", str(repository), "--model-name", "digits",
+         "--checkpoint-dir", str(tmp_path_factory.mktemp("ckpt"))],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert train.returncode == 0, train.stderr
+    version_dir = repository / "digits" / "1"
+    config = render_config("digits", load_signature(version_dir), backend="python", max_batch_size=64,
+                           instance_kind="KIND_CPU", version=1)
+    (repository / "digits" / "config.pbtxt").write_text(config)
+    with TritonServer(repository, models=["digits"], env={"OMP_NUM_THREADS": "1"}) as server:
+        yield server, version_dir
+
+
+def held_out(version_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test-split images and labels, and the TorchScript module's own logits for them."""
+    import torch
+
+    from modelops.trainer.data import Missing, load_builtin, prepare
+
+    data = prepare(load_builtin("digits", 0), missing=Missing.DROP, val_fraction=0.1, test_fraction=0.2, seed=0)
+    x = data.test.x[:100]
+    with torch.inference_mode():
+        logits = torch.jit.load(str(version_dir / "model.pt"))(torch.from_numpy(x)).numpy()
+    return x, data.test.y[:100], logits
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_predictions_match_torchscript_and_labels(served: tuple[TritonServer, Path], protocol: str) -> None:
+    server, version_dir = served
+    if protocol == "http":
+        import tritonclient.http as client
+        url = server.http_url
+    else:
+        import tritonclient.grpc as client  # type: ignore[no-redef]
+        url = server.grpc_url
+    x, labels, expected = held_out(version_dir)
+    triton = client.InferenceServerClient(url)
+    assert triton.is_model_ready("digits", "1")
+    outputs = []
+    for batch in (x[:1], x[1:37], x[37:]):  # several batch sizes
+        tensor = client.InferInput("INPUT__0", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        result = triton.infer("digits", [tensor], outputs=[client.InferRequestedOutput("OUTPUT__0")])
+        outputs.append(result.as_numpy("OUTPUT__0"))
+    logits = np.concatenate(outputs)
+    assert logits.dtype == np.float32 and logits.shape == (100, 10)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    assert (logits.argmax(1) == labels).mean() >= 0.9
+
+
+def test_wrong_input_shape_is_rejected(served: tuple[TritonServer, Path]) -> None:
+    import tritonclient.http as client
+    from tritonclient.utils import InferenceServerException
+
+    server, _ = served
+    tensor = client.InferInput("INPUT__0", [2, 64], "FP32")
+    tensor.set_data_from_numpy(np.zeros((2, 64), np.float32))
+    with pytest.raises(InferenceServerException):
+        client.InferenceServerClient(server.http_url).infer("digits", [tensor])
