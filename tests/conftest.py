@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from modelops.dev.cluster import ClusterError, LocalCluster, build_tools
+from support import REPO, OperatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +56,21 @@ def kube(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterato
         time.sleep(0.1)
     yield Kube(local_cluster, local_cluster.kubeconfig, namespace)
     local_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def crds_installed(local_cluster: LocalCluster) -> LocalCluster:
+    """The generated CRDs applied to the session's cluster and Established."""
+    local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    local_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    return local_cluster
+
+
+@pytest.fixture
+def operator(kube: Kube, crds_installed: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The real operator (`modelops run`) watching the test's namespace; its log is printed on failure."""
+    process = OperatorProcess(kube.kubeconfig, kube.namespace, tmp_path / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    print(f"--- operator log ({process.log_path}) ---\n{process.log()[-6000:]}")

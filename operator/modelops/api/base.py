@@ -38,6 +38,11 @@ class Condition(ApiModel):
     observed_generation: int | None = None
 
 
+def conditions_field() -> Any:
+    """A status conditions list, merged by type (kstatus conventions)."""
+    return Field([], json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+
+
 class PersistentVolumeClaimSource(ApiModel):
     claim_name: str = Field(min_length=1, max_length=253)
     """Name of a PersistentVolumeClaim in the resource's namespace."""

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from modelops.api.base import MODEL_NAME, ApiModel, Condition, EnvVar, ModelRepository, Resources, Toleration, cel
+from modelops.api.base import (MODEL_NAME, ApiModel, Condition, EnvVar, ModelRepository, Resources, Toleration, cel,
+                               conditions_field)
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/modelops/trainer:0.1.0"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -113,7 +114,7 @@ class PublishedModel(ApiModel):
 class TrainingJobStatus(ApiModel):
     observed_generation: int | None = None
     phase: Phase | None = None
-    conditions: list[Condition] = []
+    conditions: list[Condition] = conditions_field()
     workers: WorkerCounts | None = None
     workers_ready: str | None = None
     """running/desired, for `kubectl get`."""

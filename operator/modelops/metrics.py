@@ -1,0 +1,51 @@
+"""The operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("modelops_reconciles_total", "Reconcile passes by kind and result", ["kind", "result"])
+RECONCILE_SECONDS = Histogram("modelops_reconcile_duration_seconds", "Duration of one reconcile pass", ["kind"])
+RESOURCES_BY_PHASE = Gauge("modelops_resources", "Resources this operator manages, by kind and phase",
+                           ["kind", "phase"])
+
+_phases: dict[tuple[str, str, str], str] = {}
+_seen_phases: dict[str, set[str]] = {}
+_phases_lock = threading.Lock()
+
+
+@contextmanager
+def reconcile_timer(kind: str) -> Iterator[None]:
+    """Counts a pass as ok or error and observes its duration."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        RECONCILES.labels(kind, "error").inc()
+        raise
+    else:
+        RECONCILES.labels(kind, "ok").inc()
+    finally:
+        RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+
+def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
+    """Remember one resource's phase (None forgets it) and refresh the by-phase gauge."""
+    with _phases_lock:
+        if phase is None:
+            _phases.pop((kind, namespace, name), None)
+        else:
+            _phases[(kind, namespace, name)] = phase
+        counts: dict[str, int] = {}
+        for (k, _, _), p in _phases.items():
+            if k == kind:
+                counts[p] = counts.get(p, 0) + 1
+        seen = _seen_phases.setdefault(kind, set())
+        seen.update(counts)
+        for p in seen:  # phases that emptied drop to 0 instead of keeping a stale count
+            RESOURCES_BY_PHASE.labels(kind, p).set(counts.get(p, 0))

@@ -1,0 +1,179 @@
+"""The TrainingJob controller against the real local cluster; pods are ended with the exit-code annotation."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+
+from support import condition, eventually, get_json
+
+pytestmark = pytest.mark.cluster
+
+EXIT = "e2e.modelops.dev/exit-code"
+
+
+def job(name: str, **spec: Any) -> str:
+    body: dict[str, Any] = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+        "spec": {"output": {"modelName": "digits", "repository": {"hostPath": {"path": "/tmp/models"}}},
+                 "trainer": {"epochs": 2}, **spec},
+    }
+    return json.dumps(body)
+
+
+def pods_of(kube, name: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    items = get_json(kube, "pods", "-l", f"modelops.dev/training-job={name}")["items"]
+    return sorted(items, key=lambda p: p["metadata"]["name"])
+
+
+def running_pods(kube, name: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    def check() -> list[dict[str, Any]]:
+        pods = [p for p in pods_of(kube, name) if p["status"].get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp")]
+        return pods if len(pods) == count else []
+
+    return eventually(check, timeout, f"{count} running pods of {name}")
+
+
+def phase_is(kube, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return eventually(lambda: (j := get_json(kube, "tj", name)).get("status", {}).get("phase") == phase and j,
+                      timeout, f"{name} phase {phase}")
+
+
+def end_pod(kube, pod: dict[str, Any], code: int) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("annotate", "pod", pod["metadata"]["name"], f"{EXIT}={code}", "--overwrite")
+
+
+def report(kube, pod: dict[str, Any], progress: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    """What the trainer does through the API: its progress as an annotation on its own pod."""
+    kube.kubectl("annotate", "pod", pod["metadata"]["name"], "--overwrite",
+                 f"modelops.dev/progress={json.dumps(progress)}")
+
+
+def events(kube, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+    items = get_json(kube, "events", "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e["reason"] for e in items]
+
+
+def test_single_worker_job_succeeds_and_reports_its_model(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("one"))
+    [pod] = running_pods(kube, "one", 1)
+    assert not pod["spec"]["nodeName"].startswith("gpu-")
+    report(kube, pod, {"phase": "Training", "epoch": 1, "epochs": 2, "loss": 0.5, "valAccuracy": 0.8})
+    eventually(lambda: get_json(kube, "tj", "one")["status"].get("progressSummary") == "epoch 1/2 loss 0.500 acc 0.800",
+               what="progress mirrored into status")
+    report(kube, pod, {"phase": "Succeeded", "epoch": 2, "epochs": 2, "testAccuracy": 0.96,
+                       "model": {"name": "digits", "version": 1, "uri": "/models/digits/1"}})
+    end_pod(kube, pod, 0)
+    done = phase_is(kube, "one", "Succeeded")
+    assert done["status"]["model"] == {"name": "digits", "version": 1, "uri": "/models/digits/1",
+                                       "testAccuracy": 0.96}
+    assert condition(done, "Ready")["status"] == "True"
+    assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
+    kube.kubectl("wait", "--for=condition=Ready", "tj/one", "--timeout=10s")
+    table = kube.kubectl("get", "tj", "one")
+    assert "Succeeded" in table and "digits" in table
+    eventually(lambda: {"WorkersRunning", "ModelPublished"} <= set(events(kube, "one")), what="events")
+
+
+def test_ddp_job_lands_on_gpu_nodes_with_rendezvous(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("ddp", workers=2, resources={"gpus": 1}))
+    pods = running_pods(kube, "ddp", 2)
+    for rank, pod in enumerate(pods):
+        assert pod["spec"]["nodeName"].startswith("gpu-")
+        container = pod["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["WORLD_SIZE"], env["RANK"], env["MASTER_ADDR"]) == ("2", str(rank), "ddp-w0.ddp-workers")
+    service = get_json(kube, "service", "ddp-workers")
+    assert service["spec"]["clusterIP"] == "None"
+    assert phase_is(kube, "ddp", "Running")["status"]["workersReady"] == "2/2"
+
+
+def test_worker_failure_restarts_group_until_backoff_limit(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("flaky", workers=2, backoffLimit=1))
+    first = running_pods(kube, "flaky", 2)
+    end_pod(kube, first[1], 3)
+    second = eventually(lambda: [p for p in running_pods(kube, "flaky", 2)
+                                 if p["metadata"]["labels"]["modelops.dev/attempt"] == "1"], what="attempt 1")
+    assert len(second) == 2
+    assert get_json(kube, "tj", "flaky")["status"]["restarts"] == 1
+    end_pod(kube, second[0], 1)
+    failed = phase_is(kube, "flaky", "Failed")
+    cond = condition(failed, "Failed")
+    assert cond["reason"] == "BackoffLimitExceeded" and "exit code 1" in cond["message"]
+    eventually(lambda: all(p["status"]["phase"] in ("Failed",) for p in pods_of(kube, "flaky")),
+               what="no worker left running")
+    assert "WorkerFailed" in events(kube, "flaky")
+
+
+def test_active_deadline_fails_the_job(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("slow", activeDeadlineSeconds=3))
+    running_pods(kube, "slow", 1)
+    failed = phase_is(kube, "slow", "Failed", timeout=30)
+    assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
+    eventually(lambda: not pods_of(kube, "slow"), what="workers removed")
+
+
+def test_suspend_and_resume(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("pause", workers=2))
+    running_pods(kube, "pause", 2)
+    kube.kubectl("patch", "tj", "pause", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    suspended = phase_is(kube, "pause", "Suspended")
+    assert condition(suspended, "Suspended")["status"] == "True"
+    eventually(lambda: not pods_of(kube, "pause"), what="pods removed on suspend")
+    kube.kubectl("patch", "tj", "pause", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    running_pods(kube, "pause", 2)
+    phase_is(kube, "pause", "Running")
+
+
+def test_ttl_deletes_finished_job_and_its_pods(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("brief", ttlSecondsAfterFinished=2))
+    [pod] = running_pods(kube, "brief", 1)
+    end_pod(kube, pod, 0)
+    eventually(lambda: "NotFound" in kube.kubectl("get", "tj", "brief", check=False) + kube.cluster.kubectl(
+        "-n", kube.namespace, "get", "tj", "brief", check=False).stderr, timeout=30, what="job deleted by TTL")
+    eventually(lambda: not pods_of(kube, "brief"), what="pods garbage-collected")
+
+
+def test_operator_restart_mid_run_loses_nothing(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("sturdy", workers=2))
+    pods = running_pods(kube, "sturdy", 2)
+    operator.stop(signal.SIGKILL)
+    for pod in pods:
+        end_pod(kube, pod, 0)
+    eventually(lambda: all(p["status"]["phase"] == "Succeeded" for p in pods_of(kube, "sturdy")),
+               what="pods finished while the operator was down")
+    operator.start()
+    phase_is(kube, "sturdy", "Succeeded")
+    assert [p["metadata"]["name"] for p in pods_of(kube, "sturdy")] == ["sturdy-a0-w0", "sturdy-a0-w1"]
+
+
+def test_edit_of_running_group_is_refused(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("fixed", workers=2))
+    running_pods(kube, "fixed", 2)
+    kube.kubectl("patch", "tj", "fixed", "--type=merge", "-p", '{"spec":{"workers":3}}')
+    refused = eventually(lambda: (c := condition(get_json(kube, "tj", "fixed"), "UpdateRefused"))
+                         .get("status") == "True" and c, what="UpdateRefused")
+    assert "workers 2 -> 3" in refused["message"]
+    assert len(pods_of(kube, "fixed")) == 2
+    eventually(lambda: "ImmutableWhileRunning" in events(kube, "fixed"), what="warning event")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"workers": 0}, "spec.workers"),
+    ({"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    ({"trainer": {"dataset": "digits", "dataPath": "/data/x.csv"}}, "set dataset or dataPath, not both"),
+    ({"trainer": {"model": "transformer"}}, 'Unsupported value: "transformer"'),
+    ({"trainer": {"valFraction": 0.6, "testFraction": 0.5}}, "valFraction + testFraction must be below 1"),
+    ({"output": {"modelName": "digits", "repository": {}}}, "set exactly one of persistentVolumeClaim or hostPath"),
+    ({"output": {"repository": {"hostPath": {"path": "/m"}}}}, "spec.output.modelName: Required value"),
+    ({"resources": {"memory": "lots"}}, "spec.resources.memory"),
+])
+def test_invalid_specs_are_rejected_at_admission(kube, crds_installed, spec, message) -> None:  # type: ignore[no-untyped-def]
+    result = kube.cluster.kubectl("-n", kube.namespace, "apply", "-f", "-", stdin=job("bad", **spec), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

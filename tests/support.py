@@ -1,0 +1,65 @@
+"""Helpers for cluster tests: polling, JSON reads, and the operator as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def eventually(check: Callable[[], T], timeout: float = 30, what: str = "condition", interval: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def get_json(kube: Any, *args: str) -> Any:
+    return json.loads(kube.kubectl("get", *args, "-o", "json"))
+
+
+def condition(obj: dict[str, Any], cond_type: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == cond_type), {})
+
+
+class OperatorProcess:
+    """`modelops run` for one namespace, started and stopped by the test."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+        self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelops", "run", "-n", self.namespace, "--liveness-port", "0",
+                 "--metrics-port", "0", "--verbose"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
