@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 outcome = {"marker": _preflight(args, key)}
             except TrainerError as exc:
                 outcome = {"error": str(exc)}
-        outcome = loop._broadcast(outcome, dist)
+        outcome = loop.broadcast_object(outcome, dist)
         if "error" in outcome:
             raise TrainerError(outcome["error"] if dist.is_main else f"rank 0 failed: {outcome['error']}")
         reporter = ProgressReporter(PodAnnotationSink.from_env()) if dist.is_main else NullReporter()
@@ -218,7 +218,7 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
     from modelops.triton.signature import Signature
 
     progress = {"epoch": result.epoch, "epochs": args.epochs, "step": result.step, "loss": result.loss,
-                "valAccuracy": _finite(result.val_accuracy), "samplesPerSecond": result.samples_per_second}
+                "valAccuracy": loop.finite(result.val_accuracy), "samplesPerSecond": result.samples_per_second}
     reporter.update(phase="Publishing", **progress, force=True)
     test_x = torch.as_tensor(data.test.x, device=device)
     test_accuracy = loop.accuracy(model, test_x, torch.as_tensor(data.test.y, device=device))
@@ -230,8 +230,8 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
         "createdAt": utc_now(),
         "framework": {"torch": torch.__version__, "python": platform.python_version()},
         "labels": list(data.class_names),
-        "metrics": {"testAccuracy": _finite(test_accuracy), "valAccuracy": _finite(result.val_accuracy),
-                    "trainLoss": _finite(result.loss), "epochs": result.epoch, "steps": result.step,
+        "metrics": {"testAccuracy": loop.finite(test_accuracy), "valAccuracy": loop.finite(result.val_accuracy),
+                    "trainLoss": loop.finite(result.loss), "epochs": result.epoch, "steps": result.step,
                     "samplesPerSecond": round(result.samples_per_second, 1)},
         "dataset": {**data.describe(), "augmentation": augmentation.to_dict(),
                     "normalization": data.normalization.to_dict()},
@@ -243,17 +243,13 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
     }
     published = publish(args.repository, args.model_name, model_bytes=model_bytes, signature=signature,
                         metadata=metadata, max_batch_size=args.max_batch_size)
-    final = {"phase": "Succeeded", **progress, "testAccuracy": _finite(test_accuracy), "model": published.to_dict()}
+    final = {"phase": "Succeeded", **progress, "testAccuracy": loop.finite(test_accuracy), "model": published.to_dict()}
     try:
         checkpoint.write_published(args.checkpoint_dir, {"runKey": key, "epochs": args.epochs,
                                                          "model": published.to_dict(), "progress": final})
     except OSError as exc:
         log.warning("could not record the published version in %s: %s", args.checkpoint_dir, exc.strerror)
     reporter.final(**final)
-
-
-def _finite(value: float) -> float | None:
-    return value if value == value else None
 
 
 def main(argv: list[str] | None = None) -> int:

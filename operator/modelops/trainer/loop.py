@@ -127,7 +127,8 @@ def _gather(obj: Any, dist: DistEnv) -> list[Any]:
     return out
 
 
-def _broadcast(obj: Any, dist: DistEnv) -> Any:
+def broadcast_object(obj: Any, dist: DistEnv) -> Any:
+    """Rank 0's `obj` on every rank (a no-op without a process group)."""
     if not dist.distributed:
         return obj
     box = [obj]
@@ -143,7 +144,7 @@ def _load_resume_state(cfg: LoopConfig, dist: DistEnv) -> dict[str, Any] | None:
         if state is not None and state.get("runKey") != cfg.run_key:
             log.warning("checkpoint in %s belongs to another run configuration; starting fresh", cfg.checkpoint_dir)
             state = None
-    return _broadcast(state, dist)
+    return broadcast_object(state, dist)
 
 
 def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.device, dist: DistEnv,
@@ -211,7 +212,7 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
             if reporter.due():
                 elapsed = time.perf_counter() - started
                 reporter.update(phase="Training", epoch=epoch + 1, epochs=cfg.epochs, step=step,
-                                loss=float(loss_sum) / count, valAccuracy=_finite(val_acc),
+                                loss=float(loss_sum) / count, valAccuracy=finite(val_acc),
                                 samplesPerSecond=count * dist.world_size / max(elapsed, 1e-9))
         epoch_time = time.perf_counter() - started
         totals = torch.stack([loss_sum.double(), torch.tensor(float(count), device=device, dtype=torch.float64)])
@@ -226,7 +227,7 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
         log.info("epoch %d/%d step %d loss %.4f val_accuracy %.4f %.0f samples/s", epoch + 1, cfg.epochs, step,
                  loss_value, val_acc, throughput)
         reporter.update(phase="Training", epoch=epoch + 1, epochs=cfg.epochs, step=step, loss=loss_value,
-                        valAccuracy=_finite(val_acc), samplesPerSecond=throughput)
+                        valAccuracy=finite(val_acc), samplesPerSecond=throughput)
         rng = _gather(_rng_state(generator), dist)
         if dist.is_main and cfg.checkpoint_dir is not None:
             state = {"format": 1, "runKey": cfg.run_key, "epoch": epoch + 1, "step": step,
@@ -248,5 +249,6 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
                        resumed_from_epoch=resumed, state_sha256=digest)
 
 
-def _finite(value: float) -> float | None:
+def finite(value: float) -> float | None:
+    """None for NaN (an empty split), so JSON stays valid."""
     return value if value == value else None
