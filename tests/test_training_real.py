@@ -88,7 +88,7 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path: Path) -> None:
     assert progress(outputs[1][0]) == []  # only rank 0 reports
     final = progress(outputs[0][0])[-1]
     assert final["phase"] == "Succeeded" and final["testAccuracy"] >= 0.9
-    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir() if not p.name.startswith(".")) == ["1", "config.pbtxt"]
     metadata = json.loads((tmp_path / "digits" / "1" / "metadata.json").read_text())
     assert metadata["trainer"]["worldSize"] == 2 and metadata["trainer"]["stateSha256"] == hashes[0][0][0]
     assert held_out_accuracy(tmp_path / "digits" / "1") >= 0.9
@@ -96,7 +96,7 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path: Path) -> None:
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     args = trainer(tmp_path, *FAST[:2], "--epochs", "12", "--num-threads", "1")
-    checkpoint = tmp_path / ".checkpoints" / "digits" / "checkpoint.pt"
+    checkpoint = tmp_path / "digits" / ".checkpoints" / "local" / "checkpoint.pt"
     first = subprocess.Popen(args, env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
@@ -120,4 +120,4 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     third = subprocess.run(args, env=base_env(), capture_output=True, text=True, timeout=180)
     assert third.returncode == 0 and "already published digits version 1" in third.stderr
     assert progress(third.stdout)[-1]["model"]["version"] == 1
-    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir() if not p.name.startswith(".")) == ["1", "config.pbtxt"]

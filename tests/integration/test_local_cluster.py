@@ -99,5 +99,5 @@ def test_second_cluster_coexists_and_down_leaves_nothing(local_cluster: LocalClu
         assert "cpu-0" in other.kubectl("get", "nodes").stdout
     finally:
         other.down()
-    assert not any(LocalCluster._is_ours(pid, state) for pid in state["pids"].values()), "a component outlived `down`"
+    assert not any(LocalCluster.owns_process(pid, state) for pid in state["pids"].values()), "a component outlived `down`"
     assert local_cluster.running(), "stopping one cluster touched the other"

@@ -53,7 +53,7 @@ def test_defaults_and_cel_rules_reach_the_schema() -> None:
     assert spec["properties"]["workers"] == {
         "default": 1, "maximum": 128, "minimum": 1, "type": "integer",
         "description": spec["properties"]["workers"]["description"]}
-    assert spec["properties"]["trainer"]["default"] == {}
+    assert spec["properties"]["trainer"]["default"]["epochs"] == 10
     rules = [r["rule"] for r in spec["properties"]["trainer"]["x-kubernetes-validations"]]
     assert "!(has(self.dataset) && has(self.dataPath))" in rules
     learning_rate = spec["properties"]["trainer"]["properties"]["learningRate"]

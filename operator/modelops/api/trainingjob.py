@@ -29,8 +29,8 @@ class TrainerArgs(ApiModel):
     """The label column of a CSV file."""
     missing: Literal["drop", "fill"] = "drop"
     """What to do with rows holding missing values."""
-    model: Literal["cnn", "mlp"] = "cnn"
-    """The architecture: a small CNN for images, an MLP for tabular data."""
+    model: Literal["cnn", "mlp"] | None = None
+    """The architecture: cnn (images) or mlp (tabular); unset picks the one that fits the data."""
     hidden_sizes: list[int] = Field([64], min_length=1, max_length=8)
     epochs: int = Field(10, ge=1, le=10000)
     batch_size: int = Field(64, ge=1, le=65536)
@@ -64,10 +64,10 @@ class TrainingJobSpec(ApiModel):
     args: list[str] | None = None
     """Overrides the arguments generated from `trainer`."""
     env: list[EnvVar] = Field([], max_length=128)
-    trainer: TrainerArgs = Field(default_factory=TrainerArgs, json_schema_extra={"default": {}})
+    trainer: TrainerArgs = Field(default_factory=TrainerArgs, json_schema_extra={"default": TrainerArgs().wire()})
     workers: int = Field(1, ge=1, le=128)
     """Pods in the group: 1 = single worker; more = DDP with MASTER_ADDR/PORT, WORLD_SIZE and RANK set."""
-    resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": {}})
+    resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": Resources().wire()})
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     priority_class_name: str | None = None

@@ -129,7 +129,7 @@ class LocalCluster:
         state = self._read_state()
         stopped = []
         for name, pid in reversed(list(state.get("pids", {}).items())):
-            if self._is_ours(pid, state):
+            if self.owns_process(pid, state):
                 _terminate(pid)
                 stopped.append(name)
         self.state_file.unlink(missing_ok=True)
@@ -137,11 +137,11 @@ class LocalCluster:
 
     def running(self) -> bool:
         state = self._read_state()
-        return any(self._is_ours(pid, state) for pid in state.get("pids", {}).values())
+        return any(self.owns_process(pid, state) for pid in state.get("pids", {}).values())
 
     def status(self) -> dict[str, object]:
         state = self._read_state()
-        components = {name: ("running" if self._is_ours(pid, state) else "stopped")
+        components = {name: ("running" if self.owns_process(pid, state) else "stopped")
                       for name, pid in state.get("pids", {}).items()}
         return {"root": str(self.root), "kubeconfig": str(self.kubeconfig), "components": components,
                 "ports": state.get("ports", {})}
@@ -171,7 +171,7 @@ class LocalCluster:
             return {}
 
     @staticmethod
-    def _is_ours(pid: int, state: dict) -> bool:
+    def owns_process(pid: int, state: dict) -> bool:
         """A pid counts only while it still runs one of this cluster's binaries (pids get reused)."""
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
@@ -189,7 +189,7 @@ class LocalCluster:
     def _check_alive(self) -> None:
         state = self._read_state()
         for name, pid in state.get("pids", {}).items():
-            if not self._is_ours(pid, state):
+            if not self.owns_process(pid, state):
                 tail = (self.root / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
                 raise ClusterError(f"{name} exited during start-up:\n" + "\n".join(tail))
 
@@ -303,20 +303,20 @@ class LocalCluster:
 
 
 def _terminate(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds."""
+    """SIGTERM, then SIGKILL after `grace` seconds; reap it when it is our child."""
     try:
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # started by another process (e.g. `make cluster-up`); init reaps it
 
 
 def _alive(pid: int) -> bool:

@@ -124,7 +124,7 @@ def trainer_args(spec: TrainingJobSpec) -> list[str]:
     args = ["--data-path", t.data_path, "--label-column", t.label_column] if t.data_path else \
         ["--dataset", t.dataset or "digits"]
     args += [
-        "--missing", t.missing, "--model", t.model, "--hidden-sizes", ",".join(map(str, t.hidden_sizes)),
+        "--missing", t.missing, *(["--model", t.model] if t.model else []), "--hidden-sizes", ",".join(map(str, t.hidden_sizes)),
         "--epochs", str(t.epochs), "--batch-size", str(t.batch_size), "--lr", repr(t.learning_rate),
         "--seed", str(t.seed), "--augment" if t.augment else "--no-augment",
         "--val-fraction", repr(t.val_fraction), "--test-fraction", repr(t.test_fraction),
@@ -151,6 +151,7 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "MODELOPS_JOB_NAME", "value": job.name},
+        {"name": "MODELOPS_JOB_UID", "value": job.uid},
         {"name": "MODELOPS_ATTEMPT", "value": str(attempt)},
         {"name": "MODELOPS_REPOSITORY", "value": repository.mount_path},
         {"name": "MODELOPS_MODEL_NAME", "value": spec.output.model_name},

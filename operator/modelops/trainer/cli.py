@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=env.get("MODELOPS_MODEL_NAME") or None,
                    help="published model name (env MODELOPS_MODEL_NAME)")
     p.add_argument("--checkpoint-dir", type=Path,
-                   help="default <repository>/.checkpoints/<MODELOPS_JOB_NAME or model name>")
+                   help="default <repository>/<model>/.checkpoints/<MODELOPS_JOB_NAME>-<MODELOPS_JOB_UID> "
+                        "(or 'local' outside a TrainingJob)")
     p.add_argument("--no-resume", action="store_true", help="discard this run's checkpoint and start fresh")
     p.add_argument("--max-batch-size", type=_non_negative_int, default=64, help="for config.pbtxt")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -143,13 +144,22 @@ def _preflight(args: argparse.Namespace, key: str) -> dict[str, Any] | None:
     return None
 
 
+def default_checkpoint_dir(repository: Path, model_name: str) -> Path:
+    """Per TrainingJob object: its restarts resume, a new job of the same name starts fresh. Inside the
+    model's folder and hidden, so Triton (which loads only numeric version folders) never trips on it."""
+    job = os.environ.get("MODELOPS_JOB_NAME")
+    uid = os.environ.get("MODELOPS_JOB_UID", "")[:8]
+    run_name = f"{job}-{uid}" if job and uid else (job or "local")
+    return repository / model_name / ".checkpoints" / run_name
+
+
 def run(args: argparse.Namespace) -> int:
     """The whole run; raises TrainerError on bad input."""
     dist = DistEnv.from_env()
     if not args.model_name:
         raise TrainerError("--model-name is required (or set MODELOPS_MODEL_NAME)")
     if args.checkpoint_dir is None:
-        args.checkpoint_dir = args.repository / ".checkpoints" / (os.environ.get("MODELOPS_JOB_NAME") or args.model_name)
+        args.checkpoint_dir = default_checkpoint_dir(args.repository, args.model_name)
     if args.label_column and args.data_path is None:
         log.info("--label-column ignored: it applies to --data-path .csv files")
 
