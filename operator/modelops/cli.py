@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     crds.add_argument("--out", type=Path, default=Path("crds"), help="directory to write into")
+    crds.add_argument("--chart", type=Path, default=Path("charts/modelops/crds"),
+                      help="the Helm chart's copy (written too); '' to skip")
     crds.add_argument("--check", action="store_true", help="fail if the files on disk differ (drift check)")
     crds.set_defaults(handler=_crds)
 
@@ -50,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
 def _crds(args: argparse.Namespace) -> int:
     from modelops.api.crds import write_crds
 
-    drifted = write_crds(args.out, check=args.check)
+    drifted = write_crds(args.out, check=args.check, chart=args.chart if str(args.chart) not in ("", ".") else None)
     for path in drifted:
         print(f"{path}: {'differs from the API models' if args.check else 'written'}")
     if args.check and drifted:

@@ -141,16 +141,18 @@ def render(kind: Kind) -> str:
     return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
 
 
-def write_crds(out: Path, *, check: bool = False) -> list[Path]:
-    """Write every CRD into `out`; with check, write nothing and return the files that differ."""
+def write_crds(out: Path, *, check: bool = False, chart: Path | None = None) -> list[Path]:
+    """Write every CRD into `out` (and the Helm chart's crds/ folder when given); with check, write
+    nothing and return the files that differ."""
     changed = []
-    for kind in KINDS:
-        path = out / kind.file_name
-        text = render(kind)
-        if path.exists() and path.read_text() == text:
-            continue
-        changed.append(path)
-        if not check:
-            out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    for folder in (out, chart) if chart else (out,):
+        for kind in KINDS:
+            path = folder / kind.file_name
+            text = render(kind)
+            if path.exists() and path.read_text() == text:
+                continue
+            changed.append(path)
+            if not check:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
     return changed
