@@ -41,7 +41,6 @@ kv="$kv -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 k=k8s.io/kubernetes/cmd
 build kubernetes "$kv" $k/kube-apiserver $k/kube-controller-manager $k/kube-scheduler $k/kube-proxy $k/kubectl
 build etcd "-X go.etcd.io/etcd/api/v3/version.Version=${ETCD_VERSION#v}" .
-[ -x "$bin/etcd" ] || mv "$bin/etcd"* "$bin/etcd" 2>/dev/null || true
 build kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 hv="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 hv="$hv -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from modelops import GROUP, VERSION
+from modelops.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from modelops.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 
 CATEGORY = "modelops"
@@ -45,7 +46,21 @@ TRAINING_JOB = Kind(
     ],
 )
 
-KINDS = [TRAINING_JOB]
+MODEL_SERVICE = Kind(
+    kind="ModelService", plural="modelservices", short_names=["ms"], spec=ModelServiceSpec, status=ModelServiceStatus,
+    columns=[
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+        {"name": "Version", "type": "integer", "jsonPath": ".status.modelVersion"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+        {"name": "Canary", "type": "string", "jsonPath": ".status.canarySummary"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    scale={"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+           "labelSelectorPath": ".status.selector"},
+)
+
+KINDS = [TRAINING_JOB, MODEL_SERVICE]
 
 
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from modelops.api.modelservice import ModelSignature
 from modelops.api.base import (MODEL_NAME, ApiModel, Condition, EnvVar, ModelRepository, Resources, Toleration, cel,
                                conditions_field)
 
@@ -109,6 +110,8 @@ class PublishedModel(ApiModel):
     version: int
     uri: str
     test_accuracy: float | None = None
+    signature: ModelSignature | None = None
+    """Inputs and outputs, as the trainer reported them (a following ModelService renders its config from it)."""
 
 
 class TrainingJobStatus(ApiModel):

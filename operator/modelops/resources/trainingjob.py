@@ -390,6 +390,8 @@ def _published_model(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(model, dict) or not {"name", "version", "uri"} <= model.keys():
         return None
     published = {"name": str(model["name"]), "version": int(model["version"]), "uri": str(model["uri"])}
+    if isinstance(model.get("signature"), dict):
+        published["signature"] = model["signature"]
     if report and report.get("testAccuracy") is not None:
         published["testAccuracy"] = float(report["testAccuracy"])
     return published

@@ -253,7 +253,9 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
     }
     published = publish(args.repository, args.model_name, model_bytes=model_bytes, signature=signature,
                         metadata=metadata, max_batch_size=args.max_batch_size)
-    final = {"phase": "Succeeded", **progress, "testAccuracy": loop.finite(test_accuracy), "model": published.to_dict()}
+    # The signature lets a ModelService render its config.pbtxt and check what Triton loaded.
+    reported_model = {**published.to_dict(), "signature": {k: signature.to_dict()[k] for k in ("inputs", "outputs")}}
+    final = {"phase": "Succeeded", **progress, "testAccuracy": loop.finite(test_accuracy), "model": reported_model}
     try:
         checkpoint.write_published(args.checkpoint_dir, {"runKey": key, "epochs": args.epochs,
                                                          "model": published.to_dict(), "progress": final})

@@ -1,0 +1,208 @@
+"""The ModelService API: spec and status models (the single source of its CRD)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from modelops.api.base import (MODEL_NAME, ApiModel, Condition, HostPathSource, PersistentVolumeClaimSource,
+                               Resources, Toleration, cel, conditions_field)
+
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                   "FP16", "FP32", "FP64", "BF16", "BYTES"]
+Metric = Literal["queueTimeMicroseconds", "inferenceRatePerReplica", "pendingRequests", "gpuUtilization"]
+
+
+class TensorSpec(ApiModel):
+    name: str = Field(min_length=1)
+    datatype: Datatype
+    dims: list[int] = Field(min_length=1, max_length=8)
+    """Dimensions without the batch dimension; -1 is variable."""
+
+
+class ModelSignature(ApiModel):
+    """The model's inputs and outputs, as Triton names them."""
+
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=16)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=16)
+
+
+class ServedModel(ApiModel):
+    """Which model version to serve: a pinned version, or the newest one a TrainingJob published."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.version) != has(self.fromTrainingJob)", "set exactly one of version or fromTrainingJob"),
+        cel("has(self.fromTrainingJob) || has(self.signature)",
+            "a pinned version needs its signature (inputs and outputs); a TrainingJob reports it itself"),
+    ]})
+
+    name: str = Field(min_length=1, max_length=63, pattern=MODEL_NAME)
+    version: int | None = Field(None, ge=1)
+    from_training_job: str | None = Field(None, min_length=1, max_length=253)
+    """Follow this TrainingJob (same namespace): every version it publishes is rolled out."""
+    signature: ModelSignature | None = None
+
+
+class ServingRepository(ApiModel):
+    """The Triton model repository: a PVC or hostPath (mounted read-only), or an object-store URI."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("[has(self.persistentVolumeClaim), has(self.hostPath), has(self.uri)].filter(x, x).size() == 1",
+            "set exactly one of persistentVolumeClaim, hostPath or uri"),
+    ]})
+
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    host_path: HostPathSource | None = None
+    uri: str | None = Field(None, pattern=r"^(s3|gs|as)://.+")
+    """Passed to Triton as --model-repository; the repository's own config.pbtxt is then used as-is."""
+
+
+class DynamicBatching(ApiModel):
+    preferred_batch_sizes: list[int] = Field([], max_length=8)
+    max_queue_delay_microseconds: int = Field(100, ge=0, le=10_000_000)
+
+
+class TritonSpec(ApiModel):
+    """How Triton serves the model; rendered into the config.pbtxt the pods mount."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.dynamicBatching.preferredBatchSizes.all(s, s >= 1 && s <= self.maxBatchSize)",
+            "preferredBatchSizes must lie between 1 and maxBatchSize"),
+    ]})
+
+    image: str = Field(DEFAULT_TRITON_IMAGE, min_length=1)
+    backend: Literal["pytorch", "python"] = "pytorch"
+    """pytorch runs model.pt through libtorch; python runs the version's model.py (CPU-only Triton builds)."""
+    max_batch_size: int = Field(64, ge=0, le=4096)
+    dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching,
+                                              json_schema_extra={"default": DynamicBatching().wire()})
+    instance_count: int = Field(1, ge=1, le=16)
+    extra_args: list[str] = Field([], max_length=32)
+
+
+class ScalingRules(ApiModel):
+    """HPA-style behaviour for one direction."""
+
+    stabilization_window_seconds: int = Field(0, ge=0, le=3600)
+    max_step_replicas: int = Field(4, ge=1, le=100)
+    """At most this many replicas added (or removed) per period..."""
+    max_step_percent: int = Field(100, ge=1, le=1000)
+    """...or this percentage of the current replicas, whichever allows more."""
+    period_seconds: int = Field(15, ge=1, le=1800)
+
+
+class Autoscaling(ApiModel):
+    """Scale the serving replicas from Triton's metrics (through Prometheus)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+    ]})
+
+    min_replicas: int = Field(1, ge=1, le=1000)
+    max_replicas: int = Field(4, ge=1, le=1000)
+    metric: Metric = "queueTimeMicroseconds"
+    target: float = Field(gt=0)
+    """Target per replica: microseconds of queue time per request, requests/s, pending requests, or GPU %."""
+    tolerance: float = Field(0.1, ge=0, le=1)
+    provider: Literal["builtin", "hpa"] = "builtin"
+    """builtin: the operator decides; hpa: emit a HorizontalPodAutoscaler (needs a Prometheus metrics adapter)."""
+    scale_up: ScalingRules = Field(default_factory=ScalingRules, json_schema_extra={"default": ScalingRules().wire()})
+    scale_down: ScalingRules = Field(
+        default_factory=lambda: ScalingRules(stabilization_window_seconds=300),
+        json_schema_extra={"default": ScalingRules(stabilization_window_seconds=300).wire()})
+
+
+class RolloutStep(ApiModel):
+    weight: int = Field(ge=1, le=100)
+    """Share of the replicas (and so of the traffic) on the canary."""
+    pause_seconds: int = Field(30, ge=0, le=86400)
+    """How long the step runs before its analysis decides."""
+
+
+class Analysis(ApiModel):
+    """Thresholds for the canary, from Triton's metrics in Prometheus."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(1000, gt=0)
+    min_requests: int = Field(20, ge=0)
+    """Fewer canary requests than this in a step make the analysis inconclusive (the step waits)."""
+
+
+class Rollout(ApiModel):
+    steps: list[RolloutStep] = Field([RolloutStep(weight=20), RolloutStep(weight=50)], min_length=1, max_length=20,
+                                     json_schema_extra={"default": [{"weight": 20, "pauseSeconds": 30},
+                                                                    {"weight": 50, "pauseSeconds": 30}]})
+    analysis: Analysis = Field(default_factory=Analysis, json_schema_extra={"default": Analysis().wire()})
+    progress_deadline_seconds: int = Field(600, ge=5, le=86400)
+    """A canary whose pods are not serving a verified model by then is rolled back."""
+
+
+class ModelServiceSpec(ApiModel):
+    """Serves a model version with Triton; new versions roll out as a metric-checked canary."""
+
+    model: ServedModel
+    repository: ServingRepository
+    triton: TritonSpec = Field(default_factory=TritonSpec, json_schema_extra={"default": TritonSpec().wire()})
+    resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": Resources().wire()})
+    replicas: int = Field(1, ge=0, le=1000)
+    """Serving replicas (ignored while the builtin autoscaler is on); `kubectl scale ms` sets it."""
+    autoscaling: Autoscaling | None = None
+    rollout: Rollout = Field(default_factory=Rollout, json_schema_extra={"default": Rollout().wire()})
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+
+
+class RevisionStatus(ApiModel):
+    name: str
+    version: int
+    replicas: int = 0
+    ready_replicas: int = 0
+
+
+class CanaryStatus(RevisionStatus):
+    step: int = 0
+    weight: int = 0
+    step_started_at: str | None = None
+    started_at: str | None = None
+
+
+class AnalysisStatus(ApiModel):
+    time: str
+    verdict: Literal["Passed", "Failed", "Inconclusive"]
+    error_rate: float | None = None
+    p99_latency_ms: float | None = None
+    requests: float | None = None
+    message: str = ""
+
+
+class AutoscalingStatus(ApiModel):
+    metric: str
+    value: float | None = None
+    target: float
+    desired_replicas: int
+    last_scale_time: str | None = None
+    reason: str = ""
+
+
+class ModelServiceStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
+    conditions: list[Condition] = conditions_field()
+    model_version: int | None = None
+    """The version the stable revision serves."""
+    replicas: int = 0
+    ready_replicas: int = 0
+    ready: str | None = None
+    """ready/desired replicas, for `kubectl get`."""
+    selector: str | None = None
+    """Label selector of the serving pods (the scale subresource's)."""
+    stable: RevisionStatus | None = None
+    canary: CanaryStatus | None = None
+    canary_summary: str | None = None
+    last_analysis: AnalysisStatus | None = None
+    rejected_revision: str | None = None
+    """The last revision rolled back; it is not retried until the spec changes."""
+    autoscaling: AutoscalingStatus | None = None
+    url: str | None = None

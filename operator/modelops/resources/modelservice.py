@@ -1,0 +1,232 @@
+"""Pure builders for a ModelService's children: one Deployment + ConfigMap per revision, a Service, extras.
+
+A revision is one model version served with one set of serving settings; its name carries the version
+and a hash of everything that shapes its pods, so the same spec always gives the same names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from modelops import API_VERSION
+from modelops.api.modelservice import ModelServiceSpec, ModelSignature
+from modelops.resources.naming import dns1035_label, dns_label
+from modelops.triton.config import Backend, InstanceKind, render_config
+from modelops.triton.signature import Signature, TensorSpec
+
+LABEL_SERVICE = "modelops.dev/model-service"
+LABEL_REVISION = "modelops.dev/revision"
+LABEL_VERSION = "modelops.dev/model-version"
+MODEL_READY_GATE = "modelops.dev/model-ready"
+# What the readiness-gate check needs, carried on each pod so it never has to look anything else up.
+ANNOTATION_MODEL = "modelops.dev/model"
+ANNOTATION_SIGNATURE = "modelops.dev/signature"
+GPU_RESOURCE = "nvidia.com/gpu"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+REPOSITORY_ROOT = "/models"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model version the spec asks for, with its signature (None when unknown)."""
+
+    version: int
+    signature: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ServiceMeta:
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None = None
+
+    @property
+    def label(self) -> str:
+        return dns_label(self.name)
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {LABEL_SERVICE: self.label}
+
+
+def revision_name(ms: ServiceMeta, spec: ModelServiceSpec, target: Target) -> str:
+    shaping = {
+        "version": target.version, "signature": target.signature, "model": spec.model.name,
+        "triton": spec.triton.wire(), "resources": spec.resources.wire(), "repository": spec.repository.wire(),
+        "nodeSelector": spec.node_selector, "tolerations": [t.wire() for t in spec.tolerations],
+    }
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:5]
+    return dns_label(ms.name, f"-v{target.version}-{digest}")
+
+
+def service_name(ms: ServiceMeta) -> str:
+    return dns1035_label(ms.name)
+
+
+def owner_reference(ms: ServiceMeta) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ModelService", "name": ms.name, "uid": ms.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(ms: ServiceMeta, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": ms.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "modelops", **ms.selector, **(labels or {})},
+            "ownerReferences": [owner_reference(ms)]}
+
+
+def triton_signature(signature: dict[str, Any]) -> Signature:
+    parsed = ModelSignature.model_validate(signature)
+
+    def tensors(items: list[Any]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.datatype, tuple(t.dims)) for t in items)
+
+    classes = parsed.outputs[0].dims[-1]
+    return Signature(inputs=tensors(parsed.inputs), outputs=tensors(parsed.outputs), num_classes=max(classes, 0))
+
+
+def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: Target) -> dict[str, Any]:
+    """The revision's config.pbtxt: serving settings from the spec, the version pinned."""
+    assert target.signature is not None
+    text = render_config(
+        spec.model.name, triton_signature(target.signature), backend=Backend(spec.triton.backend),
+        max_batch_size=spec.triton.max_batch_size,
+        preferred_batch_sizes=spec.triton.dynamic_batching.preferred_batch_sizes,
+        max_queue_delay_us=spec.triton.dynamic_batching.max_queue_delay_microseconds,
+        instance_count=spec.triton.instance_count,
+        instance_kind=InstanceKind.GPU if spec.resources.gpus else InstanceKind.AUTO, version=target.version)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(ms, revision, {LABEL_REVISION: revision}),
+            "data": {"config.pbtxt": text}}
+
+
+def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: Target,
+               replicas: int) -> dict[str, Any]:
+    model, version = spec.model.name, target.version
+    repository = spec.repository
+    args = ["--model-control-mode=explicit", f"--load-model={model}", "--strict-readiness=true",
+            # A model that fails to load must not crash-loop the server: the readiness gate reports it.
+            "--exit-on-error=false", f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}", "--allow-metrics=true", "--metrics-config=summary_latencies=true"]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if repository.uri:
+        args.insert(0, f"--model-repository={repository.uri}")
+    else:
+        args.insert(0, f"--model-repository={REPOSITORY_ROOT}")
+        source = ({"persistentVolumeClaim": {**repository.persistent_volume_claim.wire(), "readOnly": True}}
+                  if repository.persistent_volume_claim else
+                  {"hostPath": {"path": repository.host_path.path, "type": "Directory"}})  # type: ignore[union-attr]
+        volumes = [{"name": "model-repository", **source},
+                   {"name": "model-config", "configMap": {"name": revision}}]
+        # Only this version's folder and our rendered config: the pod cannot see or load anything else.
+        mounts = [{"name": "model-repository", "mountPath": f"{REPOSITORY_ROOT}/{model}/{version}",
+                   "subPath": f"{model}/{version}", "readOnly": True},
+                  {"name": "model-config", "mountPath": f"{REPOSITORY_ROOT}/{model}/config.pbtxt",
+                   "subPath": "config.pbtxt", "readOnly": True}]
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        limits["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        limits["memory"] = spec.resources.memory
+    if spec.resources.gpus:
+        limits[GPU_RESOURCE] = str(spec.resources.gpus)
+    container = {
+        "name": "triton", "image": spec.triton.image, "command": ["tritonserver"],
+        "args": args + list(spec.triton.extra_args),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 6},
+        "resources": {"limits": limits, "requests": dict(limits)} if limits else {},
+        "volumeMounts": mounts,
+    }
+    tolerations = [t.wire() for t in spec.tolerations]
+    if spec.resources.gpus:
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    pod_labels = {**ms.selector, LABEL_REVISION: revision, LABEL_VERSION: str(version),
+                  "app.kubernetes.io/name": "modelops-triton", "app.kubernetes.io/managed-by": "modelops"}
+    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes,
+                                "readinessGates": [{"conditionType": MODEL_READY_GATE}]}
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = spec.node_selector
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {**ms.selector, LABEL_REVISION: revision}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                    ANNOTATION_MODEL: f"{model}:{version}",
+                    ANNOTATION_SIGNATURE: json.dumps(target.signature, sort_keys=True)}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(ms: ServiceMeta) -> dict[str, Any]:
+    """One Service over every revision: the replica split between revisions is the traffic split."""
+    ports = [{"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+             {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ms, service_name(ms)),
+            "spec": {"selector": ms.selector, "ports": ports}}
+
+
+def service_monitor(ms: ServiceMeta) -> dict[str, Any]:
+    """For clusters running the Prometheus Operator: scrape every serving pod, keeping our labels."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": _metadata(ms, service_name(ms)),
+        "spec": {"selector": {"matchLabels": ms.selector},
+                 "podTargetLabels": [LABEL_SERVICE, LABEL_REVISION],
+                 "endpoints": [{"port": "metrics", "interval": "5s"}]},
+    }
+
+
+def horizontal_pod_autoscaler(ms: ServiceMeta, spec: ModelServiceSpec) -> dict[str, Any]:
+    """A native HPA on the ModelService's scale subresource (needs a Prometheus metrics adapter exposing
+    the per-pod metric `modelops_<metric>`)."""
+    scaling = spec.autoscaling
+    assert scaling is not None
+
+    def behavior(rules: Any) -> dict[str, Any]:
+        return {"stabilizationWindowSeconds": rules.stabilization_window_seconds, "selectPolicy": "Max",
+                "policies": [{"type": "Pods", "value": rules.max_step_replicas, "periodSeconds": rules.period_seconds},
+                             {"type": "Percent", "value": rules.max_step_percent,
+                              "periodSeconds": rules.period_seconds}]}
+
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(ms, service_name(ms)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": API_VERSION, "kind": "ModelService", "name": ms.name},
+            "minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": f"modelops_{scaling.metric}"},
+                "target": {"type": "AverageValue", "averageValue": _quantity(scaling.target)}}}],
+            "behavior": {"scaleUp": behavior(scaling.scale_up), "scaleDown": behavior(scaling.scale_down)},
+        },
+    }
+
+
+def _quantity(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{int(value * 1000)}m"
+
+
+def split_replicas(total: int, canary_weight: int) -> tuple[int, int]:
+    """(stable, canary) replicas realising `canary_weight`% of `total`; each side keeps at least one
+    replica while both serve (weight 100 moves everything to the canary)."""
+    if canary_weight <= 0 or total <= 0:
+        return total, 0
+    if canary_weight >= 100:
+        return 0, total
+    canary = min(max(1, round(total * canary_weight / 100)), max(total - 1, 1))
+    return max(total - canary, 1), canary
