@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--peering", default=None,
                      help="kopf peering object name, for several replicas (needs kopf's peering CRDs)")
     run.add_argument("--priority", type=int, default=0, help="this replica's peering priority")
+    run.add_argument("--prometheus-url", default=os.environ.get("MODELOPS_PROMETHEUS_URL", ""),
+                     help="Prometheus for autoscaling and canary analysis (env MODELOPS_PROMETHEUS_URL)")
     run.set_defaults(handler=_run)
 
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
@@ -46,7 +49,8 @@ def _run(args: argparse.Namespace) -> int:
 
     return run_operator(RunOptions(
         namespaces=args.namespace, liveness_port=args.liveness_port, metrics_port=args.metrics_port,
-        log_format=args.log_format, verbose=args.verbose, peering=args.peering, priority=args.priority))
+        log_format=args.log_format, verbose=args.verbose, peering=args.peering, priority=args.priority,
+        prometheus_url=args.prometheus_url))
 
 
 def _crds(args: argparse.Namespace) -> int:

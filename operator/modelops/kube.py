@@ -91,6 +91,19 @@ class Kube:
         self._resource(api_version, kind).patch(
             body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json")
 
+    def patch_pod_condition(self, namespace: str, name: str, cond_type: str, status: bool, reason: str,
+                            message: str) -> None:
+        """Set one condition of a pod (a readiness gate); strategic merge keeps the kubelet's conditions."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        condition = {"type": cond_type, "status": "True" if status else "False", "reason": reason,
+                     "message": message[:1024], "lastTransitionTime": now}
+        try:
+            self._resource("v1", "Pod").status.patch(
+                body={"status": {"conditions": [condition]}}, name=name, namespace=namespace,
+                content_type="application/strategic-merge-patch+json")
+        except NotFoundError:
+            pass
+
     def post_event(self, involved: dict[str, Any], event: Event) -> None:
         """Record an Event on `involved` (a full object); failures are logged, never raised."""
         meta = involved["metadata"]

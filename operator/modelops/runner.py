@@ -10,6 +10,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from modelops import GROUP
+from modelops.autoscale.prometheus import Prometheus
 from modelops.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class RunOptions:
     verbose: bool = False
     peering: str | None = None
     priority: int = 0
+    prometheus_url: str = ""
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -45,6 +47,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 def run_operator(options: RunOptions) -> int:
     # Registers the handlers on kopf's default registry.
+    import modelops.controllers.modelservice  # noqa: F401
     import modelops.controllers.trainingjob  # noqa: F401
 
     kopf.configure(verbose=options.verbose,
@@ -57,7 +60,7 @@ def run_operator(options: RunOptions) -> int:
     if options.metrics_port:
         start_http_server(options.metrics_port)
     liveness = f"http://0.0.0.0:{options.liveness_port}/healthz" if options.liveness_port else None
-    memo = kopf.Memo(kube=Kube.from_environment())
+    memo = kopf.Memo(kube=Kube.from_environment(), prometheus=Prometheus(options.prometheus_url))
     kopf.run(
         clusterwide=not options.namespaces, namespaces=options.namespaces,
         standalone=options.peering is None, peering_name=options.peering, priority=options.priority,

@@ -24,6 +24,7 @@ MODEL_READY_GATE = "modelops.dev/model-ready"
 # What the readiness-gate check needs, carried on each pod so it never has to look anything else up.
 ANNOTATION_MODEL = "modelops.dev/model"
 ANNOTATION_SIGNATURE = "modelops.dev/signature"
+ANNOTATION_SERVICE_NAME = "modelops.dev/model-service-name"
 GPU_RESOURCE = "nvidia.com/gpu"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 REPOSITORY_ROOT = "/models"
@@ -165,7 +166,7 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
-                    ANNOTATION_MODEL: f"{model}:{version}",
+                    ANNOTATION_MODEL: f"{model}:{version}", ANNOTATION_SERVICE_NAME: ms.name,
                     ANNOTATION_SIGNATURE: json.dumps(target.signature, sort_keys=True)}},
                 "spec": pod_spec,
             },

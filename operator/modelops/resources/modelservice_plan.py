@@ -1,0 +1,202 @@
+"""Pure planning for a ModelService pass: children to apply, scale or delete, and the status, from the
+rollout decision, the observed revisions and the replica total."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from modelops.api.modelservice import ModelServiceSpec
+from modelops.resources import modelservice as build
+from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.rollout.canary import Decision, RolloutState
+
+
+@dataclass(frozen=True)
+class ObservedRevision:
+    """One revision's Deployment as it is."""
+
+    name: str
+    version: int
+    replicas: int
+    ready_replicas: int
+    model_failure: str | None = None
+
+
+@dataclass
+class ServicePlan:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    scale: dict[str, int] = field(default_factory=dict)
+    """Deployments (not re-rendered: their spec predates the current one) to set to these replicas."""
+    delete: list[tuple[str, str, str]] = field(default_factory=list)
+    """(apiVersion, kind, name) of children to remove."""
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    meta: build.ServiceMeta
+    spec: ModelServiceSpec
+    desired: str | None
+    """The revision the spec asks for (None while its model version is not known yet)."""
+    target: build.Target | None
+    decision: Decision | None
+    waiting: str
+    """Why there is no desired revision, when there is none."""
+    observed: dict[str, ObservedRevision]
+    total: int
+    """Replicas to spread over the serving revisions."""
+    previous: dict[str, Any]
+    now: datetime
+    last_analysis: dict[str, Any] | None = None
+    autoscaling: dict[str, Any] | None = None
+    service_monitor: bool = False
+    has_hpa: bool = False
+
+
+def state_from_status(status: dict[str, Any]) -> RolloutState:
+    stable, canary = status.get("stable") or {}, status.get("canary") or {}
+    return RolloutState(
+        stable=stable.get("name"), stable_version=stable.get("version"),
+        canary=canary.get("name"), canary_version=canary.get("version"), step=int(canary.get("step", 0)),
+        step_started_at=_parse(canary.get("stepStartedAt")), started_at=_parse(canary.get("startedAt")),
+        rejected=status.get("rejectedRevision"))
+
+
+def plan_service(inputs: PlanInputs) -> ServicePlan:
+    meta, spec, now = inputs.meta, inputs.spec, inputs.now
+    plan = ServicePlan()
+    state = inputs.decision.state if inputs.decision else state_from_status(inputs.previous)
+    weight = inputs.decision.weight if inputs.decision and state.canary else 0
+    stable_replicas, canary_replicas = build.split_replicas(inputs.total, weight)
+    if state.stable and not state.canary:
+        stable_replicas = inputs.total
+
+    plan.apply.append(build.service(meta))
+    if inputs.service_monitor:
+        plan.apply.append(build.service_monitor(meta))
+    scaling = spec.autoscaling
+    if scaling and scaling.provider == "hpa":
+        plan.apply.append(build.horizontal_pod_autoscaler(meta, spec))
+    elif inputs.has_hpa:
+        plan.delete.append(("autoscaling/v2", "HorizontalPodAutoscaler", build.service_name(meta)))
+
+    wanted = {state.stable: stable_replicas}
+    if state.canary:
+        wanted[state.canary] = canary_replicas
+    for revision, replicas in wanted.items():
+        if revision is None:
+            continue
+        if revision == inputs.desired and inputs.target and inputs.target.signature is not None:
+            plan.apply += [build.config_map(meta, spec, revision, inputs.target),
+                           build.deployment(meta, spec, revision, inputs.target, replicas)]
+        elif revision in inputs.observed and inputs.observed[revision].replicas != replicas:
+            plan.scale[revision] = replicas
+
+    stable_obs = inputs.observed.get(state.stable or "")
+    stable_ready = stable_obs.ready_replicas if stable_obs else 0
+    for name in inputs.observed:
+        if name in wanted:
+            continue
+        # A rolled-back canary goes at once; an old stable only once the new one serves in full.
+        if name == state.rejected or stable_ready >= max(stable_replicas, 1):
+            plan.delete += [("apps/v1", "Deployment", name), ("v1", "ConfigMap", name)]
+
+    plan.status = _status(inputs, state, weight, stable_replicas, canary_replicas)
+    plan.events = _events(inputs, plan.status)
+    return plan
+
+
+def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replicas: int,
+            canary_replicas: int) -> dict[str, Any]:
+    meta, spec, decision = inputs.meta, inputs.spec, inputs.decision
+
+    def revision(name: str | None, version: int | None, replicas: int) -> dict[str, Any] | None:
+        if not name or version is None:
+            return None
+        seen = inputs.observed.get(name)
+        return {"name": name, "version": version, "replicas": replicas,
+                "readyReplicas": seen.ready_replicas if seen else 0}
+
+    stable = revision(state.stable, state.stable_version, stable_replicas)
+    canary = revision(state.canary, state.canary_version, canary_replicas)
+    if canary:
+        canary |= {"step": state.step, "weight": weight, "stepStartedAt": _stamp(state.step_started_at),
+                   "startedAt": _stamp(state.started_at)}
+        canary = {k: v for k, v in canary.items() if v is not None}
+    ready = (stable or {}).get("readyReplicas", 0) + (canary or {}).get("readyReplicas", 0)
+    desired = stable_replicas + canary_replicas
+    outcome = decision.outcome if decision else None
+    message = decision.message if decision else inputs.waiting
+    rejected_now = outcome == "Rejected" or (outcome == "RolledBack")
+    stable_failure = (inputs.observed.get(state.stable or "") or ObservedRevision("", 0, 0, 0)).model_failure
+
+    if stable is None:
+        phase = "Pending"
+    elif rejected_now:
+        phase = "Degraded"
+    elif canary or ready < desired or outcome in ("Initial", "Started", "Stepped", "Promoted"):
+        phase = "Progressing" if ready else "Pending"
+    else:
+        phase = "Ready"
+    serving = ready > 0
+    ready_reason = "Serving" if serving else ("ModelCheckFailed" if stable_failure else "NoReadyReplicas")
+    ready_message = (f"{ready}/{desired} replicas serving version {state.stable_version}" if serving
+                     else stable_failure or message or "no replica serves a verified model yet")
+    conditions = [
+        Cond("Ready", serving, ready_reason, ready_message),
+        Cond("Progressing", bool(canary), outcome or "Waiting", message if canary else ""),
+        Cond("Reconciling", phase in ("Pending", "Progressing"), outcome or "Waiting", message),
+        Cond("Stalled", rejected_now or bool(stable_failure), "RolledBack" if rejected_now else
+             ("ModelCheckFailed" if stable_failure else ""), message if rejected_now else (stable_failure or "")),
+        Cond("RolledBack", rejected_now, "RolledBack" if rejected_now else "", message if rejected_now else ""),
+    ]
+    if inputs.autoscaling is not None:
+        able = not inputs.autoscaling.get("reason", "").startswith("metric unavailable") and \
+            inputs.autoscaling.get("value") is not None
+        conditions.append(Cond("ScalingActive", able, "ValidMetric" if able else "MetricUnavailable",
+                               inputs.autoscaling.get("reason", "")))
+    stamp = _stamp(inputs.now)
+    status: dict[str, Any] = {
+        "observedGeneration": meta.generation, "phase": phase,
+        "conditions": merge_conditions(inputs.previous.get("conditions", []), conditions, now=stamp or "",
+                                       generation=meta.generation),
+        "modelVersion": state.stable_version, "replicas": desired, "readyReplicas": ready,
+        "ready": f"{ready}/{desired}", "selector": f"{build.LABEL_SERVICE}={meta.label}",
+        "stable": stable, "canary": canary,
+        "canarySummary": f"v{state.canary_version} {weight}% (step {state.step + 1}/{len(spec.rollout.steps)})"
+        if canary else None,
+        "lastAnalysis": inputs.last_analysis or inputs.previous.get("lastAnalysis"),
+        "rejectedRevision": state.rejected, "autoscaling": inputs.autoscaling,
+        "url": f"http://{build.service_name(meta)}.{meta.namespace}.svc:{build.HTTP_PORT}",
+    }
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
+    events = []
+    decision = inputs.decision
+    kinds = {"Initial": ("Normal", "Deploying"), "Started": ("Normal", "CanaryStarted"),
+             "Stepped": ("Normal", "CanaryStepped"), "Promoted": ("Normal", "Promoted"),
+             "RolledBack": ("Warning", "RolledBack")}
+    if decision and decision.outcome in kinds:
+        kind, reason = kinds[decision.outcome]
+        events.append(Event(kind, reason, decision.message))  # type: ignore[arg-type]
+    old, new = inputs.previous.get("conditions", []), status["conditions"]
+    if became_true(old, new, "Ready"):
+        events.append(Event("Normal", "Serving", next(c["message"] for c in new if c["type"] == "Ready")))
+    before = (inputs.previous.get("autoscaling") or {}).get("desiredReplicas")
+    after = (inputs.autoscaling or {}).get("desiredReplicas")
+    if before is not None and after is not None and before != after:
+        events.append(Event("Normal", "Scaled", f"{before} -> {after} replicas: {inputs.autoscaling['reason']}"))
+    return events
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+def _parse(stamp: str | None) -> datetime | None:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if stamp else None

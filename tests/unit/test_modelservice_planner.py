@@ -1,0 +1,154 @@
+"""ModelService builders and the per-pass plan: revisions, mounts, gates, splits, deletions, status."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from modelops.api.modelservice import ModelServiceSpec
+from modelops.resources import modelservice as build
+from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service
+from modelops.rollout.canary import Decision, RolloutState
+from modelops.triton.check import compare_metadata
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+MS = build.ServiceMeta("digits", "ml", "uid-9", 2)
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
+
+
+def spec(**overrides: Any) -> ModelServiceSpec:
+    base = {"model": {"name": "digits", "version": 3, "signature": SIGNATURE},
+            "repository": {"hostPath": {"path": "/srv/models"}}}
+    return ModelServiceSpec.model_validate(base | overrides)
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects]
+
+
+def test_revision_names_are_deterministic_and_track_serving_settings() -> None:
+    target = build.Target(3, SIGNATURE)
+    name = build.revision_name(MS, spec(), target)
+    assert name.startswith("digits-v3-") and name == build.revision_name(MS, spec(), target)
+    assert build.revision_name(MS, spec(triton={"maxBatchSize": 8}), target) != name
+    assert build.revision_name(MS, spec(), build.Target(4, SIGNATURE)).startswith("digits-v4-")
+
+
+def test_deployment_pins_the_version_and_gates_traffic_on_the_model_check() -> None:
+    rev = "digits-v3-abcde"
+    dep = build.deployment(MS, spec(resources={"gpus": 1}), rev, build.Target(3, SIGNATURE), replicas=2)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert dep["spec"]["replicas"] == 2
+    assert "--model-control-mode=explicit" in container["args"] and "--load-model=digits" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert [p["containerPort"] for p in container["ports"]] == [8000, 8001, 8002]
+    assert {"name": "model-repository", "mountPath": "/models/digits/3", "subPath": "digits/3",
+            "readOnly": True} in container["volumeMounts"]
+    assert {"name": "model-config", "mountPath": "/models/digits/config.pbtxt", "subPath": "config.pbtxt",
+            "readOnly": True} in container["volumeMounts"]
+    assert pod["readinessGates"] == [{"conditionType": "modelops.dev/model-ready"}]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["modelops.dev/model-service"] == "digits" and labels["modelops.dev/revision"] == rev
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "ModelService"
+
+
+def test_config_map_renders_serving_settings_with_the_version_pinned() -> None:
+    s = spec(triton={"backend": "python", "maxBatchSize": 32, "instanceCount": 2,
+                     "dynamicBatching": {"preferredBatchSizes": [8, 16], "maxQueueDelayMicroseconds": 500}})
+    text = build.config_map(MS, s, "digits-v3-abcde", build.Target(3, SIGNATURE))["data"]["config.pbtxt"]
+    for line in ('backend: "python"', "max_batch_size: 32", "versions: [ 3 ]", "count: 2",
+                 "preferred_batch_size: [ 8, 16 ]", "max_queue_delay_microseconds: 500", 'name: "INPUT__0"'):
+        assert line in text
+
+
+def test_object_store_repository_is_passed_to_triton() -> None:
+    s = spec(repository={"uri": "s3://bucket/models"})
+    container = build.deployment(MS, s, "r", build.Target(3, SIGNATURE), 1)["spec"]["template"]["spec"]
+    assert container["containers"][0]["args"][0] == "--model-repository=s3://bucket/models"
+    assert container["volumes"] == []
+
+
+@pytest.mark.parametrize(("total", "weight", "split"), [
+    (1, 0, (1, 0)), (1, 20, (1, 1)), (4, 20, (3, 1)), (4, 50, (2, 2)), (10, 20, (8, 2)), (4, 100, (0, 4)),
+    (0, 20, (0, 0)), (2, 90, (1, 1)),
+])
+def test_replica_split(total: int, weight: int, split: tuple[int, int]) -> None:
+    assert build.split_replicas(total, weight) == split
+
+
+def test_hpa_targets_the_scale_subresource() -> None:
+    s = spec(autoscaling={"minReplicas": 1, "maxReplicas": 5, "target": 0.5, "provider": "hpa"})
+    hpa = build.horizontal_pod_autoscaler(MS, s)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService",
+                                             "name": "digits"}
+    assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "500m"
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def inputs(decision: Decision | None, observed: dict[str, ObservedRevision], total: int = 4,
+           **kw: Any) -> PlanInputs:
+    s = spec()
+    target = build.Target(3, SIGNATURE)
+    return PlanInputs(meta=MS, spec=s, desired=build.revision_name(MS, s, target), target=target,
+                      decision=decision, waiting="", observed=observed, total=total, previous={}, now=NOW, **kw)
+
+
+def test_canary_pass_applies_desired_and_scales_the_old_stable() -> None:
+    desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
+    state = RolloutState(stable="digits-v2-old00", stable_version=2, canary=desired, canary_version=3,
+                         step_started_at=NOW, started_at=NOW)
+    observed = {"digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 4, 4),
+                desired: ObservedRevision(desired, 3, 1, 0)}
+    plan = plan_service(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    assert kinds(plan.apply) == ["Service/digits", f"ConfigMap/{desired}", f"Deployment/{desired}"]
+    assert plan.apply[2]["spec"]["replicas"] == 1
+    assert plan.scale == {"digits-v2-old00": 3}
+    assert plan.delete == []
+    status = plan.status
+    assert status["phase"] == "Progressing" and status["canarySummary"] == "v3 20% (step 1/2)"
+    assert status["stable"]["version"] == 2 and status["modelVersion"] == 2
+    assert status["selector"] == "modelops.dev/model-service=digits" and status["replicas"] == 4
+
+
+def test_rollback_deletes_the_canary_and_leaves_stable_serving() -> None:
+    state = RolloutState(stable="digits-v2-old00", stable_version=2, rejected="digits-v3-bad00")
+    observed = {"digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 3, 3),
+                "digits-v3-bad00": ObservedRevision("digits-v3-bad00", 3, 1, 0, "failed to load")}
+    plan = plan_service(inputs(Decision(state, "RolledBack", "model check failed"), observed))
+    assert ("apps/v1", "Deployment", "digits-v3-bad00") in plan.delete
+    assert ("apps/v1", "Deployment", "digits-v2-old00") not in plan.delete
+    assert plan.scale == {"digits-v2-old00": 4}
+    assert plan.status["phase"] == "Degraded"
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["RolledBack"]["status"] == "True"
+    assert conditions["Stalled"]["status"] == "True"
+    assert [(e.type, e.reason) for e in plan.events][0] == ("Warning", "RolledBack")
+
+
+def test_old_stable_is_kept_until_the_new_one_serves_in_full() -> None:
+    desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
+    promoted = RolloutState(stable=desired, stable_version=3)
+    half = {desired: ObservedRevision(desired, 3, 4, 2), "digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 3, 3)}
+    assert plan_service(inputs(Decision(promoted, "Promoted", "ok"), half)).delete == []
+    full = {**half, desired: ObservedRevision(desired, 3, 4, 4)}
+    deleted = plan_service(inputs(Decision(promoted, "Steady", "ok"), full)).delete
+    assert ("apps/v1", "Deployment", "digits-v2-old00") in deleted
+    assert plan_service(inputs(Decision(promoted, "Steady", "ok"), full)).status["phase"] == "Ready"
+
+
+def test_metadata_comparison() -> None:
+    served = {"name": "digits", "versions": ["3"], "inputs": [{"name": "INPUT__0", "datatype": "FP32",
+                                                                 "shape": [-1, 1, 8, 8]}],
+              "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, 10]}]}
+    assert compare_metadata(served, SIGNATURE, version=3) is None
+    wrong = {**served, "outputs": [{"name": "OUTPUT__0", "datatype": "FP16", "shape": [-1, 9]}]}
+    problems = compare_metadata(wrong, SIGNATURE, version=3)
+    assert problems and "datatype FP16 != FP32" in problems and "shape [-1, 9] != [-1, 10]" in problems
+    assert "version 3 not among" in (compare_metadata({**served, "versions": ["4"]}, SIGNATURE, version=3) or "")
