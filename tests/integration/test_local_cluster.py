@@ -101,3 +101,84 @@ def test_second_cluster_coexists_and_down_leaves_nothing(local_cluster: LocalClu
         other.down()
     assert not any(LocalCluster.owns_process(pid, state) for pid in state["pids"].values()), "a component outlived `down`"
     assert local_cluster.running(), "stopping one cluster touched the other"
+
+
+# ---- readiness: probes (via the e2e.modelops.dev/ready annotation) and readiness gates ----------
+
+READY = "e2e.modelops.dev/ready"
+GATE = "modelops.dev/model-ready"
+
+
+def probed_pod(name: str, *, probe: bool = True, gates: tuple[str, ...] = ()) -> str:
+    container: dict[str, Any] = {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}
+    if probe:
+        container["readinessProbe"] = {"httpGet": {"path": "/ready", "port": 8080}}
+    spec: dict[str, Any] = {"containers": [container], "restartPolicy": "Never",
+                            "readinessGates": [{"conditionType": g} for g in gates]}
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+
+
+def conditions(kube, name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    status = get(kube, "pod", name)["status"]
+    return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+
+def wait_conditions(kube, name: str, **expected: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    def check() -> dict[str, str]:
+        current = conditions(kube, name)
+        return current if all(current.get(k) == v for k, v in expected.items()) else {}
+
+    return eventually(check, what=f"{name} conditions {expected}")
+
+
+def set_gate(kube, name: str, gate: str, status: str) -> None:  # type: ignore[no-untyped-def]
+    """What the operator does for a readiness gate: a condition written through pods/status."""
+    patch = {"status": {"conditions": [{"type": gate, "status": status}]}}
+    kube.kubectl("patch", "pod", name, "--subresource=status", "--type=strategic", "-p", json.dumps(patch))
+
+
+def test_pod_without_probe_or_gate_becomes_ready(kube) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=probed_pod("plain", probe=False))
+    wait_conditions(kube, "plain", ContainersReady="True", Ready="True")
+    assert get(kube, "pod", "plain")["status"]["containerStatuses"][0]["ready"] is True
+
+
+def test_readiness_probe_result_flips_ready_both_ways(kube) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=probed_pod("probed"))
+    eventually(lambda: get(kube, "pod", "probed")["status"].get("phase") == "Running", what="Running")
+    time.sleep(1)  # give a wrong stage the chance to mark it Ready
+    current = conditions(kube, "probed")
+    assert (current["ContainersReady"], current["Ready"]) == ("False", "False")
+    kube.kubectl("annotate", "pod", "probed", f"{READY}=true")
+    wait_conditions(kube, "probed", ContainersReady="True", Ready="True")
+    kube.kubectl("annotate", "pod", "probed", f"{READY}=false", "--overwrite")
+    wait_conditions(kube, "probed", ContainersReady="False", Ready="False")
+    assert get(kube, "pod", "probed")["status"]["containerStatuses"][0]["ready"] is False
+
+
+def test_readiness_gate_holds_ready_until_its_condition_is_true(kube) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=probed_pod("gated", gates=(GATE, "example.com/other")))
+    kube.kubectl("annotate", "pod", "gated", f"{READY}=true")
+    wait_conditions(kube, "gated", ContainersReady="True", Ready="False")
+    set_gate(kube, "gated", GATE, "True")
+    time.sleep(1)
+    assert wait_conditions(kube, "gated", ContainersReady="True")["Ready"] == "False", "one gate is still unmet"
+    set_gate(kube, "gated", "example.com/other", "True")
+    wait_conditions(kube, "gated", Ready="True", **{GATE: "True"})
+    # the probe failing again takes Ready away; the gate conditions written by others survive kwok's patches
+    kube.kubectl("annotate", "pod", "gated", f"{READY}=false", "--overwrite")
+    current = wait_conditions(kube, "gated", ContainersReady="False", Ready="False")
+    assert current[GATE] == "True" and current["example.com/other"] == "True"
+    kube.kubectl("annotate", "pod", "gated", f"{READY}=true", "--overwrite")
+    wait_conditions(kube, "gated", Ready="True")
+    set_gate(kube, "gated", GATE, "False")
+    wait_conditions(kube, "gated", ContainersReady="True", Ready="False")
+
+
+def test_readiness_annotation_does_not_stop_exit(kube) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=probed_pod("ending"))
+    kube.kubectl("annotate", "pod", "ending", f"{READY}=true")
+    wait_conditions(kube, "ending", Ready="True")
+    kube.kubectl("annotate", "pod", "ending", "e2e.modelops.dev/exit-code=0")
+    eventually(lambda: get(kube, "pod", "ending")["status"]["phase"] == "Succeeded", what="Succeeded")
+    assert wait_conditions(kube, "ending", Ready="False")
