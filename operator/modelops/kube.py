@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +28,7 @@ class Kube:
         self._dynamic = DynamicClient(api_client)
         self._resources: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._missing: dict[tuple[str, str], float] = {}
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -45,11 +47,16 @@ class Kube:
             return self._resources[key]
 
     def has_kind(self, api_version: str, kind: str) -> bool:
-        """Whether the cluster serves this kind (e.g. a ServiceMonitor only when the Prometheus Operator runs)."""
+        """Whether the cluster serves this kind (e.g. a ServiceMonitor only when the Prometheus Operator runs).
+        A miss is remembered for a minute: discovery is expensive and CRDs rarely appear."""
+        missing_since = self._missing.get((api_version, kind))
+        if missing_since is not None and time.monotonic() - missing_since < 60:
+            return False
         try:
             self._resource(api_version, kind)
             return True
         except ResourceNotFoundError:
+            self._missing[(api_version, kind)] = time.monotonic()
             return False
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:

@@ -131,6 +131,10 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     outcome = decision.outcome if decision else None
     message = decision.message if decision else inputs.waiting
     rejected_now = outcome == "Rejected" or (outcome == "RolledBack")
+    # Later passes only say "rejected": keep the reason the rollback happened for.
+    earlier = next((c for c in inputs.previous.get("conditions", []) if c.get("type") == "RolledBack"
+                    and c.get("status") == "True"), None)
+    rollback_message = earlier["message"] if outcome == "Rejected" and earlier else message
     stable_failure = (inputs.observed.get(state.stable or "") or ObservedRevision("", 0, 0, 0)).model_failure
 
     if stable is None:
@@ -151,7 +155,7 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
         Cond("Reconciling", phase in ("Pending", "Progressing"), outcome or "Waiting", message),
         Cond("Stalled", rejected_now or bool(stable_failure), "RolledBack" if rejected_now else
              ("ModelCheckFailed" if stable_failure else ""), message if rejected_now else (stable_failure or "")),
-        Cond("RolledBack", rejected_now, "RolledBack" if rejected_now else "", message if rejected_now else ""),
+        Cond("RolledBack", rejected_now, "RolledBack" if rejected_now else "", rollback_message if rejected_now else ""),
     ]
     if inputs.autoscaling is not None:
         able = not inputs.autoscaling.get("reason", "").startswith("metric unavailable") and \
