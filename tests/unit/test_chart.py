@@ -122,7 +122,7 @@ def test_chart_lints_and_renders(helm, render, values: list[str]) -> None:  # ty
 def test_cluster_wide_rbac_is_exactly_the_operators_calls(render) -> None:  # type: ignore[no-untyped-def]
     docs = render()
     [role] = find(docs, "ClusterRole")
-    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY | NAMESPACE_WATCH
+    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY  # cluster-wide, kopf never lists namespaces
     [binding] = find(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
@@ -135,7 +135,8 @@ def test_cluster_wide_rbac_is_exactly_the_operators_calls(render) -> None:  # ty
 def test_namespaced_rbac_is_a_role_per_watched_namespace(render) -> None:  # type: ignore[no-untyped-def]
     docs = render(*VALUE_SETS["namespaced"])
     [cluster_role] = find(docs, "ClusterRole")
-    assert rules_of(cluster_role) == CRD_DISCOVERY  # CRDs are cluster-scoped; nothing else is cluster-wide
+    # CRDs and namespaces are cluster-scoped: kopf's discovery of them is all that stays cluster-wide.
+    assert rules_of(cluster_role) == CRD_DISCOVERY | NAMESPACE_WATCH
     for namespace in ("team-a", "team-b"):
         [role] = find(docs, "Role", f"{RELEASE}-modelops", namespace)
         assert rules_of(role) == NAMESPACED_RULES
@@ -149,7 +150,7 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render) -> None:  # typ
 def test_peering_cluster_wide(render) -> None:  # type: ignore[no-untyped-def]
     docs = render(*VALUE_SETS["peering"])
     [role] = find(docs, "ClusterRole")
-    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY | NAMESPACE_WATCH | CLUSTER_PEERING
+    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY | CLUSTER_PEERING
     [peering] = find(docs, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "modelops"
     # Its CRD is created by this same release: the object must be a hook that runs after it exists.
@@ -180,7 +181,7 @@ def test_peering_namespaced(render) -> None:  # type: ignore[no-untyped-def]
     [role] = find(docs, "Role", f"{RELEASE}-modelops", "team-a")
     assert rules_of(role) == NAMESPACED_RULES | NAMESPACED_PEERING
     [cluster_role] = find(docs, "ClusterRole")
-    assert rules_of(cluster_role) == CRD_DISCOVERY
+    assert rules_of(cluster_role) == CRD_DISCOVERY | NAMESPACE_WATCH
     [peering] = find(docs, "KopfPeering")
     assert (peering["metadata"]["namespace"], peering["metadata"]["name"]) == ("team-a", "modelops")
     # Without installing the CRDs the peering objects are ordinary release objects (removed on uninstall).

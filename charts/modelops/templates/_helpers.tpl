@@ -116,7 +116,9 @@ resource added or removed here fails until that table is updated too.
   verbs: [list, watch]
 {{- end }}
 
-{{/* Only cluster-wide: kopf follows namespaces appearing and disappearing. */}}
+{{/* Only namespaced: kopf lists and watches namespaces to match its -n names/patterns (kopf 1.45
+     observation.py; cluster-wide it does not). Without them it retries the 403 for about a minute,
+     then falls back to the exact names and never notices a namespace recreated later. */}}
 {{- define "modelops.rules.namespaces" -}}
 - apiGroups: [""]
   resources: [namespaces]
