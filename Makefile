@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 # System packages the local world needs (Debian); skipped when already present.
 deps:
-	@missing=""; for c in openssl:openssl; do \
+	@missing=""; for c in openssl:openssl iptables:iptables ip:iproute2 unshare:util-linux nsenter:util-linux; do \
 	  command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 

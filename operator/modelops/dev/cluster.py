@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -19,7 +20,8 @@ BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build.sh"
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 
 SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.1/16"
+POD_CIDR = "10.244.0.1/16"  # kwok hands out pod IPs from here
+CLUSTER_CIDR = "10.244.0.0/16"  # the same range, as kube-proxy wants it
 GPU_RESOURCE = "nvidia.com/gpu"
 # kwok manages exactly the nodes carrying this annotation.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -83,6 +85,8 @@ class LocalCluster:
     root: Path
     bin_dir: Path
     nodes: list[NodeSpec] = field(default_factory=default_nodes)
+    # kube-proxy (iptables mode) changes the host's NAT rules: one per machine, so off unless asked for.
+    kube_proxy: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -94,8 +98,10 @@ class LocalCluster:
 
     # ---- lifecycle -------------------------------------------------------
 
-    def up(self, *, die_with_parent: bool = False, timeout: float = 90.0) -> float:
-        """Start every component and wait for Ready nodes; return the seconds it took."""
+    def up(self, *, die_with_parent: bool = False, timeout: float = 90.0, kube_proxy: bool | None = None) -> float:
+        """Start every component and wait for Ready nodes; return the seconds it took.
+
+        kube_proxy (default: the field of the same name) also starts kube-proxy, see start_kube_proxy()."""
         if self.running():
             raise ClusterError(f"a cluster is already running in {self.root}; run `down` first")
         started = time.monotonic()
@@ -119,6 +125,8 @@ class LocalCluster:
             # Pods cannot be created before the namespace's default ServiceAccount exists.
             self._wait(lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
                        "the default ServiceAccount", started + timeout)
+            if self.kube_proxy if kube_proxy is None else kube_proxy:
+                self.start_kube_proxy(die_with_parent=die_with_parent, timeout=max(1.0, started + timeout - time.monotonic()))
         except BaseException:
             self.down()
             raise
@@ -132,8 +140,61 @@ class LocalCluster:
             if self.owns_process(pid, state):
                 _terminate(pid)
                 stopped.append(name)
+        if "kube-proxy" in state.get("pids", {}):
+            _cleanup_kube_proxy_rules(Path(state["bin_dir"]), self.root / "logs")
         self.state_file.unlink(missing_ok=True)
         return stopped
+
+    def start_kube_proxy(self, *, die_with_parent: bool = False, timeout: float = 30.0) -> None:
+        """Start kube-proxy (iptables mode) on this running cluster and wait for its first rule sync.
+
+        It writes the host's iptables NAT rules (KUBE-* chains), so Service ClusterIPs route to ready
+        endpoints for traffic from the host and from pod network namespaces (see e2e/kubelet). One per
+        machine: a second one would fight over the same chains. `down()` or stop_kube_proxy() stops it and
+        removes its rules (`kube-proxy --cleanup`)."""
+        state = self._read_state()
+        if not state.get("pids"):
+            raise ClusterError(f"no cluster is running in {self.root}")
+        if self.owns_process(state["pids"].get("kube-proxy", -1), state):
+            return
+        missing = [tool for tool in ("iptables", "iptables-save", "iptables-restore") if not shutil.which(tool)]
+        if missing:
+            raise ClusterError(f"kube-proxy needs {', '.join(missing)}: install Debian's iptables (`make deps`)")
+        ports = {"kube-proxy-healthz": free_port(), "kube-proxy-metrics": free_port()}
+        state["ports"].update(ports)
+        config = self.root / "kube-proxy.yaml"
+        config.write_text(json.dumps(self._kube_proxy_config(ports), indent=2))
+        self._spawn(state, "kube-proxy", [f"--config={config}"], die_with_parent)
+        deadline = time.monotonic() + timeout
+
+        def synced() -> bool:
+            # /healthz says 200 before the first sync; this metric is set by a completed one
+            url = f"http://127.0.0.1:{ports['kube-proxy-metrics']}/metrics"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    metrics = response.read().decode()
+            except OSError:
+                return False
+            done = 'kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"} '
+            return any(line.startswith(done) and float(line.split()[-1]) > 0 for line in metrics.splitlines())
+
+        try:
+            self._wait(synced, "kube-proxy's first iptables sync", deadline)
+        except BaseException:
+            self.stop_kube_proxy()
+            raise
+
+    def stop_kube_proxy(self) -> bool:
+        """Stop kube-proxy and remove its iptables rules; False when it was not running."""
+        state = self._read_state()
+        pid = state.get("pids", {}).pop("kube-proxy", None)
+        if pid is None:
+            return False
+        if self.owns_process(pid, state):
+            _terminate(pid)
+        self.state_file.write_text(json.dumps(state, indent=2))
+        _cleanup_kube_proxy_rules(Path(state["bin_dir"]), self.root / "logs")
+        return True
 
     def running(self) -> bool:
         state = self._read_state()
@@ -295,6 +356,24 @@ class LocalCluster:
     def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
         return [*self._component_auth(), f"--secure-port={ports['scheduler']}"]
 
+    def _kube_proxy_config(self, ports: dict[str, int]) -> dict:
+        return {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "mode": "iptables", "clusterCIDR": CLUSTER_CIDR,
+            # kube-proxy reads its Node (addresses); the host plays every kwok node, any one will do.
+            "hostnameOverride": self.nodes[0].name,
+            "healthzBindAddress": f"127.0.0.1:{ports['kube-proxy-healthz']}",
+            "metricsBindAddress": f"127.0.0.1:{ports['kube-proxy-metrics']}",
+            # 0 = leave the host's conntrack sysctls as they are
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            # tests change Services and endpoints all the time: sync at once instead of at most once a second
+            "iptables": {"minSyncPeriod": "0s", "syncPeriod": "30s",
+                         # no route_localnet sysctl and no KUBE-FIREWALL chain on the host: nothing needs
+                         # NodePorts on 127.0.0.1
+                         "localhostNodePorts": False},
+        }
+
     def _kwok_args(self, ports: dict[str, int]) -> list[str]:
         return [f"--kubeconfig={self.kubeconfig}", f"--config={STAGES_FILE}",
                 "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
@@ -317,6 +396,33 @@ def _terminate(pid: int, grace: float = 5.0) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass  # started by another process (e.g. `make cluster-up`); init reaps it
+
+
+def _cleanup_kube_proxy_rules(bin_dir: Path, log_dir: Path) -> None:
+    """Remove the KUBE-* chains and rules a stopped kube-proxy leaves behind: `kube-proxy --cleanup`, then
+    the chains it keeps for a kubelet (KUBE-MARK-MASQ, KUBE-PROXY-CANARY); no kubelet runs here."""
+    binary = bin_dir / "kube-proxy"
+    if binary.exists():
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "kube-proxy-cleanup.log", "ab") as log:
+            subprocess.run([str(binary), "--cleanup"], stdout=log, stderr=subprocess.STDOUT, check=False, timeout=60)
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool):
+            for table in ("filter", "nat", "mangle"):
+                _remove_kube_chains(tool, table)
+
+
+def _remove_kube_chains(tool: str, table: str) -> None:
+    saved = subprocess.run([f"{tool}-save", "-t", table], capture_output=True, text=True, check=False).stdout
+    chains = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":KUBE-")]
+    for line in saved.splitlines():  # jumps from the built-in chains first, then the chains themselves
+        rule = shlex.split(line)
+        if rule[:1] == ["-A"] and not rule[1].startswith("KUBE-") and "-j" in rule \
+                and rule[rule.index("-j") + 1].startswith("KUBE-"):
+            subprocess.run([tool, "-t", table, "-D", *rule[1:]], capture_output=True, check=False)
+    for flag in ("-F", "-X"):
+        for chain in chains:
+            subprocess.run([tool, "-t", table, flag, chain], capture_output=True, check=False)
 
 
 def _alive(pid: int) -> bool:
