@@ -1,5 +1,5 @@
-"""A real Prometheus (Debian's package) that discovers pods through the local cluster's API, as in-cluster
-Prometheus does, and scrapes the Triton metrics port of every pod annotated for scraping."""
+"""A real Prometheus (Debian's package) scraping the Triton metrics port of every pod annotated for scraping,
+found through the local cluster's API as kubernetes_sd would find them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -22,28 +23,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape_config(kubeconfig: Path, namespaces: list[str], interval: str = "2s") -> dict[str, Any]:
-    """Pod discovery + relabelling that yields the labels the operator queries (namespace, pod,
-    modelops_dev_model_service, modelops_dev_revision), like a ServiceMonitor with podTargetLabels."""
+def scrape_config(targets_file: Path, interval: str = "2s") -> dict[str, Any]:
+    """Scrape whatever the pod discovery below writes (Debian's Prometheus is built without kubernetes_sd)."""
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "scrape_configs": [{
-            "job_name": "kubernetes-pods",
-            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
-                                       "namespaces": {"names": namespaces}}],
-            "relabel_configs": [
-                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "true",
-                 "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "metrics",
-                 "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_modelops_dev_(.+)",
-                 "replacement": "modelops_dev_$1"},
-            ],
-        }],
+        "scrape_configs": [{"job_name": "kubernetes-pods",
+                            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "2s"}]}],
     }
+
+
+def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prometheus targets for Running pods annotated prometheus.io/scrape, labelled as kubernetes_sd plus
+    relabelling would (namespace, pod, and modelops_dev_* from our pod labels, as ServiceMonitor
+    podTargetLabels give)."""
+    targets = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        annotations = meta.get("annotations") or {}
+        if annotations.get("prometheus.io/scrape") != "true" or status.get("phase") != "Running" \
+                or not status.get("podIP") or meta.get("deletionTimestamp"):
+            continue
+        labels = {"namespace": meta["namespace"], "pod": meta["name"]}
+        for key, value in (meta.get("labels") or {}).items():
+            if key.startswith("modelops.dev/"):
+                labels["modelops_dev_" + key.split("/", 1)[1].replace("-", "_").replace(".", "_")] = value
+        port = annotations.get("prometheus.io/port", "9090")
+        targets.append({"targets": [f"{status['podIP']}:{port}"], "labels": labels})
+    return targets
 
 
 class PrometheusServer:
@@ -53,6 +59,26 @@ class PrometheusServer:
         self.work_dir, self.kubeconfig, self.namespaces = work_dir, kubeconfig, namespaces
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.targets_file = work_dir / "targets.json"
+        self._stop = threading.Event()
+        self._discovery: threading.Thread | None = None
+
+    def _discover(self) -> None:
+        """Pod discovery through the API (what kubernetes_sd does), written where file_sd reads it."""
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        while not self._stop.is_set():
+            try:
+                pods = [p.to_dict() for ns in self.namespaces for p in api.list_namespaced_pod(ns).items]
+                text = json.dumps(pod_targets([_camel(p) for p in pods]), indent=1)
+                if not self.targets_file.exists() or self.targets_file.read_text() != text:
+                    tmp = self.targets_file.with_suffix(".tmp")
+                    tmp.write_text(text)
+                    tmp.replace(self.targets_file)
+            except Exception as error:  # the API may blink; discovery keeps the last targets
+                print(f"prometheus discovery: {error}")
+            self._stop.wait(1.0)
 
     @property
     def url(self) -> str:
@@ -64,7 +90,10 @@ class PrometheusServer:
             raise RuntimeError("prometheus is not installed (make deps installs Debian's package)")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(self.kubeconfig, self.namespaces)))
+        self.targets_file.write_text("[]")
+        config.write_text(yaml.safe_dump(scrape_config(self.targets_file)))
+        self._discovery = threading.Thread(target=self._discover, name="prometheus-discovery", daemon=True)
+        self._discovery.start()
         log = open(self.work_dir / "prometheus.log", "ab")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={self.work_dir / 'data'}",
@@ -96,6 +125,9 @@ class PrometheusServer:
             return list(json.load(r)["data"]["activeTargets"])
 
     def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._discovery:
+            self._discovery.join(timeout=5)
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -105,3 +137,11 @@ class PrometheusServer:
                 self.process.wait()
         self.process = None
 
+
+
+def _camel(pod: dict[str, Any]) -> dict[str, Any]:
+    """The client's snake_case pod dict, with the few camelCase keys pod_targets reads."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    return {"metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": meta.get("labels"),
+                         "annotations": meta.get("annotations"), "deletionTimestamp": meta.get("deletion_timestamp")},
+            "status": {"phase": status.get("phase"), "podIP": status.get("pod_ip")}}
