@@ -13,6 +13,7 @@ from typing import Any
 
 from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec, ModelSignature
+from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.triton.config import Backend, InstanceKind, render_config
 from modelops.triton.signature import Signature, TensorSpec
@@ -25,7 +26,6 @@ MODEL_READY_GATE = "modelops.dev/model-ready"
 ANNOTATION_MODEL = "modelops.dev/model"
 ANNOTATION_SIGNATURE = "modelops.dev/signature"
 ANNOTATION_SERVICE_NAME = "modelops.dev/model-service-name"
-GPU_RESOURCE = "nvidia.com/gpu"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 REPOSITORY_ROOT = "/models"
 
@@ -127,13 +127,6 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
                    "subPath": f"{model}/{version}", "readOnly": True},
                   {"name": "model-config", "mountPath": f"{REPOSITORY_ROOT}/{model}/config.pbtxt",
                    "subPath": "config.pbtxt", "readOnly": True}]
-    limits: dict[str, str] = {}
-    if spec.resources.cpu:
-        limits["cpu"] = spec.resources.cpu
-    if spec.resources.memory:
-        limits["memory"] = spec.resources.memory
-    if spec.resources.gpus:
-        limits[GPU_RESOURCE] = str(spec.resources.gpus)
     container = {
         "name": "triton", "image": spec.triton.image, "command": ["tritonserver"],
         "args": args + list(spec.triton.extra_args),
@@ -143,18 +136,16 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
                            "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                           "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 6},
-        "resources": {"limits": limits, "requests": dict(limits)} if limits else {},
+        "resources": compute_resources(spec.resources),
         "volumeMounts": mounts,
     }
-    tolerations = [t.wire() for t in spec.tolerations]
-    if spec.resources.gpus:
-        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    pod_tolerations = tolerations(spec.tolerations, spec.resources)
     pod_labels = {**ms.selector, LABEL_REVISION: revision, LABEL_VERSION: str(version),
                   "app.kubernetes.io/name": "modelops-triton", "app.kubernetes.io/managed-by": "modelops"}
     pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes,
                                 "readinessGates": [{"conditionType": MODEL_READY_GATE}]}
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    if pod_tolerations:
+        pod_spec["tolerations"] = pod_tolerations
     if spec.node_selector:
         pod_spec["nodeSelector"] = spec.node_selector
     return {

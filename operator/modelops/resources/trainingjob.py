@@ -16,6 +16,7 @@ from typing import Any
 from modelops import API_VERSION
 from modelops.api.trainingjob import TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 
 LABEL_JOB = "modelops.dev/training-job"
@@ -24,7 +25,6 @@ LABEL_ATTEMPT = "modelops.dev/attempt"
 ANNOTATION_PROGRESS = "modelops.dev/progress"
 ANNOTATION_POD_SPEC = "modelops.dev/pod-spec"
 RENDEZVOUS_PORT = 29500
-GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER_CONTAINER = "trainer"
 REPOSITORY_VOLUME = "model-repository"
 DEFAULT_COMMAND = ["python", "-m", "modelops.trainer"]
@@ -156,26 +156,17 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
         {"name": "MODELOPS_REPOSITORY", "value": repository.mount_path},
         {"name": "MODELOPS_MODEL_NAME", "value": spec.output.model_name},
     ]
-    limits: dict[str, str] = {}
-    if spec.resources.cpu:
-        limits["cpu"] = spec.resources.cpu
-    if spec.resources.memory:
-        limits["memory"] = spec.resources.memory
-    if spec.resources.gpus:
-        limits[GPU_RESOURCE] = str(spec.resources.gpus)
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
         "command": spec.command or DEFAULT_COMMAND,
         "args": spec.args if spec.args is not None else ([] if spec.command else trainer_args(spec)),
         "env": env,
-        "resources": {"limits": limits, "requests": dict(limits)} if limits else {},
+        "resources": compute_resources(spec.resources),
         "volumeMounts": [{"name": REPOSITORY_VOLUME, "mountPath": repository.mount_path}],
     }
     if spec.workers > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
-    tolerations = [t.wire() for t in spec.tolerations]
-    if spec.resources.gpus:
-        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    pod_tolerations = tolerations(spec.tolerations, spec.resources)
     if repository.persistent_volume_claim:
         volume = {"name": REPOSITORY_VOLUME, "persistentVolumeClaim": repository.persistent_volume_claim.wire()}
     else:
@@ -183,8 +174,8 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
         volume = {"name": REPOSITORY_VOLUME, "hostPath": {"path": repository.host_path.path,
                                                          "type": "DirectoryOrCreate"}}
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": [volume]}
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    if pod_tolerations:
+        pod_spec["tolerations"] = pod_tolerations
     if spec.node_selector:
         pod_spec["nodeSelector"] = spec.node_selector
     if spec.priority_class_name:
