@@ -20,7 +20,7 @@ from typing import Any
 
 from .network import PodNetwork, ip
 from .spec import (Api, Mount, SetupError, container_env, container_mounts, expand, is_file_source,
-                   materialize_volumes, nested, pod_hostname, readable, termination_log_path)
+                   materialize_volumes, nested, pod_hostname, readable, resolv_conf, termination_log_path)
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,12 @@ class Container:
         except ProcessLookupError:
             return False
 
-    def write_script(self, hostname: str, hosts: Path, host_points: MountPoints) -> None:
+    def write_script(self, hostname: str, pod_dir: Path, host_points: MountPoints) -> None:
         """The mount script run inside the new namespaces; mount points missing on the host are made first."""
         q = shlex.quote
         term_target = termination_log_path(self.spec)
-        mounts = [Mount(hosts, "/etc/hosts"), *self.mounts, Mount(self.termination_log, term_target)]
+        mounts = [Mount(pod_dir / "hosts", "/etc/hosts"), Mount(pod_dir / "resolv.conf", "/etc/resolv.conf"),
+                  *self.mounts, Mount(self.termination_log, term_target)]
         targets = [m.target for m in self.mounts]
         lines = ["set -e", f"{TOOLS['hostname']} {q(hostname)}"]
         for mount in mounts:
@@ -233,6 +234,7 @@ class PodRuntime:
                                  f"container {container.name} has no command: images are not run, all containers run from the repo's venv")
             container.env, container.mounts = env, container_mounts(container.spec, volumes, env)
             container.termination_log.write_bytes(b"")
+        (self.dir / "resolv.conf").write_text(resolv_conf(self.pod))
         self.write_hosts(hosts)
 
     def start(self, host_points: MountPoints, on_exit: Callable[[PodRuntime, Container], None],
@@ -240,7 +242,7 @@ class PodRuntime:
         self.network.create()
         try:
             for container in self.containers:
-                container.write_script(pod_hostname(self.pod), self.hosts, host_points)
+                container.write_script(pod_hostname(self.pod), self.dir, host_points)
             for container in self.containers:
                 container.start(self.network.netns, lambda c: on_exit(self, c))
                 for kind in ("readiness", "liveness"):

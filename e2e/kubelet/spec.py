@@ -300,6 +300,15 @@ def hosts_file(pod: dict[str, Any], records: Iterable[DnsRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resolv_conf(pod: dict[str, Any]) -> str:
+    """The pod's /etc/resolv.conf: a kubelet's search path, and no reachable name server (no cluster DNS runs
+    here; names come from /etc/hosts), so lookups that miss it, reverse ones included, fail at once instead
+    of waiting for the host's name server, which pods cannot reach."""
+    ns = pod["metadata"]["namespace"]
+    return (f"search {ns}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n"
+            "nameserver 127.0.0.1\noptions ndots:5 attempts:1 timeout:1\n")
+
+
 def pod_hostname(pod: dict[str, Any]) -> str:
     return str(pod["spec"].get("hostname") or pod["metadata"]["name"])[:63]
 
