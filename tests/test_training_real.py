@@ -51,7 +51,11 @@ def test_single_process_training_publishes_an_accurate_model(tmp_path: Path) -> 
     reports = progress(result.stdout)
     assert reports[0]["phase"] == "Training" and reports[-1]["phase"] == "Succeeded"
     final = reports[-1]
-    assert final["model"] == {"name": "digits", "version": 1, "uri": str(tmp_path / "digits" / "1")}
+    model = final["model"]
+    assert {k: model[k] for k in ("name", "version", "uri")} == \
+        {"name": "digits", "version": 1, "uri": str(tmp_path / "digits" / "1")}
+    assert model["signature"] == {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+                                  "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
     assert final["epoch"] == final["epochs"] == 4 and final["testAccuracy"] >= 0.9
     assert any(r["phase"] == "Publishing" for r in reports)
 
