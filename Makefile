@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 MODELOPS := $(VENV)/bin/modelops
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit tools deps cluster-up cluster-down cluster-status crds clean
+.PHONY: demo test unit tools deps cluster-up cluster-down cluster-status crds clean
 
 # System packages the local world needs (Debian); skipped when already present.
 deps:
-	@missing=""; for c in openssl:openssl iptables:iptables ip:iproute2 unshare:util-linux nsenter:util-linux; do \
+	@missing=""; for c in openssl:openssl iptables:iptables ip:iproute2 unshare:util-linux nsenter:util-linux prometheus:prometheus; do \
 	  command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ cluster-status: venv
 
 crds: venv
 	$(MODELOPS) crds
+
+# The whole lifecycle on the local cluster (needs root for the pods' network and mount namespaces).
+# KEEP=1 leaves the cluster running afterwards.
+demo: deps venv tools
+	$(PY) e2e/demo.py $(if $(KEEP),--keep)
 
 unit: venv
 	$(PY) -m pytest tests/unit -q

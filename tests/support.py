@@ -39,8 +39,9 @@ def condition(obj: dict[str, Any], cond_type: str) -> dict[str, Any]:
 class OperatorProcess:
     """`modelops run` for one namespace, started and stopped by the test."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -48,7 +49,7 @@ class OperatorProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelops", "run", "-n", self.namespace, "--liveness-port", "0",
-                 "--metrics-port", "0", "--verbose"],
+                 "--metrics-port", "0", "--verbose", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -1,0 +1,297 @@
+"""The whole model lifecycle on the local cluster, step by step: DDP training -> serving -> autoscaling ->
+a canary promoted -> a broken canary rolled back. `make demo` prints it; e2e/test_lifecycle.py asserts it.
+
+Everything goes through the API as a user would (kubectl apply/patch/delete) and through the ModelService's
+Service ClusterIP (kube-proxy) as a client would; the only thing written by hand is the deliberately broken
+model version, straight into the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from load import LoadGenerator, LoadStats, infer
+from modelops.dev.cluster import LocalCluster
+
+NAMESPACE = "demo"
+MODEL = "digits"
+BROKEN_MODEL_PY = '''"""A deliberately broken model version (modelops demo): it loads fine and answers every request with an error."""
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("deliberately broken model version"))
+                for _ in requests]
+'''
+
+
+class StepFailed(AssertionError):
+    """A lifecycle step did not reach its goal."""
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Space:
+    """kubectl in one namespace of the local cluster."""
+
+    cluster: LocalCluster
+    namespace: str
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        return self.cluster.kubectl("-n", self.namespace, *args, stdin=stdin, check=check).stdout
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in objects))
+
+    def get(self, *args: str) -> dict[str, Any]:
+        text = self.kubectl("get", *args, "-o", "json", check=False)
+        return json.loads(text) if text else {}
+
+
+@dataclass
+class StepResult:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+@dataclass
+class Lifecycle:
+    space: Space
+    repository: Path
+    log: Callable[[str], None] = print
+    results: list[StepResult] = field(default_factory=list)
+    epochs: int = 4
+
+    # ---- running and reporting ------------------------------------------------
+
+    def step(self, name: str, action: Callable[[], str]) -> StepResult:
+        self.log(f"==> {name}")
+        started = time.monotonic()
+        try:
+            result = StepResult(name, True, 0.0, action())
+        except Exception as error:  # noqa: BLE001 - a failed step is reported, and the run stops
+            result = StepResult(name, False, 0.0, f"{type(error).__name__}: {error}")
+        result.seconds = time.monotonic() - started
+        self.log(f"    {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s: {result.detail}")
+        self.results.append(result)
+        return result
+
+    def run_all(self) -> bool:
+        for name, action in (
+            ("train: 2-worker DDP TrainingJob on GPU nodes", self.train_first),
+            ("serve: ModelService follows the job; inference via the Service", self.serve),
+            ("scale: load drives Triton metrics, out and back in", self.scale),
+            ("canary: a second training is promoted", self.canary_promoted),
+            ("rollback: a broken version is rolled back", self.canary_rolled_back),
+        ):
+            if not self.step(name, action).ok:
+                return False
+        return True
+
+    def table(self) -> str:
+        width = max(len(r.name) for r in self.results)
+        lines = [f"{'step':{width}}  result  seconds  detail", f"{'-' * width}  ------  -------  ------"]
+        lines += [f"{r.name:{width}}  {'ok' if r.ok else 'FAILED':6}  {r.seconds:7.1f}  {r.detail}"
+                  for r in self.results]
+        return "\n".join(lines)
+
+    # ---- the steps -------------------------------------------------------------
+
+    def setup(self) -> None:
+        """What a cluster admin does once per namespace: the trainer's ServiceAccount may report progress."""
+        self.space.apply(
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "modelops-trainer"},
+             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "modelops-trainer"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelops-trainer"},
+             "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": self.space.namespace}]})
+
+    def training_job(self) -> dict[str, Any]:
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": MODEL},
+                "spec": {"workers": 2, "resources": {"gpus": 1},
+                         "trainer": {"dataset": "digits", "epochs": self.epochs, "batchSize": 32},
+                         "output": {"modelName": MODEL,
+                                    "repository": {"hostPath": {"path": str(self.repository)}}}}}
+
+    def model_service(self) -> dict[str, Any]:
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": MODEL},
+                "spec": {
+                    "model": {"name": MODEL, "fromTrainingJob": MODEL},
+                    "repository": {"hostPath": {"path": str(self.repository)}},
+                    # The tritonserver here (nvidia-pytriton wheel) has only the python backend.
+                    "triton": {"backend": "python", "maxBatchSize": 16},
+                    "replicas": 1,
+                    "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "metric": "inferenceRatePerReplica",
+                                    "target": 10, "scaleUp": {"periodSeconds": 5},
+                                    "scaleDown": {"stabilizationWindowSeconds": 20, "periodSeconds": 5}},
+                    "rollout": {"steps": [{"weight": 50, "pauseSeconds": 20}],
+                                "analysis": {"maxErrorRate": 0.05, "maxP99LatencyMs": 5000, "minRequests": 20},
+                                "progressDeadlineSeconds": 240},
+                }}
+
+    def train(self, timeout: float = 420) -> dict[str, Any]:
+        self.space.apply(self.training_job())
+        job = wait_for(lambda: (j := self.space.get("tj", MODEL)).get("status", {}).get("phase")
+                       in ("Succeeded", "Failed") and j, timeout, "the TrainingJob to finish", interval=2)
+        status = job["status"]
+        if status["phase"] != "Succeeded":
+            raise StepFailed(f"TrainingJob failed: {status.get('conditions')}")
+        model = status["model"]
+        if not (self.repository / MODEL / str(model["version"]) / "model.pt").is_file():
+            raise StepFailed(f"version {model['version']} is not in the repository")
+        return dict(model)
+
+    def train_first(self) -> str:
+        self.setup()
+        model = self.train()
+        nodes = sorted(p["spec"]["nodeName"] for p in self.space.get(
+            "pods", "-l", f"modelops.dev/training-job={MODEL}")["items"])
+        if len(nodes) != 2 or not all(n.startswith("gpu-") for n in nodes):
+            raise StepFailed(f"workers ran on {nodes}, expected 2 GPU nodes")
+        return f"version {model['version']} published, test accuracy {model.get('testAccuracy', 0):.3f}, " \
+               f"workers on {', '.join(nodes)}"
+
+    def serve(self) -> str:
+        self.space.apply(self.model_service())
+        status = self.wait_serving(version=None, timeout=300)
+        accuracy, n = self.held_out_accuracy()
+        if accuracy < 0.9:
+            raise StepFailed(f"held-out accuracy through the Service is {accuracy:.3f}")
+        return f"version {status['modelVersion']} Ready; {n} held-out digits via {self.address()}: " \
+               f"accuracy {accuracy:.3f}"
+
+    def scale(self) -> str:
+        started = time.monotonic()
+        with self.load(rate=40) as load:
+            status = wait_for(lambda: (s := self.ms_status()).get("readyReplicas", 0) >= 2 and s, 240,
+                              "scale-out under load", interval=2)
+            out_after = time.monotonic() - started
+            peak = status["readyReplicas"]
+        stats = load.stats
+        stopped = time.monotonic()
+        wait_for(lambda: self.ms_status().get("replicas") == 1, 300, "scale-in after the load stops", interval=2)
+        return (f"scaled out to {peak} ready replicas {out_after:.0f}s after the load started, back to 1 "
+                f"{time.monotonic() - stopped:.0f}s after it stopped; {stats.ok} requests ok, {stats.failed} failed")
+
+    def canary_promoted(self) -> str:
+        before = self.ms_status()["modelVersion"]
+        with self.load(rate=15) as load:
+            self.space.kubectl("delete", "tj", MODEL, "--wait=true")
+            model = self.train()
+            wait_for(lambda: (self.ms_status().get("canary") or {}).get("version") == model["version"], 120,
+                     "the canary to start")
+            status = wait_for(lambda: (s := self.ms_status()).get("modelVersion") == model["version"]
+                              and not s.get("canary") and s, 360, "the canary to be promoted", interval=2)
+        analysis = status.get("lastAnalysis", {})
+        stats = load.stats
+        if stats.failed > max(2, stats.ok // 50):
+            raise StepFailed(f"{stats.failed} failed requests during a good rollout: {stats.errors}")
+        return (f"version {before} -> {model['version']} promoted; analysis {analysis.get('verdict')}: "
+                f"{analysis.get('message', '')}; {stats.ok} requests ok, {stats.failed} failed")
+
+    def canary_rolled_back(self) -> str:
+        stable = self.ms_status()["modelVersion"]
+        broken = self.publish_broken_version(stable)
+        signature = self.space.get("tj", MODEL)["status"]["model"]["signature"]
+        with self.load(rate=15) as load:
+            self.space.kubectl("patch", "ms", MODEL, "--type=merge", "-p", json.dumps(
+                {"spec": {"model": {"fromTrainingJob": None, "version": broken, "signature": signature}}}))
+            status = wait_for(lambda: (s := self.ms_status()).get("rejectedRevision", "").startswith(
+                f"{MODEL}-v{broken}-") and s, 360, "the broken canary to be rolled back", interval=2)
+            during = load.stats.snapshot()
+        if status.get("modelVersion") != stable:
+            raise StepFailed(f"stable version changed to {status.get('modelVersion')}")
+        wait_for(lambda: not self.space.get("deployments", "-l", f"modelops.dev/model-version={broken}")
+                 .get("items"), 60, "the canary Deployment to go")
+        with self.load(rate=15) as after:
+            time.sleep(8)
+        if after.stats.ok == 0 or after.stats.failed:
+            raise StepFailed(f"after the rollback: {after.stats.ok} ok, {after.stats.failed} failed "
+                             f"{after.stats.errors}")
+        analysis = status.get("lastAnalysis", {})
+        return (f"version {broken} rolled back ({analysis.get('message', '')}); version {stable} answered "
+                f"{during[0]} requests during the canary and {after.stats.ok}/{after.stats.ok} after")
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def ms_status(self) -> dict[str, Any]:
+        return dict(self.space.get("ms", MODEL).get("status") or {})
+
+    def wait_serving(self, version: int | None, timeout: float) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            status = self.ms_status()
+            conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+            if conditions.get("Ready") == "True" and (version is None or status.get("modelVersion") == version):
+                return status
+            return None
+
+        return dict(wait_for(ready, timeout, "the ModelService to be Ready", interval=2))
+
+    def address(self) -> str:
+        service = self.space.get("service", MODEL)
+        return f"{service['spec']['clusterIP']}:8000"
+
+    def held_out(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test split the trainer held out (same data set, seed and fractions as the TrainingJob)."""
+        from modelops.trainer.data import Missing, load_builtin, prepare
+
+        data = prepare(load_builtin("digits", 0), missing=Missing.DROP, val_fraction=0.1, test_fraction=0.1, seed=0)
+        return data.test.x, data.test.y
+
+    def held_out_accuracy(self, count: int = 40) -> tuple[float, int]:
+        x, y = self.held_out()
+        logits = infer(self.address(), MODEL, x[:count])
+        return float((logits.argmax(axis=1) == y[:count]).mean()), count
+
+    def load(self, rate: float) -> _Load:
+        x, _ = self.held_out()
+        return _Load(LoadGenerator(self.address(), MODEL, x, rate=rate, workers=4, max_seconds=900))
+
+    def publish_broken_version(self, base: int) -> int:
+        """Copy the serving version and swap its model for one that fails every request (atomic rename)."""
+        folder = self.repository / MODEL
+        version = max(int(p.name) for p in folder.iterdir() if p.name.isdigit()) + 1
+        staging = folder / f".broken-{version}"
+        shutil.copytree(folder / str(base), staging)
+        (staging / "model.py").write_text(BROKEN_MODEL_PY)
+        staging.rename(folder / str(version))
+        return version
+
+
+class _Load:
+    """`with lifecycle.load(rate) as load:` runs the generator for the block and keeps its stats."""
+
+    def __init__(self, generator: LoadGenerator) -> None:
+        self.generator = generator
+        self.stats: LoadStats = generator.stats
+
+    def __enter__(self) -> _Load:
+        self.generator.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.generator.stop()
+
