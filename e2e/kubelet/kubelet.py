@@ -125,8 +125,7 @@ class ProcessKubelet:
     def start(self) -> ProcessKubelet:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.api = KubeApi(self.kubeconfig)
-        for name in PodNetwork.existing(NETNS_PREFIX):  # left by a kubelet that was killed
-            PodNetwork(name, "", "", "").delete()
+        PodNetwork.remove_leftovers(NETNS_PREFIX)
         self.host.up()
         try:
             server = urllib.parse.urlsplit(self.api.client.configuration.host)

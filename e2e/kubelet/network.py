@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -92,10 +94,19 @@ class PodNetwork:
         ip("netns", "del", self.netns, check=False)
 
     @staticmethod
-    def existing(prefix: str) -> list[str]:
-        """Names of network namespaces starting with `prefix` (left by a killed kubelet)."""
+    def remove_leftovers(prefix: str) -> list[str]:
+        """Delete the network namespaces named `prefix`* left by a killed kubelet, after SIGKILLing the pod
+        processes still inside them (their veths go with the namespaces)."""
         lines = ip("netns", "list", check=False).stdout.splitlines()
-        return [line.split()[0] for line in lines if line.startswith(prefix)]
+        names = [line.split()[0] for line in lines if line.startswith(prefix)]
+        for name in names:
+            for pid in ip("netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            ip("netns", "del", name, check=False)
+        return names
 
 
 class TcpRelay:
