@@ -73,6 +73,17 @@ def test_replicas_on_the_same_port_answer_on_their_own_pod_ips(kube, kubelet) ->
     assert len({p["status"]["podIP"] for p in pods}) == 2
     for p in pods:
         assert http_get(f"http://{p['status']['podIP']}:8080/name").strip() == p["metadata"]["name"]
+    # a deleted pod's processes end (its IP may go to the replacement pod, which answers with its own name)
+    gone, ip = pods[0]["metadata"]["name"], pods[0]["status"]["podIP"]
+    kube.kubectl("delete", "pod", gone, "--wait=false")
+
+    def stopped_answering() -> bool:
+        try:
+            return http_get(f"http://{ip}:8080/name").strip() != gone
+        except OSError:
+            return True
+
+    eventually(stopped_answering, 30, f"{gone} to stop")
 
 
 def test_service_cluster_ip_spreads_over_replicas_and_resolves_by_name(kube, kubelet) -> None:  # type: ignore[no-untyped-def]

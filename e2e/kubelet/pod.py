@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 NETNS_PREFIX = "mo-"
 MESSAGE_LIMIT = 4096
-TOOLS = {name: shutil.which(name) or f"/usr/bin/{name}" for name in ("sh", "unshare", "nsenter", "mount", "hostname")}
+# absolute paths: the container's PATH is the pod's business
+TOOLS = {name: shutil.which(name) or f"/usr/bin/{name}" for name in ("ip", "sh", "unshare", "nsenter", "mount", "hostname")}
 
 
 class MountPoints:
@@ -80,7 +81,7 @@ class Container:
     def start(self, netns: str, on_exit: Callable[[Container], None]) -> None:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", netns, TOOLS["unshare"], "--mount", "--uts", "--propagation", "private",
+                [TOOLS["ip"], "netns", "exec", netns, TOOLS["unshare"], "--mount", "--uts", "--propagation", "private",
                  "--", TOOLS["sh"], str(self.script), *self.argv],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/",
                 start_new_session=True)
