@@ -28,6 +28,8 @@ pytestmark = pytest.mark.cluster
 CHART = REPO / "charts" / "modelops"
 TRAINER_SA = "modelops-trainer"
 EXIT = "e2e.modelops.dev/exit-code"
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
 
 
 # ---- helm and identities ------------------------------------------------------------------------------
@@ -157,7 +159,9 @@ def trainingjob_flow(kube: Any, trainer_kubeconfig: Path) -> None:
     pod = eventually(running_pod, 30, "the worker pod running")
     assert pod["spec"]["serviceAccountName"] == TRAINER_SA
     name = pod["metadata"]["name"]
-    final = {"phase": "Succeeded", "model": {"name": "digits", "version": 1, "uri": "/models/digits/1"}}
+    # The trainer's final report also carries the model's signature (ModelServices need it).
+    final = {"phase": "Succeeded",
+             "model": {"name": "digits", "version": 1, "uri": "/models/digits/1", "signature": SIGNATURE}}
     report_as_trainer(trainer_kubeconfig, kube.namespace, name, final)
     annotations = get_json(kube, "pod", name)["metadata"]["annotations"]
     assert json.loads(annotations["modelops.dev/progress"]) == final, "the trainer identity could not patch its pod"
@@ -165,7 +169,8 @@ def trainingjob_flow(kube: Any, trainer_kubeconfig: Path) -> None:
 
     done = eventually(lambda: (j := get_json(kube, "tj", "digits")).get("status", {}).get("phase") == "Succeeded"
                       and j, 45, "digits Succeeded")
-    assert done["status"]["model"] == final["model"]
+    assert {k: done["status"]["model"][k] for k in ("name", "version", "uri")} == \
+        {"name": "digits", "version": 1, "uri": "/models/digits/1"}
     assert condition(done, "Ready")["status"] == "True"
     assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
     reasons = lambda: {e["reason"] for e in get_json(kube, "events", "--field-selector",  # noqa: E731
@@ -173,9 +178,33 @@ def trainingjob_flow(kube: Any, trainer_kubeconfig: Path) -> None:
     eventually(lambda: "ModelPublished" in reasons(), 15, "the operator's Events")
 
 
-# Every flow the operator runs; the RBAC tests run each of them under the chart's identity.
-# When the ModelService controller lands, add `modelservice_flow(kube, trainer_kubeconfig)` here.
-OPERATOR_FLOWS: list[Callable[[Any, Path], None]] = [trainingjob_flow]
+def modelservice_flow(kube: Any, trainer_kubeconfig: Path) -> None:
+    """A ModelService following the TrainingJob of `trainingjob_flow`: its revision Deployment, config.pbtxt
+    ConfigMap, Service and HPA, the readiness gate on its pods, status. (kwok pods run no Triton, so the
+    model check stays pending: the real-Triton flow is in e2e/.)"""
+    service = {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": "digits"},
+               "spec": {"model": {"name": "digits", "fromTrainingJob": "digits"},
+                        "repository": {"hostPath": {"path": "/tmp/models"}},
+                        "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "target": 500, "provider": "hpa"}}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(service))
+    label = "modelops.dev/model-service=digits"
+    [deployment] = eventually(lambda: get_json(kube, "deployments", "-l", label)["items"], 30, "the revision")
+    revision = deployment["metadata"]["name"]
+    assert revision.startswith("digits-v1-")
+    assert "versions: [ 1 ]" in get_json(kube, "configmap", revision)["data"]["config.pbtxt"]
+    assert [p["port"] for p in get_json(kube, "service", "digits")["spec"]["ports"]] == [8000, 8001, 8002]
+    eventually(lambda: kube.cluster.kubectl("-n", kube.namespace, "get", "hpa", "digits", check=False).returncode == 0,
+               30, "the HorizontalPodAutoscaler")
+    # The operator writes the model-ready readiness gate through pods/status.
+    eventually(lambda: any(condition(p, "modelops.dev/model-ready")
+                           for p in get_json(kube, "pods", "-l", label)["items"]), 60, "the readiness gate condition")
+    status = eventually(lambda: get_json(kube, "ms", "digits").get("status", {}).get("modelVersion") == 1
+                        and get_json(kube, "ms", "digits")["status"], 30, "status.modelVersion 1")
+    assert status["observedGeneration"] == get_json(kube, "ms", "digits")["metadata"]["generation"]
+
+
+# Every flow the operator runs, in order in one namespace; the RBAC tests run each under the chart's identity.
+OPERATOR_FLOWS: list[Callable[[Any, Path], None]] = [trainingjob_flow, modelservice_flow]
 
 
 def run_operator_flows(kube: Any, trainer_kubeconfig: Path) -> None:
