@@ -249,3 +249,14 @@ def test_observed_pod_from_a_kubernetes_pod() -> None:
     assert (observed.rank, observed.attempt, observed.phase, observed.exit_code, observed.reason) == \
         (0, 1, "Failed", 137, "OOMKilled")
     assert observed.progress == {"epoch": 2} and not observed.active
+
+
+def test_final_report_falls_back_to_the_termination_message() -> None:
+    final = {"phase": "Succeeded", "model": {"name": "digits", "version": 2, "uri": "/models/digits/2"}}
+    raw = {"metadata": {"name": "digits-a0-w0", "labels": {}},
+           "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+               "exitCode": 0, "reason": "Completed", "message": json.dumps(final)}}}]}}
+    observed = tj.ObservedPod.from_pod(raw)
+    assert observed.progress == final
+    result = tj.plan(JOB, spec(), [observed], {"phase": "Running", "startTime": stamp(NOW)}, NOW)
+    assert result.status["model"]["version"] == 2

@@ -66,18 +66,28 @@ class ObservedPod:
         labels, annotations = meta.get("labels", {}) or {}, meta.get("annotations", {}) or {}
         terminated = next((cs.get("state", {}).get("terminated") for cs in status.get("containerStatuses") or []
                            if cs.get("name") == TRAINER_CONTAINER), None) or {}
-        try:
-            progress = json.loads(annotations[ANNOTATION_PROGRESS]) if ANNOTATION_PROGRESS in annotations else None
-        except ValueError:
-            progress = None
+        progress = _json_object(annotations.get(ANNOTATION_PROGRESS))
+        final = _json_object(terminated.get("message"))
+        if final and "model" in final and not (progress or {}).get("model"):
+            # The trainer also writes its final report to the termination log: it still counts when
+            # the pod could not patch its own annotation (e.g. a ServiceAccount without the Role).
+            progress = final
         return cls(
             name=meta["name"], rank=int(labels.get(LABEL_RANK, 0)), attempt=int(labels.get(LABEL_ATTEMPT, 0)),
             phase=status.get("phase") or "Pending", deleting=bool(meta.get("deletionTimestamp")),
             exit_code=terminated.get("exitCode"),
             reason=terminated.get("reason") or status.get("reason") or "",
             pod_spec=annotations.get(ANNOTATION_POD_SPEC),
-            progress=progress if isinstance(progress, dict) else None,
+            progress=progress,
         )
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @dataclass
