@@ -261,10 +261,12 @@ class Lifecycle:
         data = prepare(load_builtin("digits", 0), missing=Missing.DROP, val_fraction=0.1, test_fraction=0.1, seed=0)
         return data.test.x, data.test.y
 
-    def held_out_accuracy(self, count: int = 40) -> tuple[float, int]:
+    def held_out_accuracy(self, count: int = 48, batch: int = 8) -> tuple[float, int]:
+        """Accuracy over `count` held-out digits, sent in batches within the served maxBatchSize."""
         x, y = self.held_out()
-        logits = infer(self.address(), MODEL, x[:count])
-        return float((logits.argmax(axis=1) == y[:count]).mean()), count
+        predictions = np.concatenate([infer(self.address(), MODEL, x[i:i + batch]).argmax(axis=1)
+                                      for i in range(0, count, batch)])
+        return float((predictions == y[:count]).mean()), count
 
     def load(self, rate: float) -> _Load:
         x, _ = self.held_out()

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = dev.add_parser("cluster", help="the local cluster: etcd, control plane and kwok nodes")
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument("--dir", type=Path, default=Path(".cluster"), help="where the cluster keeps its state")
+    cluster.add_argument("--kube-proxy", action="store_true",
+                         help="also run kube-proxy (iptables mode) so Service ClusterIPs route; needs root")
     cluster.set_defaults(handler=_cluster)
 
     args = parser.parse_args(argv)
@@ -78,7 +80,7 @@ def _cluster(args: argparse.Namespace) -> int:
             print(json.dumps(LocalCluster(root, Path("/nonexistent")).status(), indent=2))
             return 0
         cluster = LocalCluster(root, build_tools())
-        seconds = cluster.up()
+        seconds = cluster.up(kube_proxy=args.kube_proxy)
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

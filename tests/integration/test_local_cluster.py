@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from modelops.dev.cluster import LocalCluster
+from support import eventually
 
 pytestmark = pytest.mark.cluster
 
 
 def get(kube, *args: str) -> Any:  # type: ignore[no-untyped-def]
     return json.loads(kube.kubectl("get", *args, "-o", "json"))
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def pod(name: str, *, gpus: int = 0, tolerate_gpu: bool = False) -> str:
