@@ -6,6 +6,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from modelops.trainer.distributed import DistEnv
 from modelops.trainer.progress import PROGRESS_ANNOTATION, PodAnnotationSink, ProgressReporter
 
@@ -28,7 +30,9 @@ class RecordingSink:
         self.sent.append(json.loads(payload))
 
 
-def test_throttled_to_one_report_per_two_seconds_and_final_always_sent(tmp_path: Path) -> None:
+def test_throttled_to_one_report_per_two_seconds_and_final_always_sent(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # inside a pod: the termination log is written
     clock, sink, out = Clock(), RecordingSink(), io.StringIO()
     termination = tmp_path / "termination-log"
     termination.write_text("")

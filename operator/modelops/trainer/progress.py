@@ -118,8 +118,11 @@ class ProgressReporter:
 
 
 def write_termination_log(text: str, path: Path | None = TERMINATION_LOG) -> None:
-    """Write `text` to the termination log when that file exists and is writable (Kubernetes provides it)."""
-    if path is None or not (path.is_file() or path.is_char_device()) or not os.access(path, os.W_OK):
+    """Write `text` to the termination log inside a pod (the kubelet provides the file and sets
+    KUBERNETES_SERVICE_HOST); outside one, a stray /dev/termination-log must not be written."""
+    if path is None or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return
+    if not (path.is_file() or path.is_char_device()) or not os.access(path, os.W_OK):
         return
     try:
         path.write_text(text)
