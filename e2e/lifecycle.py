@@ -23,15 +23,14 @@ from modelops.dev.cluster import LocalCluster
 
 NAMESPACE = "demo"
 MODEL = "digits"
-BROKEN_MODEL_PY = '''"""A deliberately broken model version (modelops demo): it loads fine and answers every request with an error."""
-
-import triton_python_backend_utils as pb_utils
+BROKEN_MODEL_PY = '''"""A deliberately broken model version (modelops demo): it loads fine, matches its signature, and fails
+every request. (It raises: Triton counts a raised execute as a failure, while an error *response* from a
+python-backend model is counted as a success in nv_inference_request_failure/success.)"""
 
 
 class TritonPythonModel:
     def execute(self, requests):
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("deliberately broken model version"))
-                for _ in requests]
+        raise RuntimeError("deliberately broken model version")
 '''
 
 
@@ -219,8 +218,13 @@ class Lifecycle:
         with self.load(rate=15) as load:
             self.space.kubectl("patch", "ms", MODEL, "--type=merge", "-p", json.dumps(
                 {"spec": {"model": {"fromTrainingJob": None, "version": broken, "signature": signature}}}))
-            status = wait_for(lambda: (s := self.ms_status()).get("rejectedRevision", "").startswith(
-                f"{MODEL}-v{broken}-") and s, 360, "the broken canary to be rolled back", interval=2)
+            def rolled_back() -> dict[str, Any] | None:
+                status = self.ms_status()
+                if status.get("modelVersion") == broken:
+                    raise StepFailed(f"the broken version {broken} was promoted: {status.get('lastAnalysis')}")
+                return status if status.get("rejectedRevision", "").startswith(f"{MODEL}-v{broken}-") else None
+
+            status = wait_for(rolled_back, 360, "the broken canary to be rolled back", interval=2)
             during = load.stats.snapshot()
         if status.get("modelVersion") != stable:
             raise StepFailed(f"stable version changed to {status.get('modelVersion')}")

@@ -49,7 +49,7 @@ def selector(**labels: str) -> str:
 def metric_queries(metric: str, sel: str) -> tuple[str, str | None]:
     """(numerator, denominator) for a per-replica autoscaling metric; the denominator, when given, is the
     request rate (queue time is per request) and a zero rate means idle."""
-    window = "1m"
+    window = "30s"  # long enough to smooth a 2-5 s scrape, short enough to follow a load step
     if metric == "queueTimeMicroseconds":
         return (f"sum(rate(nv_inference_queue_duration_us{sel}[{window}]))",
                 f"sum(rate(nv_inference_request_success{sel}[{window}]))")
