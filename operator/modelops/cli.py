@@ -73,11 +73,11 @@ def _cluster(args: argparse.Namespace) -> int:
     root = args.dir.resolve()
     try:
         if args.action == "down":
-            stopped = LocalCluster(root, Path("/nonexistent")).down()
+            stopped = LocalCluster.existing(root).down()
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
             return 0
         if args.action == "status":
-            print(json.dumps(LocalCluster(root, Path("/nonexistent")).status(), indent=2))
+            print(json.dumps(LocalCluster.existing(root).status(), indent=2))
             return 0
         cluster = LocalCluster(root, build_tools())
         seconds = cluster.up(kube_proxy=args.kube_proxy)

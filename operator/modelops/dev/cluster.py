@@ -88,6 +88,11 @@ class LocalCluster:
     # kube-proxy (iptables mode) changes the host's NAT rules: one per machine, so off unless asked for.
     kube_proxy: bool = False
 
+    @classmethod
+    def existing(cls, root: Path) -> LocalCluster:
+        """The cluster recorded in `root` (for status and down), using the binaries it was started with."""
+        return cls(root, Path(cls(root, Path())._read_state().get("bin_dir", "")))
+
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
