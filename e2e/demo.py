@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "e2e"), str(REPO / "tests")]
 
 from kubelet import ProcessKubelet  # noqa: E402
-from lifecycle import NAMESPACE, Lifecycle, Space, wait_for  # noqa: E402
+from lifecycle import NAMESPACE, Lifecycle, Space  # noqa: E402
 from prometheus import PrometheusServer  # noqa: E402
-from support import OperatorProcess  # noqa: E402
+from support import OperatorProcess, eventually  # noqa: E402
 
 from modelops.dev.cluster import LocalCluster, build_tools  # noqa: E402
 
@@ -56,7 +56,7 @@ def main() -> int:
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s")
         cluster.kubectl("create", "namespace", NAMESPACE)
-        wait_for(lambda: cluster.kubectl("-n", NAMESPACE, "get", "sa", "default", check=False).returncode == 0,
+        eventually(lambda: cluster.kubectl("-n", NAMESPACE, "get", "sa", "default", check=False).returncode == 0,
                  30, "the namespace's default ServiceAccount", interval=0.2)
 
         with ExitStack() as stack:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from load import LoadGenerator, LoadStats, infer
+from support import eventually as wait_for
 from modelops.dev.cluster import LocalCluster
 
 NAMESPACE = "demo"
@@ -36,17 +37,6 @@ class TritonPythonModel:
 
 class StepFailed(AssertionError):
     """A lifecycle step did not reach its goal."""
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)
