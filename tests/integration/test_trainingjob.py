@@ -177,3 +177,41 @@ def test_invalid_specs_are_rejected_at_admission(kube, crds_installed, spec, mes
     result = kube.cluster.kubectl("-n", kube.namespace, "apply", "-f", "-", stdin=job("bad", **spec), check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_operator_serves_liveness_and_its_own_metrics(kube, crds_installed, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import urllib.request
+
+    from support import OperatorProcess
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    liveness, metrics = free_port(), free_port()
+    process = OperatorProcess(kube.kubeconfig, kube.namespace, tmp_path / "operator.log",
+                              extra_args=("--liveness-port", str(liveness), "--metrics-port", str(metrics),
+                                          "--log-format", "json"))
+    process.start()
+    try:
+        kube.kubectl("apply", "-f", "-", stdin=job("counted"))
+        running_pods(kube, "counted", 1)
+
+        def get(port: int, path: str) -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                    return str(response.read().decode())
+            except OSError:
+                return ""
+
+        assert eventually(lambda: get(liveness, "/healthz"), what="liveness endpoint")
+        text = eventually(lambda: (t := get(metrics, "/metrics")) and
+                          'modelops_resources{kind="TrainingJob",phase="Running"} 1.0' in t and t,
+                          what="the job counted as Running in the operator's metrics")
+        assert 'modelops_reconciles_total{kind="TrainingJob",result="ok"}' in text
+        assert "modelops_reconcile_duration_seconds_bucket" in text
+    finally:
+        process.stop()
+    assert any(line.startswith("{") for line in process.log().splitlines()), "no JSON log lines"
