@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,6 +36,9 @@ _locks = KeyedLocks()
 _requeue = Requeuer()
 _pod_checks = Requeuer()
 _scale_memory: dict[tuple[str, str], ScaleMemory] = {}
+# The last autoscaling evaluation per ModelService: pod events reconcile often, the scaler decides every
+# AUTOSCALE_SECONDS (like the HPA's sync period), so its windows and rate limits see a steady cadence.
+_last_scaling: dict[tuple[str, str], tuple[float, int, dict[str, Any]]] = {}
 
 
 def reconcile(kube: Kube, prometheus: Prometheus, namespace: str, name: str) -> None:
@@ -163,6 +167,10 @@ def _replica_total(prometheus: Prometheus, meta: build.ServiceMeta, spec: ModelS
     scaling = spec.autoscaling
     if scaling is None or scaling.provider != "builtin":
         return spec.replicas, None
+    key = (meta.namespace, meta.name)
+    last = _last_scaling.get(key)
+    if last and time.monotonic() - last[0] < AUTOSCALE_SECONDS:
+        return last[1], last[2]
     state = state_from_status(previous)
     serving = [observed[r] for r in (state.stable, state.canary) if r in observed]
     current = sum(r.replicas for r in serving) or (previous.get("autoscaling") or {}).get("desiredReplicas") \
@@ -175,14 +183,15 @@ def _replica_total(prometheus: Prometheus, meta: build.ServiceMeta, spec: ModelS
             unavailable = "metric unavailable: Prometheus has no data for this ModelService yet"
     except PrometheusUnavailable as error:
         unavailable = f"metric unavailable: {error}"
-    key = (meta.namespace, meta.name)
     decision = decide_scale(current, value, scaling, _scale_memory.get(key, ScaleMemory()), now, unavailable)
     _scale_memory[key] = decision.memory
-    last = (previous.get("autoscaling") or {}).get("lastScaleTime")
+    scaled_at = (previous.get("autoscaling") or {}).get("lastScaleTime")
     status = {"metric": scaling.metric, "value": value, "target": scaling.target,
               "desiredReplicas": decision.desired, "reason": decision.reason,
-              "lastScaleTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if decision.desired != current else last}
-    return decision.desired, {k: v for k, v in status.items() if v is not None}
+              "lastScaleTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if decision.desired != current else scaled_at}
+    status = {k: v for k, v in status.items() if v is not None}
+    _last_scaling[key] = (time.monotonic(), decision.desired, status)
+    return decision.desired, status
 
 
 def _metric_value(prometheus: Prometheus, metric: str, meta: build.ServiceMeta, ready: int) -> float | None:
@@ -242,6 +251,7 @@ def _gate(pod: dict[str, Any]) -> dict[str, Any] | None:
 def _forget(namespace: str, name: str) -> None:
     _requeue.cancel((namespace, name))
     _scale_memory.pop((namespace, name), None)
+    _last_scaling.pop((namespace, name), None)
     record_phase(KIND, namespace, name, None)
 
 
