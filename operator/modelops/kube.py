@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes import client, config
@@ -14,6 +13,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from modelops.resources.conditions import Event
+from modelops.clock import rfc3339
 
 FIELD_MANAGER = "modelops"
 COMPONENT = "modelops-operator"
@@ -101,7 +101,7 @@ class Kube:
     def patch_pod_condition(self, namespace: str, name: str, cond_type: str, status: bool, reason: str,
                             message: str) -> None:
         """Set one condition of a pod (a readiness gate); strategic merge keeps the kubelet's conditions."""
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339()
         condition = {"type": cond_type, "status": "True" if status else "False", "reason": reason,
                      "message": message[:1024], "lastTransitionTime": now}
         try:
@@ -114,7 +114,7 @@ class Kube:
     def post_event(self, involved: dict[str, Any], event: Event) -> None:
         """Record an Event on `involved` (a full object); failures are logged, never raised."""
         meta = involved["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339()
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},

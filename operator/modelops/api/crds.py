@@ -152,7 +152,7 @@ def crd(kind: Kind) -> dict[str, Any]:
 
 
 def render(kind: Kind) -> str:
-    header = f"# Generated from the pydantic models in operator/modelops/api by `modelops crds`. Do not edit.\n"
+    header = "# Generated from the pydantic models in operator/modelops/api by `modelops crds`. Do not edit.\n"
     return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
 
 

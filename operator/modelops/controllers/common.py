@@ -6,13 +6,13 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import ValidationError
 
 from modelops.kube import Kube, status_patch
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.clock import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def refuse_invalid_spec(kube: Kube, obj: dict[str, Any], error: ValidationError)
     meta = obj["metadata"]
     previous: dict[str, Any] = obj.get("status") or {}
     message = describe_validation_error(error)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = rfc3339()
     conditions = merge_conditions(previous.get("conditions", []), [
         Cond("Ready", False, "InvalidSpec", message),
         Cond("Stalled", True, "InvalidSpec", message),

@@ -23,6 +23,7 @@ from modelops.resources import modelservice as build
 from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service, state_from_status
 from modelops.rollout.analysis import CanarySample, judge
 from modelops.rollout.canary import CanaryHealth, Decision, decide
+from modelops.clock import rfc3339
 
 KIND = "ModelService"
 PLURAL = "modelservices"
@@ -153,7 +154,7 @@ def _decide_rollout(prometheus: Prometheus, meta: build.ServiceMeta, spec: Model
         verdict, message = judge(sample, spec.rollout.analysis)
     except PrometheusUnavailable as error:
         sample, verdict, message = CanarySample(None, None, None), "Inconclusive", str(error)
-    analysis = {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "verdict": verdict, "message": message,
+    analysis = {"time": rfc3339(now), "verdict": verdict, "message": message,
                 "errorRate": _error_rate(sample), "p99LatencyMs": sample.p99_latency_ms,
                 "requests": (sample.success or 0) + (sample.failure or 0)}
     decision = decide(state, desired, version, spec.rollout, canary=health, verdict=verdict,
@@ -188,7 +189,7 @@ def _replica_total(prometheus: Prometheus, meta: build.ServiceMeta, spec: ModelS
     scaled_at = (previous.get("autoscaling") or {}).get("lastScaleTime")
     status = {"metric": scaling.metric, "value": value, "target": scaling.target,
               "desiredReplicas": decision.desired, "reason": decision.reason,
-              "lastScaleTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if decision.desired != current else scaled_at}
+              "lastScaleTime": rfc3339(now) if decision.desired != current else scaled_at}
     status = {k: v for k, v in status.items() if v is not None}
     _last_scaling[key] = (time.monotonic(), decision.desired, status)
     return decision.desired, status

@@ -4,13 +4,14 @@ rollout decision, the observed revisions and the replica total."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.resources import modelservice as build
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.rollout.canary import Decision, RolloutState
+from modelops.clock import parse_rfc3339, rfc3339
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def state_from_status(status: dict[str, Any]) -> RolloutState:
 
 
 def plan_service(inputs: PlanInputs) -> ServicePlan:
-    meta, spec, now = inputs.meta, inputs.spec, inputs.now
+    meta, spec = inputs.meta, inputs.spec
     plan = ServicePlan()
     state = inputs.decision.state if inputs.decision else state_from_status(inputs.previous)
     weight = inputs.decision.weight if inputs.decision and state.canary else 0
@@ -199,8 +200,8 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
 
 
 def _stamp(moment: datetime | None) -> str | None:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    return rfc3339(moment) if moment else None
 
 
 def _parse(stamp: str | None) -> datetime | None:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if stamp else None
+    return parse_rfc3339(stamp) if stamp else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from modelops import API_VERSION
@@ -18,6 +18,7 @@ from modelops.api.trainingjob import TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
+from modelops.clock import parse_rfc3339, rfc3339
 
 LABEL_JOB = "modelops.dev/training-job"
 LABEL_RANK = "modelops.dev/rank"
@@ -234,7 +235,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     """Decide everything for one reconcile pass. `previous` is the last written status: only its recorded
     facts (start/completion time, a terminal phase, the last progress) are read from it."""
     result = Plan()
-    stamp = _rfc3339(now)
+    stamp = rfc3339(now)
     attempts = sorted({p.attempt for p in pods})
     current = max(attempts, default=0)
     failed_attempts = {p.attempt for p in pods if p.phase == "Failed"}
@@ -259,7 +260,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     elif phase is None:
         failed = [p for p in group.values() if p.phase == "Failed"]
         deadline = spec.active_deadline_seconds
-        elapsed = (now - _parse(start_time)).total_seconds() if start_time else 0.0
+        elapsed = (now - parse_rfc3339(start_time)).total_seconds() if start_time else 0.0
         if failed and len(failed_attempts) > spec.backoff_limit:
             phase, reason = "Failed", "BackoffLimitExceeded"
             message = f"{_describe_failure(failed[0])}; {len(failed_attempts)} failed attempt(s), " \
@@ -309,7 +310,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         reason, message = _terminal_reason(previous)
 
     if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and completion_time:
-        remaining = spec.ttl_seconds_after_finished - (now - _parse(completion_time)).total_seconds()
+        remaining = spec.ttl_seconds_after_finished - (now - parse_rfc3339(completion_time)).total_seconds()
         if remaining <= 0:
             result.delete_job = True
         else:
@@ -421,11 +422,4 @@ def _transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list
         events.append(Event("Normal", "Resumed", "spec.suspend is false: starting the workers"))
     return events
 
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 

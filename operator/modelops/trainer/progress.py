@@ -8,9 +8,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+
+from modelops.clock import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ MIN_INTERVAL_S = 2.0
 
 def utc_now() -> str:
     """RFC 3339 UTC time with second precision, e.g. 2024-05-01T12:00:00Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339()
 
 
 class Sink(Protocol):
