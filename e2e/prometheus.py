@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,11 +15,7 @@ from typing import Any
 
 import yaml
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from modelops.dev.cluster import free_port
 
 
 def scrape_config(targets_file: Path, interval: str = "2s") -> dict[str, Any]:
@@ -57,7 +52,7 @@ class PrometheusServer:
 
     def __init__(self, work_dir: Path, kubeconfig: Path, namespaces: list[str]) -> None:
         self.work_dir, self.kubeconfig, self.namespaces = work_dir, kubeconfig, namespaces
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.targets_file = work_dir / "targets.json"
         self._stop = threading.Event()

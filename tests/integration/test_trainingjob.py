@@ -180,15 +180,10 @@ def test_invalid_specs_are_rejected_at_admission(kube, crds_installed, spec, mes
 
 
 def test_operator_serves_liveness_and_its_own_metrics(kube, crds_installed, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import socket
     import urllib.request
 
+    from modelops.dev.cluster import free_port
     from support import OperatorProcess
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
 
     liveness, metrics = free_port(), free_port()
     process = OperatorProcess(kube.kubeconfig, kube.namespace, tmp_path / "operator.log",
