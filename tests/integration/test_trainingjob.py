@@ -215,9 +215,9 @@ def test_operator_serves_liveness_and_its_own_metrics(kube, crds_installed, tmp_
 def test_long_dotted_job_name_gets_valid_children(kube, operator) -> None:  # type: ignore[no-untyped-def]
     name = "team.vision.digits-" + "x" * 90  # a valid object name, too long and dotted for pods and Services
     kube.kubectl("apply", "-f", "-", stdin=job(name, workers=2))
-    pods = eventually(lambda: [p for p in get_json(kube, "pods")["items"]
-                               if p["status"].get("phase") == "Running"], what="worker pods of a long-named job")
-    assert len(pods) == 2
+    pods = eventually(lambda: len(running := [p for p in get_json(kube, "pods")["items"]
+                                              if p["status"].get("phase") == "Running"]) == 2 and running,
+                      what="both worker pods of a long-named job")
     for pod in pods:
         assert len(pod["metadata"]["name"]) <= 63 and len(pod["spec"]["hostname"]) <= 63
     [service] = get_json(kube, "services")["items"]
