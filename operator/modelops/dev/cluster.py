@@ -56,10 +56,11 @@ class NodeSpec:
     gpus: int = 0
     cpu: str = "32"
     memory: str = "256Gi"
+    pods: str = "110"
 
     def manifest(self) -> dict:
         labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "type": "kwok"}
-        allocatable = {"cpu": self.cpu, "memory": self.memory, "pods": "110"}
+        allocatable = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
         taints = []
         if self.gpus:
             labels["nvidia.com/gpu.present"] = "true"
@@ -87,6 +88,12 @@ class LocalCluster:
     nodes: list[NodeSpec] = field(default_factory=default_nodes)
     # kube-proxy (iptables mode) changes the host's NAT rules: one per machine, so off unless asked for.
     kube_proxy: bool = False
+    # The API server writes an audit log (Metadata level, JSON) to logs/audit.log: who made which request.
+    audit_log: bool = False
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.root / "logs" / "audit.log"
 
     @classmethod
     def existing(cls, root: Path) -> LocalCluster:
@@ -345,7 +352,17 @@ class LocalCluster:
             "--allow-privileged=true",
             # The Endpoints reconciler refuses loopback addresses; nothing here needs the `kubernetes` endpoints.
             "--endpoint-reconciler-type=none",
+            *self._audit_args(),
         ]
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit_log:
+            return []
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                      "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log_path}",
+                "--audit-log-format=json", "--audit-log-maxsize=0"]
 
     def _component_auth(self) -> list[str]:
         kc = str(self.kubeconfig)
