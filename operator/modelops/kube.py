@@ -1,34 +1,82 @@
-"""The one module that talks to the Kubernetes API server: server-side apply, reads, deletes, status, events."""
+"""The one module that talks to the Kubernetes API server: creates, server-side apply, reads, list+watch
+streams for the caches, deletes, status, events. Every request is counted by verb, kind and code."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-import time
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from modelops.resources.conditions import Event
 from modelops.clock import rfc3339
+from modelops.metrics import API_REQUESTS
+from modelops.resources.conditions import Event
 
 FIELD_MANAGER = "modelops"
 COMPONENT = "modelops-operator"
+USER_AGENT = "modelops-operator/0.1"
+WRITE_VERBS = frozenset({"create", "apply", "patch", "delete"})
 log = logging.getLogger(__name__)
 
 
+class ApiError(Exception):
+    """A request the API server answered with an error (or that did not reach it: status 0)."""
+
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status, self.reason, self.message, self.retry_after = status, reason, message, retry_after
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+    @property
+    def refused_for_content(self) -> bool:
+        """The server refused the object itself (invalid, forbidden by admission, a missing reference):
+        retrying the same object cannot help, the spec that produced it must change."""
+        return self.status in (400, 403, 422) or (self.status == 404 and self.reason != "NotFound")
+
+    @classmethod
+    def from_exception(cls, error: ApiException) -> ApiError:
+        reason, message = error.reason or "", str(error.body or error.reason or "")
+        try:
+            body = json.loads(error.body) if error.body else {}
+            reason, message = body.get("reason") or reason, body.get("message") or message
+        except (ValueError, TypeError, AttributeError):
+            pass
+        retry_after = None
+        headers = error.headers or {}
+        if headers.get("Retry-After"):
+            try:
+                retry_after = float(headers["Retry-After"])
+            except ValueError:
+                pass
+        return cls(int(error.status or 0), reason, message, retry_after=retry_after)
+
+
 class Kube:
-    """A thin, thread-safe wrapper over the dynamic client (handlers run in kopf's thread pool)."""
+    """A thin, thread-safe client (the engine's workers and informers share it)."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
+        api_client.user_agent = USER_AGENT  # tells our requests apart in audit logs
         self._api = api_client
         self._dynamic = DynamicClient(api_client)
         self._resources: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        self._missing: dict[tuple[str, str], float] = {}
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -37,7 +85,11 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        return cls(client.ApiClient())
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = 32  # workers + informers share one pool
+        return cls(client.ApiClient(configuration))
+
+    # ---- discovery ---------------------------------------------------------
 
     def _resource(self, api_version: str, kind: str) -> Any:
         with self._lock:
@@ -47,69 +99,160 @@ class Kube:
             return self._resources[key]
 
     def has_kind(self, api_version: str, kind: str) -> bool:
-        """Whether the cluster serves this kind (e.g. a ServiceMonitor only when the Prometheus Operator runs).
-        A miss is remembered for a minute: discovery is expensive and CRDs rarely appear."""
-        missing_since = self._missing.get((api_version, kind))
-        if missing_since is not None and time.monotonic() - missing_since < 60:
-            return False
+        """Whether the cluster serves this kind (e.g. a ServiceMonitor only when the Prometheus Operator runs)."""
         try:
             self._resource(api_version, kind)
             return True
         except ResourceNotFoundError:
-            self._missing[(api_version, kind)] = time.monotonic()
             return False
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply with our field manager: creates or converges, never duplicates."""
-        meta = obj["metadata"]
-        result = self._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
-            body=obj, name=meta["name"], namespace=meta.get("namespace"),
-            field_manager=FIELD_MANAGER, force_conflicts=True)
-        return dict(result.to_dict())
+    def path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None,
+             subresource: str = "") -> str:
+        resource = self._resource(api_version, kind)
+        prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        where = f"/namespaces/{namespace}" if resource.namespaced and namespace else ""
+        return f"{prefix}{where}/{resource.name}" + (f"/{name}" if name else "") + \
+            (f"/{subresource}" if subresource else "")
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    # ---- the one request function ---------------------------------------------
+
+    def _call(self, verb: str, kind: str, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
+              body: Any = None, content_type: str = "application/json", stream: bool = False,
+              timeout: float | tuple[float, float] = 30.0) -> Any:
+        """One request, JSON in and out; raises ApiError. A streamed response is returned unread."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        if body is not None and content_type.endswith("yaml"):
+            # UTF-8 JSON text is valid YAML and keeps every character; the client's own encoding would
+            # escape emoji as surrogate pairs, which the server's YAML decoder refuses.
+            body = json.dumps(body, ensure_ascii=False).encode()
+        code = "0"
         try:
-            return dict(self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict())
-        except NotFoundError:
-            return None
+            request = self._api.param_serialize(method, path, query_params=query or [], header_params=headers,
+                                                body=body, auth_settings=["BearerToken"])
+            response = self._api.call_api(*request, _request_timeout=timeout)
+            code = str(response.status)
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise ApiException.from_response(http_resp=response, body=response.data.decode(errors="replace"),
+                                                 data=None)
+            if stream:
+                return response.response
+            raw = response.read()
+            return json.loads(raw) if raw else {}
+        except ApiException as error:
+            code = str(error.status or 0)
+            raise ApiError.from_exception(error) from None
+        except Exception as error:  # refused, reset, timed out: urllib3's errors (not all are OSErrors)
+            if isinstance(error, OSError) or type(error).__module__.startswith("urllib3"):
+                raise ApiError(0, "Unreachable", f"{method} {path}: {error}") from None
+            raise
+        finally:
+            API_REQUESTS.labels(verb, kind, code).inc()
 
-    def list(self, api_version: str, kind: str, namespace: str, *, labels: str | None = None) -> list[dict[str, Any]]:
-        result = self._resource(api_version, kind).get(namespace=namespace, label_selector=labels)
-        return [dict(item) for item in result.to_dict()["items"]]
+    # ---- reads -------------------------------------------------------------
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._call("get", kind, "GET", self.path(api_version, kind, namespace, name)))
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
+
+    def list_objects(self, api_version: str, kind: str, namespace: str | None, *, labels: str | None = None,
+                     fields: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """Every matching object and the list's resourceVersion (where a watch continues from)."""
+        query = [("labelSelector", labels)] if labels else []
+        query += [("fieldSelector", fields)] if fields else []
+        result = self._call("list", kind, "GET", self.path(api_version, kind, namespace), query=query, timeout=120)
+        items = result.get("items") or []
+        for item in items:  # list items come without apiVersion/kind
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items, str(result.get("metadata", {}).get("resourceVersion", ""))
+
+    def watch_objects(self, api_version: str, kind: str, namespace: str | None, resource_version: str, *,
+                      labels: str | None = None, fields: str | None = None,
+                      timeout_seconds: int = 300) -> Iterator[dict[str, Any]]:
+        """Raw watch events ({type, object}) from `resource_version`, bookmarks included, until the server
+        ends the stream (after about `timeout_seconds`)."""
+        query: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
+                                        ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_seconds)]
+        query += [("labelSelector", labels)] if labels else []
+        query += [("fieldSelector", fields)] if fields else []
+        response = self._call("watch", kind, "GET", self.path(api_version, kind, namespace), query=query,
+                              stream=True, timeout=(10, timeout_seconds + 30))
+        try:
+            buffer = b""
+            for chunk in response.stream(amt=None, decode_content=False):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        except Exception as error:
+            if type(error).__module__.startswith("urllib3") or isinstance(error, OSError):
+                raise ApiError(0, "Unreachable", f"watch of {kind}: {error}") from None
+            raise
+        finally:
+            response.release_conn()
+
+    # ---- writes ------------------------------------------------------------
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST: creates, or fails with 409 AlreadyExists; never touches an existing object."""
+        meta = obj["metadata"]
+        path = self.path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        return dict(self._call("create", obj["kind"], "POST", path, body=obj,
+                               query=[("fieldManager", FIELD_MANAGER)]))
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply with our field manager, forcing our fields back (callers check ownership)."""
+        meta = obj["metadata"]
+        path = self.path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        return dict(self._call("apply", obj["kind"], "PATCH", path, body=obj,
+                               content_type="application/apply-patch+yaml",
+                               query=[("fieldManager", FIELD_MANAGER), ("force", "true")]))
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *,
+               uid: str | None = None) -> bool:
         """Delete one object (only that exact object when `uid` is given); False when already gone."""
         body: dict[str, Any] = {"propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            self._resource(api_version, kind).delete(name=name, namespace=namespace, body=body)
+            self._call("delete", kind, "DELETE", self.path(api_version, kind, namespace, name), body=body)
             return True
-        except NotFoundError:
-            return False
+        except ApiError as error:
+            if error.not_found:
+                return False
+            raise
 
-    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """JSON merge patch of the status subresource (None values remove fields)."""
-        self._resource(api_version, kind).status.patch(
-            body={"status": status}, name=name, namespace=namespace, content_type="application/merge-patch+json")
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of the status subresource (None values remove fields); the patched object."""
+        path = self.path(api_version, kind, namespace, name, "status")
+        return dict(self._call("patch", kind, "PATCH", path, body={"status": status},
+                               content_type="application/merge-patch+json"))
 
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        """JSON merge patch of the object itself (e.g. the scale of a child)."""
-        self._resource(api_version, kind).patch(
-            body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json")
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of the object itself (e.g. the scale of a child, an annotation)."""
+        return dict(self._call("patch", kind, "PATCH", self.path(api_version, kind, namespace, name), body=patch,
+                               content_type="application/merge-patch+json"))
 
     def patch_pod_condition(self, namespace: str, name: str, cond_type: str, status: bool, reason: str,
-                            message: str) -> None:
+                            message: str) -> dict[str, Any] | None:
         """Set one condition of a pod (a readiness gate); strategic merge keeps the kubelet's conditions."""
-        now = rfc3339()
         condition = {"type": cond_type, "status": "True" if status else "False", "reason": reason,
-                     "message": message[:1024], "lastTransitionTime": now}
+                     "message": message[:1024], "lastTransitionTime": rfc3339()}
         try:
-            self._resource("v1", "Pod").status.patch(
-                body={"status": {"conditions": [condition]}}, name=name, namespace=namespace,
-                content_type="application/strategic-merge-patch+json")
-        except NotFoundError:
-            pass
+            return dict(self._call("patch", "Pod", "PATCH", self.path("v1", "Pod", namespace, name, "status"),
+                                   body={"status": {"conditions": [condition]}},
+                                   content_type="application/strategic-merge-patch+json"))
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
 
     def post_event(self, involved: dict[str, Any], event: Event) -> None:
         """Record an Event on `involved` (a full object); failures are logged, never raised."""
@@ -125,10 +268,9 @@ class Kube:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            self._resource("v1", "Event").create(body=body, namespace=meta["namespace"])
-        except ApiException as error:
-            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"],
-                        error.reason)
+            self._call("create", "Event", "POST", self.path("v1", "Event", meta["namespace"]), body=body)
+        except ApiError as error:
+            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
 
 
 def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +280,10 @@ def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str,
     return patch
 
 
-def controller_owner(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    """The controlling owner reference of the given kind, if any."""
+def controller_owner(obj: dict[str, Any], kind: str | None = None) -> dict[str, Any] | None:
+    """The controlling owner reference (of the given kind, if given), if any."""
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == kind and ref.get("controller"):
+        if ref.get("controller") and (kind is None or ref.get("kind") == kind):
             return dict(ref)
     return None
+

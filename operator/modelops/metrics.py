@@ -13,6 +13,17 @@ RECONCILES = Counter("modelops_reconciles_total", "Reconcile passes by kind and 
 RECONCILE_SECONDS = Histogram("modelops_reconcile_duration_seconds", "Duration of one reconcile pass", ["kind"])
 RESOURCES_BY_PHASE = Gauge("modelops_resources", "Resources this operator manages, by kind and phase",
                            ["kind", "phase"])
+API_REQUESTS = Counter("modelops_api_requests_total", "Requests to the Kubernetes API server by verb, kind and code",
+                       ["verb", "kind", "code"])
+QUEUE_DEPTH = Gauge("modelops_workqueue_depth", "Keys waiting in a work queue (ready, not delayed)", ["queue"])
+QUEUE_DELAYED = Gauge("modelops_workqueue_delayed", "Keys scheduled for later in a work queue", ["queue"])
+QUEUE_WAIT_SECONDS = Histogram("modelops_workqueue_queue_duration_seconds",
+                               "How long a key waited in the queue before its pass started", ["queue"],
+                               buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+QUEUE_RETRIES = Counter("modelops_workqueue_retries_total", "Passes that failed and were requeued with backoff",
+                        ["queue"])
+CHILD_WRITES = Counter("modelops_child_writes_total", "Children created, updated or deleted, by kind and action",
+                       ["kind", "action"])
 
 _phases: dict[tuple[str, str, str], str] = {}
 _seen_phases: dict[str, set[str]] = {}

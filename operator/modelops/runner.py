@@ -1,16 +1,24 @@
-"""Starts the kopf operator with production settings, liveness and metrics endpoints."""
+"""Starts the operator: kopf for the custom resources' watch events, peering and liveness; the engine for
+caches, work queues and passes."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from modelops import GROUP
+from modelops import GROUP, VERSION
 from modelops.autoscale.prometheus import Prometheus
+from modelops.controllers.modelservice import ModelServiceController, check_pod
+from modelops.controllers.trainingjob import TrainingJobController
+from modelops.engine.engine import Engine, EngineOptions
 from modelops.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -26,11 +34,14 @@ class RunOptions:
     peering: str | None = None
     priority: int = 0
     prometheus_url: str = ""
+    workers: int = 4
+    check_workers: int = 4
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings that avoid its known production traps."""
-    # Our CRDs have structural schemas: keep kopf's bookkeeping in annotations, not in status.
+    # Our CRDs have structural schemas: keep any kopf bookkeeping in annotations, not in status. With
+    # only event handlers kopf writes none; this is the safe place should a change handler come back.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
@@ -41,29 +52,56 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    # Handlers are synchronous (the kubernetes client) and run in this pool.
-    settings.execution.max_workers = 16
+
+
+def own_identity() -> str:
+    """This replica's name among its peers: the pod name when in a pod (POD_ID, as kopf reads it)."""
+    return os.environ.get("POD_ID") or f"modelops@{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def register_handlers(registry: kopf.OperatorRegistry) -> None:
+    """kopf only feeds our resources' watch events to the engine (event handlers: no kopf writes)."""
+
+    @kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)
+    async def trainingjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.engine.observe_resource("TrainingJob", event.get("type"), copy.deepcopy(event["object"]))
+
+    @kopf.on.event(GROUP, VERSION, "modelservices", registry=registry)
+    async def modelservice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.engine.observe_resource("ModelService", event.get("type"), copy.deepcopy(event["object"]))
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # the same kubeconfig / in-cluster account as our client
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_settings(settings)
+        memo.engine.start()
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        memo.engine.stop()
 
 
 def run_operator(options: RunOptions) -> int:
-    # Registers the handlers on kopf's default registry.
-    import modelops.controllers.modelservice  # noqa: F401
-    import modelops.controllers.trainingjob  # noqa: F401
-
     kopf.configure(verbose=options.verbose,
                    log_format=kopf.LogFormat.JSON if options.log_format == "json" else kopf.LogFormat.FULL)
-
-    @kopf.on.startup()
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_settings(settings)
-
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry)
     if options.metrics_port:
         start_http_server(options.metrics_port)
+    identity = own_identity()
+    engine = Engine(
+        Kube.from_environment(), Prometheus(options.prometheus_url),
+        [TrainingJobController(), ModelServiceController()],
+        EngineOptions(namespaces=options.namespaces, workers=options.workers, check_workers=options.check_workers,
+                      peering=options.peering, identity=identity, priority=options.priority),
+        checker=check_pod)
     liveness = f"http://0.0.0.0:{options.liveness_port}/healthz" if options.liveness_port else None
-    memo = kopf.Memo(kube=Kube.from_environment(), prometheus=Prometheus(options.prometheus_url))
     kopf.run(
-        clusterwide=not options.namespaces, namespaces=options.namespaces,
+        registry=registry, clusterwide=not options.namespaces, namespaces=options.namespaces,
         standalone=options.peering is None, peering_name=options.peering, priority=options.priority,
-        liveness_endpoint=liveness, memo=memo,
+        identity=identity, liveness_endpoint=liveness, memo=kopf.Memo(engine=engine),
     )
     return 0

@@ -1,68 +1,42 @@
-"""Plumbing shared by the controllers: per-object locks, delayed re-reconciles, refusing invalid specs."""
+"""What both controllers do the same way: write status only when it changed, refuse invalid specs and
+children that cannot be written, and make repeated failures visible on the resource."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pydantic import ValidationError
 
-from modelops.kube import Kube, status_patch
-from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.clock import rfc3339
+from modelops.engine.children import ChildRejected, NameConflict
+from modelops.engine.engine import Context
+from modelops.engine.queue import Backoff, Failure
+from modelops.kube import ApiError, status_patch
+from modelops.resources.conditions import Cond, Event, merge_conditions
 
 log = logging.getLogger(__name__)
+# After this many failed passes in a row the resource says so (a condition and an Event).
+FAILURES_BEFORE_REPORT = 3
+# A refused child is retried slowly (the spec must change first; its edit reconciles at once anyway).
+refusal_backoff = Backoff(base=5.0, cap=600.0)
 
 
-class KeyedLocks:
-    """One lock per key, created on demand."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Hashable, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    @contextmanager
-    def hold(self, key: Hashable) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            yield
-
-
-class Requeuer:
-    """Runs a callback once after a delay; a newer request for the same key replaces the older one."""
-
-    def __init__(self) -> None:
-        self._timers: dict[Hashable, threading.Timer] = {}
-        self._guard = threading.Lock()
-
-    def after(self, key: Hashable, delay: float, callback: Callable[[], None]) -> None:
-        def fire() -> None:
-            with self._guard:
-                if self._timers.get(key) is timer:
-                    del self._timers[key]
-            try:
-                callback()
-            except Exception:  # a failed requeue must not kill the timer thread silently
-                log.exception("requeued reconcile of %s failed", key)
-
-        timer = threading.Timer(max(delay, 0.0) + 0.2, fire)
-        timer.daemon = True
-        with self._guard:
-            old = self._timers.pop(key, None)
-            if old:
-                old.cancel()
-            self._timers[key] = timer
-        timer.start()
-
-    def cancel(self, key: Hashable) -> None:
-        with self._guard:
-            timer = self._timers.pop(key, None)
-        if timer:
-            timer.cancel()
+def write_status(ctx: Context, obj: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Patch the status subresource with what changed (nothing when nothing did); True if written."""
+    previous = obj.get("status") or {}
+    patch = status_patch(previous, status)
+    if not patch:
+        return False
+    meta = obj["metadata"]
+    try:
+        written = ctx.kube.patch_status(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], patch)
+    except ApiError as error:
+        if error.not_found:  # deleted meanwhile: its DELETED event will follow
+            return False
+        raise
+    ctx.caches.store(obj["kind"]).upsert(written)
+    return True
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -74,21 +48,90 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def refuse_invalid_spec(kube: Kube, obj: dict[str, Any], error: ValidationError) -> None:
-    """Mark an object the operator cannot accept (Stalled, not Ready) and say why once, in an Event.
-    Nothing is created or deleted: an invalid spec never leaves a half-built set of children."""
+def refuse(ctx: Context, obj: dict[str, Any], reason: str, message: str) -> None:
+    """Mark a resource the operator cannot act on (Stalled, not Ready) and say why once, in an Event.
+    Nothing is created or deleted here."""
     meta = obj["metadata"]
     previous: dict[str, Any] = obj.get("status") or {}
-    message = describe_validation_error(error)
-    now = rfc3339()
     conditions = merge_conditions(previous.get("conditions", []), [
-        Cond("Ready", False, "InvalidSpec", message),
-        Cond("Stalled", True, "InvalidSpec", message),
-        Cond("Reconciling", False, "InvalidSpec", message),
-    ], now=now, generation=meta.get("generation"))
-    status = {**previous, "observedGeneration": meta.get("generation"), "conditions": conditions}
-    patch = status_patch(previous, status)
-    if patch:
-        kube.patch_status(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], patch)
-    if became_true(previous.get("conditions", []), conditions, "Stalled"):
-        kube.post_event(obj, Event("Warning", "InvalidSpec", message))
+        Cond("Ready", False, reason, message),
+        Cond("Stalled", True, reason, message),
+        Cond("Reconciling", False, reason, message),
+    ], now=rfc3339(), generation=meta.get("generation"))
+    write_status(ctx, obj, {**previous, "observedGeneration": meta.get("generation"), "conditions": conditions})
+    post_once(ctx, obj, previous, Event("Warning", reason, message))
+
+
+def refuse_invalid_spec(ctx: Context, obj: dict[str, Any], error: ValidationError) -> None:
+    refuse(ctx, obj, "InvalidSpec", describe_validation_error(error))
+
+
+def with_refusal(status: dict[str, Any], refusal: tuple[str, str], *, generation: int | None) -> dict[str, Any]:
+    """The planner's status, overridden where a child could not be written: Ready=False, Stalled=True."""
+    reason, message = refusal
+    conditions = [c for c in status.get("conditions", []) if c["type"] not in ("Ready", "Stalled")]
+    for cond_type, value in (("Ready", "False"), ("Stalled", "True")):
+        old = next((c for c in status.get("conditions", []) if c["type"] == cond_type), {})
+        since = old.get("lastTransitionTime") if old.get("status") == value else None
+        conditions.append({"type": cond_type, "status": value, "reason": reason, "message": message,
+                           "lastTransitionTime": since or rfc3339(), "observedGeneration": generation})
+    return {**status, "conditions": conditions}
+
+
+def write_children(ctx: Context, owner_uid: str, objects: list[dict[str, Any]], *,
+                   create_only_kinds: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+    """Converge each child; (reason, message) of the first one that cannot be written for a reason
+    retrying will not fix (another owner's object, refused content), else None. API errors raise."""
+    for obj in objects:
+        try:
+            ctx.children.ensure(owner_uid, obj, create_only=obj["kind"] in create_only_kinds)
+        except NameConflict as conflict:
+            return "NameConflict", f"{conflict}: not modified. Rename this resource or remove that object"
+        except ChildRejected as rejected:
+            return "ChildRejected", str(rejected)
+    return None
+
+
+def refusal_event(previous: dict[str, Any], refusal: tuple[str, str] | None) -> list[Event]:
+    """A Warning for a refusal the previous status did not already state (one Event per distinct message)."""
+    if refusal is None or any(c.get("type") == "Stalled" and (c.get("reason"), c.get("message")) == refusal
+                              for c in previous.get("conditions", [])):
+        return []
+    return [Event("Warning", *refusal)]
+
+
+def post_once(ctx: Context, obj: dict[str, Any], previous: dict[str, Any], event: Event) -> None:
+    """Post `event` unless the previous status already said exactly this (one Event per distinct message)."""
+    said = {(c.get("reason"), c.get("message")) for c in previous.get("conditions", [])
+            if c.get("type") in ("Stalled", "Ready")}
+    if (event.reason, event.message) not in said:
+        ctx.kube.post_event(obj, event)
+
+
+def report_failure(ctx: Context, kind: str, failure: Failure) -> None:
+    """After repeated failed passes, say so on the resource (best effort: the API may be what fails)."""
+    if failure.failures < FAILURES_BEFORE_REPORT:
+        return
+    _, namespace, name = failure.key  # type: ignore[misc]
+    obj = ctx.caches.store(kind).get(namespace, name)
+    if obj is None:
+        return
+    message = f"{failure.failures} passes failed in a row, retrying in {failure.retry_in:.0f}s: {failure.error}"[:1000]
+    previous: dict[str, Any] = obj.get("status") or {}
+    old = next((c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
+    if old.get("reason") == "ReconcileError" and str(failure.error) in old.get("message", ""):
+        return  # already said; do not rewrite it on every retry
+    conditions = [c for c in previous.get("conditions", []) if c.get("type") != "Ready"]
+    conditions.append({"type": "Ready", "status": "False", "reason": "ReconcileError", "message": message,
+                       "lastTransitionTime": rfc3339(), "observedGeneration": obj["metadata"].get("generation")})
+    try:
+        write_status(ctx, obj, {**previous, "conditions": conditions})
+        ctx.kube.post_event(obj, Event("Warning", "ReconcileError", message))
+    except Exception as error:  # noqa: BLE001 - reporting must never add a failure of its own
+        log.debug("could not report the failure of %s/%s: %s", namespace, name, error)
+
+
+def resource_key(kind: str, obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return kind, meta.get("namespace", ""), meta.get("name", "")
+

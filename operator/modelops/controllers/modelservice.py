@@ -1,5 +1,6 @@
-"""kopf handlers for ModelServices: resolve the model version, decide the rollout and the replica count,
-apply the children, write status; and verify each serving pod's model before it takes traffic."""
+"""The ModelService controller: resolve the model version, decide the rollout and the replica count,
+write only the children that differ, write status when it changed; and verify each serving pod's model
+(on the model-check queue) before it takes traffic."""
 
 from __future__ import annotations
 
@@ -7,139 +8,202 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
-import kopf
 from pydantic import ValidationError
 
-from modelops import API_VERSION, GROUP, VERSION
+from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.autoscale.decision import ScaleMemory, decide as decide_scale
 from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
-from modelops.controllers.common import KeyedLocks, Requeuer, refuse_invalid_spec
-from modelops.kube import Kube, controller_owner, status_patch
+from modelops.clock import rfc3339
+from modelops.controllers.common import (
+    refusal_backoff, refusal_event, refuse_invalid_spec, report_failure, with_refusal, write_children, write_status)
+from modelops.engine.cache import Obj, by_controller_uid, by_label, trim_pod
+from modelops.engine.engine import ChildKind, Context
+from modelops.engine.queue import Backoff, Failure, Key
+from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
 from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service, state_from_status
 from modelops.rollout.analysis import CanarySample, judge
 from modelops.rollout.canary import CanaryHealth, Decision, decide
-from modelops.clock import rfc3339
 
 KIND = "ModelService"
-PLURAL = "modelservices"
 ROLLOUT_ANNOTATION = "modelops.dev/rollout"  # "promote" or "abort"
-RESYNC_SECONDS = 30.0
+RESYNC_SECONDS = 300.0
 AUTOSCALE_SECONDS = 10.0
-POD_CHECK_SECONDS = 3.0
+SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
 
 log = logging.getLogger(__name__)
-_locks = KeyedLocks()
-_requeue = Requeuer()
-_pod_checks = Requeuer()
 _scale_memory: dict[tuple[str, str], ScaleMemory] = {}
-# The last autoscaling evaluation per ModelService: pod events reconcile often, the scaler decides every
+# The last autoscaling evaluation per ModelService: events reconcile often, the scaler decides every
 # AUTOSCALE_SECONDS (like the HPA's sync period), so its windows and rate limits see a steady cadence.
 _last_scaling: dict[tuple[str, str], tuple[float, int, dict[str, Any]]] = {}
+# Rechecks of a pod whose Triton is not ready yet: 1 s doubling to 30 s, reset by a change of the pod.
+check_backoff = Backoff(base=1.0, cap=30.0, jitter=0.2)
 
 
-def reconcile(kube: Kube, prometheus: Prometheus, namespace: str, name: str) -> None:
-    with _locks.hold((namespace, name)), reconcile_timer(KIND):
-        obj = kube.get(API_VERSION, KIND, namespace, name)
+def _follows(obj: Obj) -> Iterable[str]:
+    followed = ((obj.get("spec") or {}).get("model") or {}).get("fromTrainingJob")
+    return [f"{obj['metadata'].get('namespace', '')}/{followed}"] if isinstance(followed, str) else []
+
+
+class ModelServiceController:
+    kind = KIND
+    child_kinds = [
+        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE)}),
+        ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid}),
+        ChildKind("v1", "Service", indexes={"owner": by_controller_uid}),
+        ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid}),
+        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid}),
+        ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid}, optional=True),
+    ]
+    resource_indexes = {"follows": _follows}
+
+    def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None:
+        obj = ctx.caches.store(KIND).get(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             _forget(namespace, name)
-            return
+            return None
+        with reconcile_timer(KIND):
+            return self._pass(ctx, obj)
+
+    def _pass(self, ctx: Context, obj: Obj) -> float | None:
+        meta_in = obj["metadata"]
+        namespace, name = meta_in["namespace"], meta_in["name"]
+        key = (KIND, namespace, name)
         try:
             spec = ModelServiceSpec.model_validate(obj.get("spec") or {})
         except ValidationError as error:
-            refuse_invalid_spec(kube, obj, error)
-            return
-        meta = build.ServiceMeta(name, namespace, obj["metadata"]["uid"], obj["metadata"].get("generation"))
+            refuse_invalid_spec(ctx, obj, error)
+            return None
+        meta = build.ServiceMeta(name, namespace, meta_in["uid"], meta_in.get("generation"))
         previous: dict[str, Any] = obj.get("status") or {}
         now = datetime.now(timezone.utc)
-        target, waiting = resolve_target(kube, namespace, spec)
+        target, waiting = resolve_target(ctx, namespace, spec)
         desired = build.revision_name(meta, spec, target) if target else None
-        observed = observe_revisions(kube, meta)
-        action = (obj["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+        observed = observe_revisions(ctx, meta)
+        action = (meta_in.get("annotations") or {}).get(ROLLOUT_ANNOTATION)
         action = action if action in ("promote", "abort") else None
 
         decision, analysis = None, None
         if desired and target:
-            decision, analysis = _decide_rollout(prometheus, meta, spec, desired, target.version, observed,
-                                                 previous, action, now)
-        total, autoscaling = _replica_total(prometheus, meta, spec, observed, previous, now)
-        has_hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, build.service_name(meta)) is not None
+            decision, analysis = _decide_rollout(ctx.prometheus, spec, desired, target.version, observed, previous,
+                                                 action, now)
+        total, autoscaling = _replica_total(ctx.prometheus, meta, spec, observed, previous, now)
+        hpa = ctx.caches.store("HorizontalPodAutoscaler").get(namespace, build.service_name(meta))
         plan = plan_service(PlanInputs(
             meta=meta, spec=spec, desired=desired, target=target, decision=decision, waiting=waiting,
             observed=observed, total=total, previous=previous, now=now, last_analysis=analysis,
-            autoscaling=autoscaling, service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
-            has_hpa=has_hpa))
+            autoscaling=autoscaling, service_monitor=ctx.serves(*SERVICE_MONITOR),
+            has_hpa=hpa is not None and (controller_owner(hpa) or {}).get("uid") == meta.uid))
 
-        for child in plan.apply:
-            kube.apply(child)
-        for revision, replicas in plan.scale.items():
-            kube.patch("apps/v1", "Deployment", namespace, revision, {"spec": {"replicas": replicas}})
-        for api_version, kind, child_name in plan.delete:
-            kube.delete(api_version, kind, namespace, child_name)
-        patch = status_patch(previous, plan.status)
-        if patch:
-            kube.patch_status(API_VERSION, KIND, namespace, name, patch)
-        for event in plan.events:
-            kube.post_event(obj, event)
+        status, requeue = plan.status, None
+        refusal = write_children(ctx, meta.uid, plan.apply)
+        if refusal:
+            status = with_refusal(status, refusal, generation=meta.generation)
+            requeue = refusal_backoff.next_delay(key)
+        else:
+            refusal_backoff.forget(key)
+            for revision, replicas in plan.scale.items():
+                ctx.caches.remember(ctx.kube.patch("apps/v1", "Deployment", namespace, revision,
+                                                   {"spec": {"replicas": replicas}}))
+            for api_version, kind, child in plan.delete:
+                ctx.children.delete(meta.uid, api_version, kind, namespace, child)
+        write_status(ctx, obj, status)
+        for event in plan.events + refusal_event(previous, refusal):
+            ctx.kube.post_event(obj, event)
         if action and decision and decision.outcome in ("Promoted", "RolledBack"):
-            kube.patch(API_VERSION, KIND, namespace, name, {"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}})
-        record_phase(KIND, namespace, name, plan.status.get("phase"))
+            ctx.kube.patch(API_VERSION, KIND, namespace, name, {"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}})
+        record_phase(KIND, namespace, name, status.get("phase"))
 
-        delay = RESYNC_SECONDS
+        delay = RESYNC_SECONDS if requeue is None else requeue
         if decision and decision.requeue_after is not None:
             delay = min(delay, decision.requeue_after)
         if spec.autoscaling and spec.autoscaling.provider == "builtin":
             delay = min(delay, AUTOSCALE_SECONDS)
-        _requeue.after((namespace, name), delay, lambda: reconcile(kube, prometheus, namespace, name))
+        return delay
+
+    def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
+        obj = new or old or {}
+        namespace = obj.get("metadata", {}).get("namespace", "")
+        if kind == "Pod":
+            annotations = obj.get("metadata", {}).get("annotations") or {}
+            owner = annotations.get(build.ANNOTATION_SERVICE_NAME)
+            if not owner:
+                return
+            if new is not None and _check_inputs(new) != (_check_inputs(old) if old else None):
+                check_backoff.forget((namespace, new["metadata"]["name"]))
+                ctx.enqueue_check((namespace, new["metadata"]["name"]))
+            yield KIND, namespace, owner
+            return
+        owner_ref = controller_owner(obj, KIND)
+        if owner_ref:
+            yield KIND, namespace, owner_ref.get("name", "")
+
+    def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
+        """A TrainingJob that changed: every ModelService following it looks again (a new model version)."""
+        if kind != "TrainingJob":
+            return
+        meta = obj.get("metadata") or {}
+        for follower in ctx.caches.store(KIND).by_index("follows", f"{meta.get('namespace', '')}/{meta.get('name')}"):
+            yield KIND, follower["metadata"]["namespace"], follower["metadata"]["name"]
+
+    def failed(self, ctx: Context, failure: Failure) -> None:
+        report_failure(ctx, KIND, failure)
 
 
-def resolve_target(kube: Kube, namespace: str, spec: ModelServiceSpec) -> tuple[build.Target | None, str]:
+def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tuple[build.Target | None, str]:
     """The version to serve and its signature, or (None, why not)."""
     model = spec.model
     if model.version is not None:
         signature = model.signature.wire() if model.signature else None
         return build.Target(model.version, signature), ""
-    job = kube.get(API_VERSION, "TrainingJob", namespace, model.from_training_job or "")
+    job = ctx.caches.store("TrainingJob").get(namespace, model.from_training_job or "")
     if job is None:
         return None, f"TrainingJob {model.from_training_job} not found"
     published = (job.get("status") or {}).get("model")
-    if not published:
+    if not isinstance(published, dict) or not published:
         return None, f"waiting for TrainingJob {model.from_training_job} to publish a model"
     if published.get("name") != model.name:
         return None, (f"TrainingJob {model.from_training_job} publishes model {published.get('name')}, "
                       f"not {model.name}")
-    if not published.get("signature"):
-        return None, f"TrainingJob {model.from_training_job} reported no signature for version {published['version']}"
-    return build.Target(int(published["version"]), published["signature"]), ""
+    if not isinstance(published.get("signature"), dict):
+        return None, f"TrainingJob {model.from_training_job} reported no signature for version {published.get('version')}"
+    try:
+        version = int(published["version"])
+    except (KeyError, TypeError, ValueError):
+        return None, f"TrainingJob {model.from_training_job} reported no valid model version"
+    return build.Target(version, published["signature"]), ""
 
 
-def observe_revisions(kube: Kube, meta: build.ServiceMeta) -> dict[str, ObservedRevision]:
-    labels = f"{build.LABEL_SERVICE}={meta.label}"
+def observe_revisions(ctx: Context, meta: build.ServiceMeta) -> dict[str, ObservedRevision]:
     failures: dict[str, str] = {}
-    for pod in kube.list("v1", "Pod", meta.namespace, labels=labels):
+    for pod in ctx.caches.store("Pod").by_index("service", f"{meta.namespace}/{meta.label}"):
         gate = _gate(pod)
         if gate and gate.get("status") == "False" and gate.get("reason") == "ModelCheckFailed":
-            failures.setdefault(pod["metadata"]["labels"].get(build.LABEL_REVISION, ""), gate.get("message", ""))
+            labels = pod["metadata"].get("labels") or {}
+            failures.setdefault(labels.get(build.LABEL_REVISION, ""), gate.get("message", ""))
     observed = {}
-    for dep in kube.list("apps/v1", "Deployment", meta.namespace, labels=labels):
-        if (controller_owner(dep, KIND) or {}).get("uid") != meta.uid:
-            continue
+    for dep in ctx.caches.store("Deployment").by_index("owner", meta.uid):
         name = dep["metadata"]["name"]
+        labels = dep["metadata"].get("labels") or {}
+        try:
+            version = int(labels.get(build.LABEL_VERSION, 0))
+        except ValueError:
+            log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
+            version = 0
         observed[name] = ObservedRevision(
-            name=name, version=int(dep["metadata"]["labels"].get(build.LABEL_VERSION, 0)),
-            replicas=int(dep["spec"].get("replicas") or 0),
+            name=name, version=version, replicas=int((dep.get("spec") or {}).get("replicas") or 0),
             ready_replicas=int((dep.get("status") or {}).get("readyReplicas") or 0),
             model_failure=failures.get(name))
     return observed
 
 
-def _decide_rollout(prometheus: Prometheus, meta: build.ServiceMeta, spec: ModelServiceSpec, desired: str,
-                    version: int, observed: dict[str, ObservedRevision], previous: dict[str, Any],
-                    action: Any, now: datetime) -> tuple[Decision, dict[str, Any] | None]:
+def _decide_rollout(prometheus: Prometheus, spec: ModelServiceSpec, desired: str, version: int,
+                    observed: dict[str, ObservedRevision], previous: dict[str, Any], action: Any,
+                    now: datetime) -> tuple[Decision, dict[str, Any] | None]:
     state = state_from_status(previous)
     seen = observed.get(state.canary or "")
     health = CanaryHealth(seen.ready_replicas, seen.replicas, seen.model_failure) if seen else None
@@ -208,49 +272,76 @@ def _metric_value(prometheus: Prometheus, metric: str, meta: build.ServiceMeta, 
     return top
 
 
-def verify_pod(kube: Kube, pod: dict[str, Any]) -> None:
-    """Set the pod's model-ready readiness gate once Triton in it serves the right model (tritonclient)."""
+# ---- the model check (its own queue) ------------------------------------------------------------------
+
+def check_pod(ctx: Context, key: Key) -> float | None:
+    """One check of one serving pod's Triton; sets the pod's model-ready readiness gate. Returns when to
+    check again (backing off while Triton is not ready), or None when there is nothing (more) to check."""
     from modelops.triton.check import check_model
 
+    namespace, name = key  # type: ignore[misc]
+    pod = ctx.caches.store("Pod").get(namespace, name)
+    target = _check_target(pod) if pod else None
+    if pod is None or target is None:
+        check_backoff.forget(key)
+        return None
+    address, model, version, expected = target
+    result = check_model(address, model, version, expected)
+    gate = _gate(pod)
+    if result.verdict == "pending":
+        if not gate:
+            _set_gate(ctx, namespace, name, False, "ModelCheckPending", result.message)
+        return check_backoff.next_delay(key)
+    check_backoff.forget(key)
+    passed = result.verdict == "passed"
+    _set_gate(ctx, namespace, name, passed, "ModelVerified" if passed else "ModelCheckFailed", result.message)
+    return None
+
+
+def _check_target(pod: Obj) -> tuple[str, str, int, dict[str, Any] | None] | None:
+    """(address, model, version, signature) when the pod's model still needs checking, else None."""
     meta, status = pod["metadata"], pod.get("status") or {}
     gate = _gate(pod)
     if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not status.get("podIP"):
-        return
+        return None
     if gate and (gate.get("status") == "True" or gate.get("reason") == "ModelCheckFailed"):
-        return
+        return None
     annotations = meta.get("annotations") or {}
-    model, _, version = annotations.get(build.ANNOTATION_MODEL, ":").partition(":")
-    if not model or not version:
-        return
-    expected = json.loads(annotations[build.ANNOTATION_SIGNATURE]) if annotations.get(build.ANNOTATION_SIGNATURE) \
-        else None
-    result = check_model(f"{status['podIP']}:{build.HTTP_PORT}", model, int(version), expected)
-    key = (meta["namespace"], meta["name"])
-    if result.verdict == "pending":
-        _pod_checks.after(key, POD_CHECK_SECONDS, lambda: _recheck(kube, meta["namespace"], meta["name"]))
-        if not gate:
-            kube.patch_pod_condition(meta["namespace"], meta["name"], build.MODEL_READY_GATE, False,
-                                     "ModelCheckPending", result.message)
-        return
-    _pod_checks.cancel(key)
-    passed = result.verdict == "passed"
-    kube.patch_pod_condition(meta["namespace"], meta["name"], build.MODEL_READY_GATE, passed,
-                             "ModelVerified" if passed else "ModelCheckFailed", result.message)
+    model, _, version = str(annotations.get(build.ANNOTATION_MODEL, ":")).partition(":")
+    try:
+        number = int(version)
+        expected = json.loads(annotations[build.ANNOTATION_SIGNATURE]) if annotations.get(build.ANNOTATION_SIGNATURE) \
+            else None
+    except ValueError:
+        log.warning("pod %s/%s: unreadable model annotations; not checked", meta.get("namespace"), meta.get("name"))
+        return None
+    if not model or not isinstance(expected, (dict, type(None))):
+        return None
+    return f"{status['podIP']}:{build.HTTP_PORT}", model, number, expected
 
 
-def _recheck(kube: Kube, namespace: str, name: str) -> None:
-    pod = kube.get("v1", "Pod", namespace, name)
-    if pod:
-        verify_pod(kube, pod)
+def _check_inputs(pod: Obj) -> tuple[Any, ...]:
+    """What a model check depends on; a pod event that changes none of it (e.g. our own gate patch)
+    does not reset the recheck backoff."""
+    status = pod.get("status") or {}
+    containers = tuple((c.get("name"), c.get("ready"), c.get("started"), c.get("restartCount"))
+                       for c in status.get("containerStatuses") or [])
+    return status.get("phase"), status.get("podIP"), containers, _check_target(pod) is not None
 
 
-def _gate(pod: dict[str, Any]) -> dict[str, Any] | None:
+def _set_gate(ctx: Context, namespace: str, name: str, passed: bool, reason: str, message: str) -> None:
+    written = ctx.kube.patch_pod_condition(namespace, name, build.MODEL_READY_GATE, passed, reason, message)
+    if written:
+        ctx.caches.remember(written)
+
+
+def _gate(pod: Obj) -> dict[str, Any] | None:
     return next((c for c in (pod.get("status") or {}).get("conditions") or []
                  if c.get("type") == build.MODEL_READY_GATE), None)
 
 
 def _forget(namespace: str, name: str) -> None:
-    _requeue.cancel((namespace, name))
+    refusal_backoff.forget((KIND, namespace, name))
     _scale_memory.pop((namespace, name), None)
     _last_scaling.pop((namespace, name), None)
     record_phase(KIND, namespace, name, None)
@@ -263,46 +354,3 @@ def _ms(microseconds: float | None) -> float | None:
 def _error_rate(sample: CanarySample) -> float | None:
     total = (sample.success or 0) + (sample.failure or 0)
     return (sample.failure or 0) / total if total else None
-
-
-# ---- handlers ------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def on_model_service(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    reconcile(memo.kube, memo.prometheus, namespace, name)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # no finalizer: children go by owner references
-def on_model_service_deleted(name: str, namespace: str, **_: Any) -> None:
-    _forget(namespace, name)
-
-
-@kopf.on.event("", "v1", "pods", labels={build.LABEL_SERVICE: kopf.PRESENT})
-def on_serving_pod(body: kopf.Body, event: kopf.RawEvent, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    pod = dict(body)
-    if event.get("type") != "DELETED":
-        verify_pod(memo.kube, pod)
-    owner = (pod["metadata"].get("annotations") or {}).get(build.ANNOTATION_SERVICE_NAME)
-    if owner:
-        reconcile(memo.kube, memo.prometheus, namespace, owner)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={build.LABEL_SERVICE: kopf.PRESENT})
-def on_revision_deployment(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    owner = controller_owner(dict(body), KIND)
-    if owner:
-        reconcile(memo.kube, memo.prometheus, namespace, owner["name"])
-
-
-@kopf.on.event(GROUP, VERSION, "trainingjobs")
-def on_training_job(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A TrainingJob that published a model: roll it out in every ModelService following it."""
-    if not (body.get("status") or {}).get("model"):
-        return
-    for ms in memo.kube.list(API_VERSION, KIND, namespace):
-        if (ms.get("spec") or {}).get("model", {}).get("fromTrainingJob") == body["metadata"]["name"]:
-            reconcile(memo.kube, memo.prometheus, namespace, ms["metadata"]["name"])
-

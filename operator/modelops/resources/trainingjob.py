@@ -74,13 +74,22 @@ class ObservedPod:
             # the pod could not patch its own annotation (e.g. a ServiceAccount without the Role).
             progress = final
         return cls(
-            name=meta["name"], rank=int(labels.get(LABEL_RANK, 0)), attempt=int(labels.get(LABEL_ATTEMPT, 0)),
+            name=meta["name"], rank=_int_label(labels, LABEL_RANK), attempt=_int_label(labels, LABEL_ATTEMPT),
             phase=status.get("phase") or "Pending", deleting=bool(meta.get("deletionTimestamp")),
             exit_code=terminated.get("exitCode"),
             reason=terminated.get("reason") or status.get("reason") or "",
             pod_spec=annotations.get(ANNOTATION_POD_SPEC),
             progress=progress,
         )
+
+
+def _int_label(labels: dict[str, Any], key: str) -> int:
+    """A label we wrote as an integer; a hand-edited garbage value reads as -1 (a pod of no group)."""
+    try:
+        value = int(str(labels.get(key, "0")))
+    except ValueError:
+        return -1
+    return value if value >= 0 else -1
 
 
 def _json_object(text: str | None) -> dict[str, Any] | None:
@@ -290,7 +299,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
                 result.delete_pods = [p.name for p in active_stale if not p.deleting]
             elif not refused:
                 result.apply = _group_objects(job, spec, current, existing=set(group))
-                if result.apply:
+                if any(obj["kind"] == "Pod" for obj in result.apply):
                     start_time = start_time or stamp
             running = sum(p.phase == "Running" for p in group.values())
             if running == spec.workers:
@@ -345,11 +354,10 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
 
 
 def _group_objects(job: JobMeta, spec: TrainingJobSpec, attempt: int, existing: set[int]) -> list[dict[str, Any]]:
+    """The group's desired objects: its rendezvous Service (always, so a deleted one comes back) and the
+    pods of missing ranks. The controller writes only what differs from what exists."""
     objects = [rendezvous_service(job)] if spec.workers > 1 else []
-    missing = [rank for rank in range(spec.workers) if rank not in existing]
-    if not missing:
-        return []
-    return objects + [worker_pod(job, spec, attempt, rank) for rank in missing]
+    return objects + [worker_pod(job, spec, attempt, rank) for rank in range(spec.workers) if rank not in existing]
 
 
 def _refused_change(spec: TrainingJobSpec, group: list[ObservedPod]) -> str:

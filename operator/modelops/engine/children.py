@@ -1,0 +1,145 @@
+"""Writes a resource's children only when they differ from the cached ones, and only when they are its own.
+
+A missing child is created with POST, which never touches an existing object: a same-named object that
+is not ours surfaces as 409 and is refused (NameConflict), never taken over. An existing child of ours is
+server-side-applied (forcing our fields back after a hand edit) only when a field we set differs."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from modelops.engine.cache import Caches, Obj
+from modelops.kube import ApiError, Kube, controller_owner
+from modelops.metrics import CHILD_WRITES
+
+
+class NameConflict(Exception):
+    """An object with the child's name exists and belongs to someone else."""
+
+
+class ChildRejected(Exception):
+    """The API server refused the child itself (invalid, or forbidden by admission): the spec must change."""
+
+    def __init__(self, obj: Obj, error: ApiError) -> None:
+        meta = obj.get("metadata") or {}
+        super().__init__(f"the API server refused {obj.get('kind')} {meta.get('name')}: {error.message}")
+        self.error = error
+
+
+def describe(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    owner = controller_owner(obj)
+    whose = f"controlled by {owner.get('kind')} {owner.get('name')}" if owner else "not controlled by anything"
+    return f"{obj.get('kind')} {meta.get('namespace')}/{meta.get('name')} already exists and is {whose}"
+
+
+def owned_by(obj: Obj, owner_uid: str) -> bool:
+    return (controller_owner(obj) or {}).get("uid") == owner_uid
+
+
+class Children:
+    """Create, converge and delete children of one owner at a time, against the caches."""
+
+    def __init__(self, kube: Kube, caches: Caches) -> None:
+        self.kube, self.caches = kube, caches
+
+    def ensure(self, owner_uid: str, desired: Obj, *, create_only: bool = False) -> str:
+        """'created', 'updated' or 'unchanged'; raises NameConflict, ChildRejected or ApiError."""
+        kind, meta = desired["kind"], desired["metadata"]
+        observed = self.caches.store(kind).get(meta.get("namespace", ""), meta["name"])
+        if observed is None:
+            try:
+                self.caches.remember(self.kube.create(desired))
+                CHILD_WRITES.labels(kind, "create").inc()
+                return "created"
+            except ApiError as error:
+                if not error.already_exists:
+                    raise _classify(desired, error) from None
+            # Not in the cache but there: not ours (no label of ours), or the cache lags a moment.
+            observed = self.kube.get(desired["apiVersion"], kind, meta.get("namespace"), meta["name"])
+            if observed is None:
+                raise ApiError(409, "Conflict", f"{kind} {meta['name']} existed a moment ago; retrying")
+        if not owned_by(observed, owner_uid):
+            raise NameConflict(describe(observed))
+        if create_only or differences(desired, observed) is None:
+            return "unchanged"
+        try:
+            self.caches.remember(self.kube.apply(desired))
+        except ApiError as error:
+            raise _classify(desired, error) from None
+        CHILD_WRITES.labels(kind, "update").inc()
+        return "updated"
+
+    def delete(self, owner_uid: str, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete the child if it is there and ours (that exact object); False otherwise."""
+        observed = self.caches.store(kind).get(namespace, name)
+        if observed is None or not owned_by(observed, owner_uid) or observed["metadata"].get("deletionTimestamp"):
+            return False
+        deleted = self.kube.delete(api_version, kind, namespace, name, uid=observed["metadata"].get("uid"))
+        if deleted:
+            CHILD_WRITES.labels(kind, "delete").inc()
+        return deleted
+
+
+def _classify(obj: Obj, error: ApiError) -> Exception:
+    """The spec's fault (refuse with a condition) or the weather (retry with backoff)."""
+    return ChildRejected(obj, error) if error.refused_for_content else error
+
+
+# ---- comparing desired with observed ------------------------------------------------------------------
+
+
+def differences(desired: Any, observed: Any, path: str = "") -> str | None:
+    """The first field path where `observed` does not carry what `desired` sets, or None.
+
+    Fields the server adds (defaults, status, other managers' fields) are ignored; an empty value we set
+    matches an absent one (the server drops empty lists and maps); quantities compare by value ("0.5" is
+    "500m")."""
+    if isinstance(desired, dict):
+        if not isinstance(observed, dict):
+            return path or "."
+        for key, value in desired.items():
+            found = differences(value, observed.get(key), f"{path}.{key}")
+            if found and not (_empty(value) and _empty(observed.get(key))):
+                return found
+        return None
+    if isinstance(desired, list):
+        if not isinstance(observed, list) or len(observed) != len(desired):
+            return path
+        for i, (want, got) in enumerate(zip(desired, observed)):
+            found = differences(want, got, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if desired == observed or (_empty(desired) and _empty(observed)):
+        return None
+    if isinstance(desired, (str, int, float)) and isinstance(observed, (str, int, float)):
+        a, b = quantity(desired), quantity(observed)
+        if a is not None and a == b and not isinstance(desired, bool):
+            return None
+    return path or "."
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or value == {} or value == ""
+
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+))?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SCALE = {None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+          "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+          "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+          "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60}
+
+
+def quantity(value: Any) -> Decimal | None:
+    """A Kubernetes resource quantity's value ('500m', '1Gi', '2e3', 3), or None if it is not one."""
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        return None
+    number, exponent, suffix = match.groups()
+    try:
+        return Decimal(number) * (Decimal(10) ** int(exponent or 0)) * _SCALE[suffix]
+    except InvalidOperation:
+        return None

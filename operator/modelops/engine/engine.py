@@ -1,0 +1,185 @@
+"""The engine of one operator process: caches, queues and gate wired together, controllers plugged in.
+
+kopf feeds the custom resources' bodies (its watch events) into `observe_resource`; informers feed the
+children; both only enqueue keys. Workers run passes from memory. Nothing runs while the gate is closed:
+before the caches have listed once, and while kopf's peering pauses this replica."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from modelops.autoscale.prometheus import Prometheus
+from modelops.engine.cache import Caches, Informer, Obj, Store, trim
+from modelops.engine.children import Children
+from modelops.engine.gate import Gate
+from modelops.engine.peering import PeeringFollower
+from modelops.engine.queue import Failure, Key, WorkQueue
+from modelops.kube import Kube
+
+log = logging.getLogger(__name__)
+MANAGED_BY = "app.kubernetes.io/managed-by=modelops"
+CACHES_GATE = "caches"
+
+
+@dataclass
+class Context:
+    """What a pass may use: the caches to read, the writers, and a way to wake other keys."""
+
+    kube: Kube
+    caches: Caches
+    children: Children
+    prometheus: Prometheus
+    enqueue: Callable[[Key], None]
+    enqueue_check: Callable[[Key], None]
+    serves: Callable[[str, str], bool] = lambda api_version, kind: True
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    """A kind of child to cache (all objects carrying our managed-by label), and how to trim it."""
+
+    api_version: str
+    kind: str
+    transform: Callable[[Obj], Obj] = trim
+    indexes: dict[str, Callable[[Obj], Iterable[str]]] = field(default_factory=dict)
+    optional: bool = False  # a CRD that may not be installed (ServiceMonitor)
+
+
+class Controller(Protocol):
+    """One resource kind's plug-in: its passes and how child events map to its keys."""
+
+    kind: str
+    child_kinds: list[ChildKind]
+    resource_indexes: dict[str, Callable[[Obj], Iterable[str]]]
+
+    def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None: ...
+
+    def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]: ...
+
+    def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]: ...
+
+    def failed(self, ctx: Context, failure: Failure) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    namespaces: list[str] = field(default_factory=list)  # [] = the whole cluster
+    workers: int = 4
+    check_workers: int = 4
+    peering: str | None = None
+    identity: str = ""
+    priority: int = 0
+
+
+class Engine:
+    """Owns the caches, the queues and the gate; the controllers own the logic."""
+
+    def __init__(self, kube: Kube, prometheus: Prometheus, controllers: list[Controller], options: EngineOptions,
+                 *, checker: Callable[[Context, Key], float | None] | None = None) -> None:
+        self.kube, self.options = kube, options
+        self.controllers = {c.kind: c for c in controllers}
+        self.gate = Gate()
+        self.gate.close(CACHES_GATE, "listing the children")
+        self.caches = Caches()
+        self.queue = WorkQueue("reconcile", self._reconcile, workers=options.workers, gate=self.gate,
+                               on_failure=self._failed)
+        self.checks = WorkQueue("model-check", lambda key: checker(self.ctx, key) if checker else None,
+                                workers=options.check_workers, gate=self.gate)
+        self.ctx = Context(kube=kube, caches=self.caches, children=Children(kube, self.caches), prometheus=prometheus,
+                           enqueue=self.queue.add, enqueue_check=self.checks.add, serves=self._serves)
+        self._served: set[tuple[str, str]] = set()
+        for controller in controllers:
+            self.caches.stores[controller.kind] = Store(controller.resource_indexes)
+        self._add_informers(controllers)
+        self.peering = PeeringFollower(kube, self.gate, name=options.peering, identity=options.identity,
+                                       priority=options.priority, namespaces=options.namespaces or None) \
+            if options.peering else None
+        # On every opening (synced, or resumed after a peering pause) look at everything once more.
+        self.gate.listen(lambda now_open: now_open and self.resync())
+
+    def _add_informers(self, controllers: list[Controller]) -> None:
+        kinds: dict[str, ChildKind] = {}
+        for controller in controllers:
+            for child in controller.child_kinds:
+                merged = kinds.get(child.kind)
+                kinds[child.kind] = child if merged is None else \
+                    ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
+                              child.optional)
+        for child in kinds.values():
+            if child.optional and not self.kube.has_kind(child.api_version, child.kind):
+                log.info("%s is not served by this cluster: not watched", child.kind)
+                continue
+            self._served.add((child.api_version, child.kind))
+            store = Store(child.indexes)
+            for namespace in self.options.namespaces or [None]:
+                self.caches.add(Informer(self.kube, child.api_version, child.kind, namespace, store,
+                                         self._child_listener(child.kind), labels=MANAGED_BY,
+                                         transform=child.transform))
+
+    def _serves(self, api_version: str, kind: str) -> bool:
+        return (api_version, kind) in self._served
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.caches.start()
+        self.queue.start()
+        self.checks.start()
+        if self.peering:
+            self.peering.start()
+        threading.Thread(target=self._open_when_synced, name="cache sync", daemon=True).start()
+
+    def stop(self) -> None:
+        self.gate.close("stopping")
+        if self.peering:
+            self.peering.stop()
+        self.caches.stop()
+        self.queue.stop()
+        self.checks.stop()
+
+    def _open_when_synced(self) -> None:
+        while not self.caches.wait_synced(timeout=30):
+            log.warning("caches not synced after 30s: %s",
+                        ", ".join(sorted({i.kind for i in self.caches.informers if not i.synced.is_set()})))
+        self.gate.open(CACHES_GATE)
+
+    def resync(self) -> None:
+        for kind in self.controllers:
+            for obj in self.caches.store(kind).items():
+                self.queue.add((kind, obj["metadata"]["namespace"], obj["metadata"]["name"]))
+
+    # ---- events ------------------------------------------------------------
+
+    def observe_resource(self, kind: str, event_type: str | None, body: Obj) -> None:
+        """A watch event of one of our custom resources (from kopf): cache it, wake whoever cares."""
+        store = self.caches.store(kind)
+        meta = body.get("metadata") or {}
+        if event_type == "DELETED":
+            store.remove(meta.get("namespace", ""), meta.get("name", ""))
+        else:
+            store.upsert(body)
+        self.queue.add((kind, meta.get("namespace", ""), meta.get("name", "")))
+        for controller in self.controllers.values():
+            for key in controller.keys_for_resource(self.ctx, kind, body):
+                self.queue.add(key)
+
+    def _child_listener(self, kind: str) -> Callable[[str, Obj | None, Obj | None], None]:
+        def listen(change: str, old: Obj | None, new: Obj | None) -> None:
+            for controller in self.controllers.values():
+                for key in controller.keys_for_child(self.ctx, kind, change, old, new):
+                    self.queue.add(key)
+        return listen
+
+    # ---- passes ------------------------------------------------------------
+
+    def _reconcile(self, key: Key) -> float | None:
+        kind, namespace, name = key  # type: ignore[misc]
+        return self.controllers[kind].reconcile(self.ctx, namespace, name)
+
+    def _failed(self, failure: Failure) -> None:
+        kind = failure.key[0]  # type: ignore[index]
+        self.controllers[kind].failed(self.ctx, failure)
