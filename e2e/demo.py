@@ -47,6 +47,7 @@ def main() -> int:
         cluster.up(kube_proxy=True)
     else:
         print(f"reusing the running cluster in {cluster.root}")
+        cluster.fence()  # it may predate the network fence
         if not cluster.status().get("components", {}).get("kube-proxy") == "running":
             cluster.start_kube_proxy()
     space = Space(cluster, NAMESPACE)

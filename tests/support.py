@@ -45,7 +45,8 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # no Prometheus from the caller's environment: tests give theirs (on loopback) with --prometheus-url
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MODELOPS_PROMETHEUS_URL": ""}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelops", "run", "-n", self.namespace, "--liveness-port", "0",

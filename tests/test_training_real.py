@@ -28,7 +28,8 @@ def trainer(repository: Path, *args: str) -> list[str]:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "POD_NAME")}
-    return {**env, "OMP_NUM_THREADS": "1", **extra}
+    # gloo on loopback: no lookup of this machine's hostname, which could ask a DNS server off the machine
+    return {**env, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **extra}
 
 
 def progress(stdout: str) -> list[dict[str, object]]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Any
 
 import pytest
 
-from modelops.dev.cluster import LocalCluster
+from modelops.dev.cluster import LocalCluster, _holder_alive, fence_status
 from support import eventually
 
 pytestmark = pytest.mark.cluster
@@ -90,6 +91,18 @@ def test_second_cluster_coexists_and_down_leaves_nothing(local_cluster: LocalClu
         other.down()
     assert not any(LocalCluster.owns_process(pid, state) for pid in state["pids"].values()), "a component outlived `down`"
     assert local_cluster.running(), "stopping one cluster touched the other"
+    assert not [how for how in fence_status().values() if how.startswith("open")], "it lifted the other's network fence"
+
+
+def test_fence_holder_counts_while_its_cluster_runs(local_cluster: LocalCluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`down` of one cluster keeps the fence while another holder's cluster runs, though its starter exited."""
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    running, stopped = tmp_path / "running", tmp_path / "stopped"
+    running.write_text(f"{local_cluster.root}\n{exited.pid}\n")
+    stopped.write_text(f"{tmp_path / 'never-started'}\n{exited.pid}\n")
+    assert _holder_alive(running)
+    assert not _holder_alive(stopped)
 
 
 # ---- readiness: probes (via the e2e.modelops.dev/ready annotation) and readiness gates ----------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import ipaddress
 import json
 import os
 import shlex
@@ -12,6 +15,8 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +27,30 @@ STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"  # kwok hands out pod IPs from here
 CLUSTER_CIDR = "10.244.0.0/16"  # the same range, as kube-proxy wants it
+NODE_IP = "10.0.0.1"  # every kwok node's InternalIP; the kubelet stand-in's gateway on the host's `lo`
+NODE_CIDR = "10.0.0.0/24"
 GPU_RESOURCE = "nvidia.com/gpu"
 # kwok manages exactly the nodes carrying this annotation.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+# The network fence: the cluster's addresses are made up, so nothing sent to them may leave the machine by
+# the default route. (range, route type, routing table) for each:
+# - pods and nodes: `unreachable` in the main table, so connect() fails at once (EHOSTUNREACH). The kubelet
+#   stand-in's /32 pod routes are more specific, and its gateway address on `lo` sits in the local table,
+#   which is looked up first: both still win.
+# - Services: `local` in the local table, NOT unreachable. kube-proxy DNATs the host's own connections to a
+#   ClusterIP in `nat OUTPUT`, which runs after the socket's route lookup: an unreachable route would fail
+#   connect() before the DNAT. A local route lets the DNAT happen, and a ClusterIP without a rule answers
+#   from the host itself (a reset: ECONNREFUSED at once, unless a host process listens on that port on all
+#   addresses).
+FENCED_RANGES = ((CLUSTER_CIDR, "unreachable", "main"), (NODE_CIDR, "unreachable", "main"),
+                 (SERVICE_CIDR, "local", "local"))
+# The fence's routes carry this routing protocol number (`ip route ... proto 109`), which no routing daemon
+# uses (see /etc/iproute2/rt_protos): `down` removes exactly these routes, never anyone else's.
+FENCE_PROTO = "109"
+# One file per cluster holding the fence (its root and the pid that started it); the routes stay while any
+# holder's cluster (or starting process) is alive. Several clusters may run at once.
+FENCE_HOLDERS = Path("/run/modelops/fenced-ranges")
 
 
 class ClusterError(RuntimeError):
@@ -111,12 +137,14 @@ class LocalCluster:
     # ---- lifecycle -------------------------------------------------------
 
     def up(self, *, die_with_parent: bool = False, timeout: float = 90.0, kube_proxy: bool | None = None) -> float:
-        """Start every component and wait for Ready nodes; return the seconds it took.
+        """Fence the cluster's address ranges (see FENCED_RANGES), start every component and wait for Ready
+        nodes; return the seconds it took.
 
         kube_proxy (default: the field of the same name) also starts kube-proxy, see start_kube_proxy()."""
         if self.running():
             raise ClusterError(f"a cluster is already running in {self.root}; run `down` first")
         started = time.monotonic()
+        self.fence()
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / "etcd", ignore_errors=True)
         (self.root / "logs").mkdir(exist_ok=True)
@@ -145,7 +173,8 @@ class LocalCluster:
         return time.monotonic() - started
 
     def down(self) -> list[str]:
-        """Stop every process this cluster started (and nothing else); return their names."""
+        """Stop every process this cluster started (and nothing else), and lift the network fence unless
+        another running cluster holds it; return the names of the stopped processes."""
         state = self._read_state()
         stopped = []
         for name, pid in reversed(list(state.get("pids", {}).items())):
@@ -155,6 +184,7 @@ class LocalCluster:
         if "kube-proxy" in state.get("pids", {}):
             _cleanup_kube_proxy_rules(Path(state["bin_dir"]), self.root / "logs")
         self.state_file.unlink(missing_ok=True)
+        self._unfence()
         return stopped
 
     def start_kube_proxy(self, *, die_with_parent: bool = False, timeout: float = 30.0) -> None:
@@ -217,7 +247,7 @@ class LocalCluster:
         components = {name: ("running" if self.owns_process(pid, state) else "stopped")
                       for name, pid in state.get("pids", {}).items()}
         return {"root": str(self.root), "kubeconfig": str(self.kubeconfig), "components": components,
-                "ports": state.get("ports", {})}
+                "ports": state.get("ports", {}), "fence": fence_status()}
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
@@ -225,6 +255,46 @@ class LocalCluster:
         if check and result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
+
+    # ---- network fence -----------------------------------------------------
+
+    def fence(self) -> None:
+        """Add the fence's routes where missing and register this cluster as a holder (idempotent; up() calls
+        it). Raise ClusterError while a range would still leave the machine: no root, someone else's route in
+        the way, or the host's own network inside a range."""
+        problems = []
+        try:
+            with _fence_holders() as holders:
+                if conflicts := _host_networks_in_fence():
+                    raise ClusterError(f"the host's own network lies in the cluster's ranges ({', '.join(conflicts)}); "
+                                       "fencing those off would cut this machine off that network")
+                for route in (_fence_route(*fenced) for fenced in FENCED_RANGES):
+                    added = _ip("route", "add", *route)
+                    if added.returncode and "File exists" not in added.stderr:
+                        problems.append(f"`ip route add {' '.join(route)}`: {added.stderr.strip()}")
+                if not _open_ranges():
+                    (holders / _holder_name(self.root)).write_text(f"{self.root.resolve()}\n{os.getpid()}\n")
+                    return
+        except OSError as error:  # not root: /run/modelops is not ours to write
+            problems.append(str(error))
+        if unfenced := _open_ranges():
+            raise ClusterError(
+                f"traffic to the cluster's made-up addresses would leave this machine ({', '.join(unfenced)}); "
+                "fencing them off needs root (CAP_NET_ADMIN): " + ("; ".join(problems) or "a route is in the way"))
+
+    def _unfence(self) -> None:
+        """Unregister this cluster; with no other live holder left, delete the fence's routes (ours only)."""
+        try:
+            with _fence_holders() as holders:
+                (holders / _holder_name(self.root)).unlink(missing_ok=True)
+                for holder in holders.glob("*"):
+                    if _holder_alive(holder):
+                        return
+                    holder.unlink(missing_ok=True)
+                for cidr, kind, table in FENCED_RANGES:
+                    _ip("route", "del", *_fence_route(cidr, kind, table))
+        except (OSError, ClusterError):
+            pass  # not root, or no iproute2: then up() added nothing either
 
     # ---- processes ---------------------------------------------------------
 
@@ -399,8 +469,77 @@ class LocalCluster:
     def _kwok_args(self, ports: dict[str, int]) -> list[str]:
         return [f"--kubeconfig={self.kubeconfig}", f"--config={STAGES_FILE}",
                 "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+                f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}", "--node-lease-duration-seconds=40",
                 f"--server-address=127.0.0.1:{ports['kwok']}"]
+
+
+def fence_status() -> dict[str, str]:
+    """How each fenced range is routed now, probed at its second-last address: 'unreachable' (no route off
+    the machine), 'local' (answered by the host) or 'open via <dev>' (it would leave by that route)."""
+    status = {}
+    for cidr, _, _ in FENCED_RANGES:
+        probe = str(ipaddress.ip_network(cidr).broadcast_address - 1)
+        result = _ip("-j", "route", "get", probe)
+        if result.returncode:
+            status[cidr] = "unreachable"  # e.g. "No route to host": the kernel refuses to route it at all
+        else:
+            route = json.loads(result.stdout)[0]
+            status[cidr] = "local" if route.get("type") == "local" else f"open via {route.get('dev', '?')}"
+    return status
+
+
+def _open_ranges() -> list[str]:
+    return [f"{cidr} {how}" for cidr, how in fence_status().items() if how.startswith("open")]
+
+
+def _fence_route(cidr: str, kind: str, table: str) -> list[str]:
+    return [kind, cidr, *(["dev", "lo"] if kind == "local" else []), "table", table, "proto", FENCE_PROTO]
+
+
+def _host_networks_in_fence() -> list[str]:
+    """The host's addresses (on anything but `lo`) and gateways that lie inside a fenced range."""
+    ranges = [ipaddress.ip_network(cidr) for cidr, _, _ in FENCED_RANGES]
+
+    def inside(address: str) -> bool:
+        return any(ipaddress.ip_address(address) in net for net in ranges)
+
+    found = []
+    for link in json.loads(_ip("-j", "-4", "addr", "show").stdout or "[]"):
+        found += [f"{a['local']} on {link['ifname']}" for a in link.get("addr_info", [])
+                  if link["ifname"] != "lo" and inside(a["local"])]
+    for route in json.loads(_ip("-j", "-4", "route", "show", "table", "all").stdout or "[]"):
+        if "gateway" in route and inside(route["gateway"]):
+            found.append(f"gateway {route['gateway']} of {route.get('dst')}")
+    return found
+
+
+@contextmanager
+def _fence_holders() -> Iterator[Path]:
+    """The holders' directory, locked against other clusters starting or stopping at the same time."""
+    FENCE_HOLDERS.mkdir(parents=True, exist_ok=True)
+    with open(FENCE_HOLDERS.parent / "fenced-ranges.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield FENCE_HOLDERS
+
+
+def _holder_name(root: Path) -> str:
+    return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+
+
+def _holder_alive(holder: Path) -> bool:
+    """Its cluster runs, or the process that started it still lives (it may be starting right now)."""
+    try:
+        root, pid = holder.read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    return LocalCluster.existing(Path(root)).running() or _alive(int(pid))
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ClusterError("`ip` is missing: install Debian's iproute2 (`make deps`)") from None
 
 
 def _terminate(pid: int, grace: float = 5.0) -> None:
