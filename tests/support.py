@@ -39,14 +39,15 @@ def condition(obj: dict[str, Any], cond_type: str) -> dict[str, Any]:
 class OperatorProcess:
     """`modelops run` for one namespace, started and stopped by the test."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
-        self.extra_args = extra_args
+        self.extra_args, self.extra_env = extra_args, env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         # no Prometheus from the caller's environment: tests give theirs (on loopback) with --prometheus-url
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MODELOPS_PROMETHEUS_URL": ""}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MODELOPS_PROMETHEUS_URL": "", **self.extra_env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelops", "run", "-n", self.namespace, "--liveness-port", "0",

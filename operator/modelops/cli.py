@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--peering", default=None,
                      help="kopf peering object name, for several replicas (needs kopf's peering CRDs)")
     run.add_argument("--priority", type=int, default=0, help="this replica's peering priority")
+    run.add_argument("--peering-lifetime", type=int, default=10,
+                     help="seconds a replica's peering record stays valid without a keep-alive: a standby takes "
+                          "over at most this long after the active replica died")
+    run.add_argument("--workers", type=int, default=4, help="reconcile passes run in parallel (work queue workers)")
+    run.add_argument("--check-workers", type=int, default=4, help="model checks run in parallel")
     run.add_argument("--prometheus-url", default=os.environ.get("MODELOPS_PROMETHEUS_URL", ""),
                      help="Prometheus for autoscaling and canary analysis (env MODELOPS_PROMETHEUS_URL)")
     run.set_defaults(handler=_run)
@@ -52,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     return run_operator(RunOptions(
         namespaces=args.namespace, liveness_port=args.liveness_port, metrics_port=args.metrics_port,
         log_format=args.log_format, verbose=args.verbose, peering=args.peering, priority=args.priority,
-        prometheus_url=args.prometheus_url))
+        peering_lifetime=args.peering_lifetime, prometheus_url=args.prometheus_url, workers=args.workers,
+        check_workers=args.check_workers))
 
 
 def _crds(args: argparse.Namespace) -> int:

@@ -33,12 +33,13 @@ class RunOptions:
     verbose: bool = False
     peering: str | None = None
     priority: int = 0
+    peering_lifetime: int = 10
     prometheus_url: str = ""
     workers: int = 4
     check_workers: int = 4
 
 
-def configure_settings(settings: kopf.OperatorSettings) -> None:
+def configure_settings(settings: kopf.OperatorSettings, *, peering_lifetime: int = 10) -> None:
     """kopf settings that avoid its known production traps."""
     # Our CRDs have structural schemas: keep any kopf bookkeeping in annotations, not in status. With
     # only event handlers kopf writes none; this is the safe place should a change handler come back.
@@ -52,6 +53,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # A standby takes over once the leader's record expires: keep-alives every few seconds, takeover in
+    # at most this many seconds after a leader was killed (a clean exit hands over at once).
+    settings.peering.lifetime = peering_lifetime
 
 
 def own_identity() -> str:
@@ -59,7 +63,7 @@ def own_identity() -> str:
     return os.environ.get("POD_ID") or f"modelops@{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def register_handlers(registry: kopf.OperatorRegistry) -> None:
+def register_handlers(registry: kopf.OperatorRegistry, options: RunOptions) -> None:
     """kopf only feeds our resources' watch events to the engine (event handlers: no kopf writes)."""
 
     @kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)
@@ -76,7 +80,7 @@ def register_handlers(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure_settings(settings)
+        configure_settings(settings, peering_lifetime=options.peering_lifetime)
         memo.engine.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -88,7 +92,7 @@ def run_operator(options: RunOptions) -> int:
     kopf.configure(verbose=options.verbose,
                    log_format=kopf.LogFormat.JSON if options.log_format == "json" else kopf.LogFormat.FULL)
     registry = kopf.OperatorRegistry()
-    register_handlers(registry)
+    register_handlers(registry, options)
     if options.metrics_port:
         start_http_server(options.metrics_port)
     identity = own_identity()
