@@ -8,6 +8,7 @@ completing proves the chart's RBAC is enough, the denied requests prove it is no
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -293,9 +294,10 @@ def test_peering_release_runs_one_active_replica(kube, install, tmp_path: Path) 
         eventually(lambda: "replica-0" in peers(), 30, "the second replica in the peering object")
         assert peering_state(high.log()) == "resumed" and peering_state(low.log()) == "paused"
         run_operator_flows(kube, trainer_config)
-        # All the work was done by the higher priority replica; the standby never ran a handler.
-        assert "Handler 'on_job' succeeded" in high.log()
-        assert "Handler 'on_" not in low.log() and peering_state(low.log()) == "paused"
+        # All the work was done by the higher priority replica; the standby's engine never ran.
+        assert re.search(r"engine: \w+ cleared; running", high.log())
+        assert not re.search(r"engine: \w+ cleared; running", low.log()) and peering_state(low.log()) == "paused"
+        assert "engine paused: peering (paused in favour of replica-1" in low.log()
 
 
 def peering_state(log: str) -> str:
