@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import gevent
 import pytest
 
 from modelops.triton.check import check_model
@@ -131,20 +130,12 @@ def test_a_server_that_is_not_a_ready_triton_is_pending_within_the_timeout(
         assert elapsed < 0.3 + 0.5, f"{kind} from {where}: {elapsed:.2f} s with a 0.3 s timeout"
 
 
-def test_a_gevent_hub_the_thread_already_had_is_left_to_it(servers: dict[str, tuple[str, float]]) -> None:
-    seen = {}
-
-    def run() -> None:
-        hub = gevent.get_hub()
-        seen["result"] = check_model(servers["refused"][0], "m", 1, None, timeout=0.3)
-        seen["same hub"] = gevent.get_hub() is hub
-        seen["loop alive"] = hub.loop is not None
-        hub.destroy()
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join()
-    assert seen["result"].verdict == "pending" and seen["same hub"] and seen["loop alive"], seen
+def test_the_check_brings_no_heavy_client_into_the_operator() -> None:
+    """The operator's RSS budget: the check speaks Triton's HTTP API itself (no tritonclient, numpy, gevent)."""
+    code = ("import sys, modelops.triton.check as c; c.check_model('127.0.0.1:9', 'm', 1, None, timeout=0.1); "
+            "print(sorted({'tritonclient', 'numpy', 'gevent'} & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_thousands_of_failing_checks_leave_no_fds_threads_or_memory_behind(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,8 @@ FIELD_MANAGER = "modelops"
 COMPONENT = "modelops-operator"
 USER_AGENT = "modelops-operator/0.1"
 WRITE_VERBS = frozenset({"create", "apply", "patch", "delete"})
+# A DNS-1123 subdomain (what object names are; namespaces are the stricter labels, which match too).
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 log = logging.getLogger(__name__)
 
 
@@ -108,6 +111,11 @@ class Kube:
 
     def path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None,
              subresource: str = "") -> str:
+        """The URL path of a collection or an object. Names become path segments: anything that is not an
+        object name ("../other-ns/...", "a/b") is refused here, so no field can steer a request elsewhere."""
+        for value, what in ((namespace, "namespace"), (name, f"{kind} name")):
+            if value is not None and not (len(value) <= 253 and OBJECT_NAME.fullmatch(value)):
+                raise ValueError(f"refusing {value!r} as a {what}: not a Kubernetes object name")
         resource = self._resource(api_version, kind)
         prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         where = f"/namespaces/{namespace}" if resource.namespaced and namespace else ""

@@ -3,7 +3,6 @@ caches, work queues and passes."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
@@ -68,11 +67,11 @@ def register_handlers(registry: kopf.OperatorRegistry, options: RunOptions) -> N
 
     @kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)
     async def trainingjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        memo.engine.observe_resource("TrainingJob", event.get("type"), copy.deepcopy(event["object"]))
+        memo.engine.observe_resource("TrainingJob", event.get("type"), event["object"])
 
     @kopf.on.event(GROUP, VERSION, "modelservices", registry=registry)
     async def modelservice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        memo.engine.observe_resource("ModelService", event.get("type"), copy.deepcopy(event["object"]))
+        memo.engine.observe_resource("ModelService", event.get("type"), event["object"])
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

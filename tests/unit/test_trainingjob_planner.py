@@ -262,3 +262,80 @@ def test_final_report_falls_back_to_the_termination_message() -> None:
     assert observed.progress == final
     result = tj.plan(JOB, spec(), [observed], {"phase": "Running", "startTime": stamp(NOW)}, NOW)
     assert result.status["model"]["version"] == 2
+
+
+# ---- status is an observation; garbage from the cluster never breaks a pass -------------------------------
+
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
+
+
+def test_a_forged_terminal_phase_does_not_stop_a_running_group() -> None:
+    forged = {"phase": "Succeeded", "startTime": stamp(NOW), "completionTime": stamp(NOW), "conditions": []}
+    result = tj.plan(JOB, spec(workers=2), [pod(0), pod(1)], forged, NOW)
+    assert result.delete_pods == [] and result.status["phase"] == "Running"
+    assert "completionTime" not in result.status and "ignored" in result.warnings[0]
+
+
+def test_a_forged_old_completion_time_does_not_expire_the_ttl_early() -> None:
+    finished = stamp(NOW - timedelta(seconds=30))
+    pods = [pod(0, phase="Succeeded", exit_code=0, finished=finished)]
+    forged = {"phase": "Succeeded", "completionTime": "2001-01-01T00:00:00Z", "conditions": []}
+    result = tj.plan(JOB, spec(ttlSecondsAfterFinished=3600), pods, forged, NOW)
+    assert not result.delete_job and result.status["completionTime"] == finished
+    assert result.requeue_after == pytest.approx(3600 - 30)
+
+
+def test_a_forged_start_time_cannot_predate_the_job() -> None:
+    job = tj.JobMeta(name="digits", namespace="ml", uid="uid-1", generation=1, created=stamp(NOW))
+    forged = {"phase": "Running", "startTime": "2001-01-01T00:00:00Z", "conditions": []}
+    result = tj.plan(job, spec(activeDeadlineSeconds=600), [pod(0)], forged, NOW + timedelta(seconds=60))
+    assert result.status["phase"] == "Running" and result.status["startTime"] == stamp(NOW)
+
+
+@pytest.mark.parametrize("report", [
+    {"epoch": "three", "loss": 0.5},
+    {"epoch": 1, "loss": float("nan")},
+    {"epoch": [1], "valAccuracy": {"x": 1}},
+])
+def test_a_progress_report_with_wrong_types_is_ignored(report: dict[str, Any]) -> None:
+    previous = {"phase": "Running", "progress": {"epoch": 1, "epochs": 3}, "conditions": []}
+    result = tj.plan(JOB, spec(), [pod(0, progress=report)], previous, NOW)
+    assert result.status["progress"] == {"epoch": 1, "epochs": 3} and result.warnings
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "digits", "version": 0, "uri": "/models/digits/0", "signature": SIGNATURE},
+    {"name": "digits", "version": "latest", "uri": "/models/digits/x"},
+    {"name": "../etc", "version": 2, "uri": "/models/x"},
+    {"name": "digits", "version": 2, "uri": "/m", "signature": {"inputs": "yes"}},
+])
+def test_an_impossible_published_model_is_never_published(model: dict[str, Any]) -> None:
+    pods = [pod(0, phase="Succeeded", exit_code=0, progress={"phase": "Done", "model": model})]
+    result = tj.plan(JOB, spec(), pods, {"phase": "Running", "conditions": []}, NOW)
+    assert result.status["phase"] == "Succeeded" and "model" not in result.status and result.warnings
+
+
+def test_a_valid_published_model_is_reported_with_its_signature() -> None:
+    model = {"name": "digits", "version": 2, "uri": "/models/digits/2", "signature": SIGNATURE}
+    pods = [pod(0, phase="Succeeded", exit_code=0, progress={"model": model, "testAccuracy": 0.96})]
+    result = tj.plan(JOB, spec(), pods, {"phase": "Running", "conditions": []}, NOW)
+    assert result.status["model"] == {**model, "testAccuracy": 0.96}
+
+
+def test_a_garbage_pod_spec_annotation_refuses_nothing_and_raises_nothing() -> None:
+    result = tj.plan(JOB, spec(workers=1), [pod(0, pod_spec='["not", "an", "object"]')],
+                     {"phase": "Running", "conditions": []}, NOW)
+    assert condition(result.status, "UpdateRefused")["status"] == "False"
+
+
+def test_garbage_rank_labels_read_as_no_group() -> None:
+    raw = {"metadata": {"name": "digits-a0-w0", "labels": {tj.LABEL_RANK: "zero", tj.LABEL_ATTEMPT: "-3"}},
+           "status": {"phase": "Running"}}
+    observed = tj.ObservedPod.from_pod(raw)
+    assert observed.rank == -1 and observed.attempt == -1
+
+
+def test_service_names_of_different_bases_never_collide() -> None:
+    assert dns1035_label("1abc") != dns1035_label("s1abc") and dns1035_label("1abc")[0].isalpha()
+    assert dns1035_label("1abc") == dns1035_label("1abc")

@@ -35,7 +35,7 @@ def write_status(ctx: Context, obj: dict[str, Any], status: dict[str, Any]) -> b
         if error.not_found:  # deleted meanwhile: its DELETED event will follow
             return False
         raise
-    ctx.caches.store(obj["kind"]).upsert(written)
+    ctx.caches.remember(written)
     return True
 
 

@@ -54,8 +54,11 @@ class TrainingJobController:
             return None
         pods = observed_pods(ctx.caches.store("Pod").by_index("owner", uid))
         previous: dict[str, Any] = job.get("status") or {}
-        job_meta = JobMeta(name=name, namespace=namespace, uid=uid, generation=meta.get("generation"))
+        job_meta = JobMeta(name=name, namespace=namespace, uid=uid, generation=meta.get("generation"),
+                           created=meta.get("creationTimestamp"))
         result = plan(job_meta, spec, pods, previous, datetime.now(timezone.utc))
+        for warning in result.warnings:
+            log.warning("TrainingJob %s/%s: %s", namespace, name, warning)
 
         status, requeue = result.status, result.requeue_after
         refusal = write_children(ctx, uid, result.apply, create_only_kinds=frozenset({"Pod"}))

@@ -149,8 +149,8 @@ class Engine:
 
     def resync(self) -> None:
         for kind in self.controllers:
-            for obj in self.caches.store(kind).items():
-                self.queue.add((kind, obj["metadata"]["namespace"], obj["metadata"]["name"]))
+            for namespace, name in self.caches.store(kind).keys():
+                self.queue.add((kind, namespace, name))
 
     # ---- events ------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class Engine:
         if event_type == "DELETED":
             store.remove(meta.get("namespace", ""), meta.get("name", ""))
         else:
-            store.upsert(body)
+            store.upsert(trim(body))
         self.queue.add((kind, meta.get("namespace", ""), meta.get("name", "")))
         for controller in self.controllers.values():
             for key in controller.keys_for_resource(self.ctx, kind, body):

@@ -9,12 +9,17 @@ rebuilt from the world after an operator restart. No I/O here: the controller ap
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from modelops import API_VERSION
-from modelops.api.trainingjob import TrainingJobSpec
+from modelops.api.base import MODEL_NAME
+from modelops.api.trainingjob import Progress, PublishedModel, TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
@@ -40,6 +45,8 @@ class JobMeta:
     namespace: str
     uid: str
     generation: int | None = None
+    created: str | None = None
+    """The job's creationTimestamp: no start or completion it records can be earlier."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class ObservedPod:
     reason: str = ""
     pod_spec: str | None = None
     progress: dict[str, Any] | None = None
+    finished: str | None = None
+    """When its trainer container ended (terminated.finishedAt)."""
 
     @property
     def active(self) -> bool:
@@ -80,6 +89,7 @@ class ObservedPod:
             reason=terminated.get("reason") or status.get("reason") or "",
             pod_spec=annotations.get(ANNOTATION_POD_SPEC),
             progress=progress,
+            finished=terminated.get("finishedAt") if isinstance(terminated.get("finishedAt"), str) else None,
         )
 
 
@@ -110,6 +120,8 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
     requeue_after: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What the world said that made no sense (ignored); the controller logs it."""
 
 
 # ---- names -------------------------------------------------------------------
@@ -250,9 +262,16 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     failed_attempts = {p.attempt for p in pods if p.phase == "Failed"}
     group = {p.rank: p for p in pods if p.attempt == current}
     active_stale = [p for p in pods if p.active and p.attempt != current]
-    start_time = previous.get("startTime")
-    completion_time = previous.get("completionTime")
+    # The last status is an observation, used only where the world does not contradict it.
+    start_time = _bounded_time(previous.get("startTime"), job.created, now)
+    finished = [p.finished for p in pods if p.finished]
+    completion_time = _bounded_time(previous.get("completionTime"), max(finished, default=job.created), now)
     phase = previous.get("phase") if previous.get("phase") in TERMINAL else None
+    live = [p for p in group.values() if p.active and not p.deleting]
+    if phase and live:
+        result.warnings.append(f"status.phase {phase} ignored: {len(live)} worker(s) of attempt {current} "
+                               "are still running")
+        phase, completion_time = None, None
     reason, message = "", ""
     model = previous.get("model")
     refused = ""
@@ -260,7 +279,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     progress = previous.get("progress")
     rank0 = group.get(0)
     if rank0 and rank0.progress:
-        progress = _progress(rank0.progress)
+        progress = _progress(rank0.progress, result.warnings) or progress
 
     if phase is None and spec.suspend:
         phase, reason, message = "Suspended", "Suspended", "spec.suspend is true: workers removed"
@@ -279,7 +298,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
             message = f"the job ran {elapsed:.0f}s, longer than activeDeadlineSeconds={deadline}"
         elif group and len(group) == spec.workers and all(p.phase == "Succeeded" for p in group.values()):
             phase, reason = "Succeeded", "ModelPublished"
-            model = _published_model(rank0.progress if rank0 else None) or model
+            model = _published_model(rank0.progress if rank0 else None, result.warnings) or model
             message = f"published {model['name']} version {model['version']} at {model['uri']}" if model else \
                 "all workers succeeded; the trainer reported no published model"
         elif failed:
@@ -369,6 +388,8 @@ def _refused_change(spec: TrainingJobSpec, group: list[ObservedPod]) -> str:
         before = json.loads(running)
     except ValueError:
         return ""
+    if not isinstance(before, dict):  # edited by hand: what the group started with is unknown
+        return ""
     now = pod_shaping_spec(spec)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if not changed:
@@ -390,21 +411,57 @@ def _terminal_reason(previous: dict[str, Any]) -> tuple[str, str]:
     return "", ""
 
 
-def _progress(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("phase", "epoch", "epochs", "step", "loss", "valAccuracy", "samplesPerSecond", "updated")
-    return {k: report[k] for k in keys if report.get(k) is not None}
-
-
-def _published_model(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    model = (report or {}).get("model")
-    if not isinstance(model, dict) or not {"name", "version", "uri"} <= model.keys():
+def _progress(report: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
+    """The trainer's report as status shows it; a report with wrong types is ignored with a warning."""
+    try:
+        progress = Progress.model_validate(report).wire()
+    except ValidationError as error:
+        warnings.append(f"ignored a progress report with wrong types: {_first_error(error)}")
         return None
-    published = {"name": str(model["name"]), "version": int(model["version"]), "uri": str(model["uri"])}
-    if isinstance(model.get("signature"), dict):
-        published["signature"] = model["signature"]
-    if report and report.get("testAccuracy") is not None:
-        published["testAccuracy"] = float(report["testAccuracy"])
-    return published
+    if not all(math.isfinite(v) for v in progress.values() if isinstance(v, float)):
+        warnings.append("ignored a progress report with a non-finite number")
+        return None
+    return progress or None
+
+
+def _published_model(report: dict[str, Any] | None, warnings: list[str]) -> dict[str, Any] | None:
+    """The model version the trainer says it published; anything impossible (a version below 1, a name
+    Triton cannot serve, a malformed signature) is never turned into a published version."""
+    model = (report or {}).get("model")
+    if not isinstance(model, dict):
+        return None
+    accuracy = (report or {}).get("testAccuracy")
+    try:
+        published = PublishedModel.model_validate({**model, "testAccuracy": accuracy})
+    except ValidationError as error:
+        warnings.append(f"ignored a published model report: {_first_error(error)}")
+        return None
+    if published.version < 1 or not re.fullmatch(MODEL_NAME, published.name) or \
+            (published.test_accuracy is not None and not 0 <= published.test_accuracy <= 1):
+        warnings.append(f"ignored an impossible published model report: {published.name} version {published.version}")
+        return None
+    return published.wire()
+
+
+def _first_error(error: ValidationError) -> str:
+    item = error.errors()[0]
+    return f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+
+
+def _bounded_time(stamp: Any, earliest: str | None, now: datetime) -> str | None:
+    """A recorded time, moved into what the world allows: not before `earliest`, not after now."""
+    try:
+        moment = parse_rfc3339(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        return None
+    if earliest:
+        try:
+            moment = max(moment, parse_rfc3339(earliest))
+        except ValueError:
+            pass
+    return rfc3339(min(moment, now))
 
 
 def _summary(progress: dict[str, Any] | None) -> str | None:
