@@ -645,6 +645,23 @@ class Bench:
         for request in self.audit.drain():
             tally.add(request)
 
+    def wait_idle(self, phase: str, *, quiet: float = 5.0, timeout: float = 300.0) -> float:
+        """Wait until the operator made no request but watches for `quiet` seconds (the tail of a burst:
+        pods turning Running make jobs Running, each a status write); the seconds it took, inf if never.
+        Requests seen meanwhile are booked to `phase`."""
+        tally = self.phase_requests.setdefault(phase, RequestTally())
+        started, last = time.time(), time.time()
+        while time.time() - started < timeout:
+            self.operator.check_alive()
+            for request in self.audit.drain():
+                tally.add(request)
+                if request.verb != "watch":
+                    last = max(last, request.received)
+            if time.time() - last >= quiet:
+                return max(0.0, last - started)
+            time.sleep(0.5)
+        return math.inf
+
     def wait_converged(self, uids: list[str], what: str) -> tuple[float, int, int]:
         """Wait until each object has a child and a status; (seconds, missing children, missing status).
         Gives up after --converge-timeout; fails when nothing moved for --stall-timeout."""
@@ -723,6 +740,10 @@ class Bench:
         """Paced creation of `--sample` objects of each kind; create -> child and create -> status p50/p99."""
         items = [item for pair in zip(self.fleet.next_names(TJ, self.args.sample),
                                       self.fleet.next_names(MS, self.args.sample)) for item in pair]
+        # "With N present" means N settled objects: the tail of the previous fill is reported, not sampled.
+        settled = self.wait_idle(f"settle before sample {label}")
+        self.report.detail(f"before the sample with {present} present, the operator worked off the previous "
+                           f"burst for {fmt_s(settled)} more")
         log(f"sample with {present} objects present: {len(items)} objects, one every {self.args.sample_interval}s")
         created = self.fleet.paced(items, self.args.sample_interval)
         self.wait_converged([c.uid for c in created], f"sample {label}")

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--peering-lifetime", type=int, default=10,
                      help="seconds a replica's peering record stays valid without a keep-alive: a standby takes "
                           "over at most this long after the active replica died")
-    run.add_argument("--workers", type=int, default=4, help="reconcile passes run in parallel (work queue workers)")
+    run.add_argument("--workers", type=int, default=16,
+                     help="reconcile passes run in parallel (work queue workers; passes mostly wait on the API server)")
     run.add_argument("--check-workers", type=int, default=4, help="model checks run in parallel")
     run.add_argument("--prometheus-url", default=os.environ.get("MODELOPS_PROMETHEUS_URL", ""),
                      help="Prometheus for autoscaling and canary analysis (env MODELOPS_PROMETHEUS_URL)")

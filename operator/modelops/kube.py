@@ -89,7 +89,9 @@ class Kube:
         except config.ConfigException:
             config.load_kube_config()
         configuration = client.Configuration.get_default_copy()
-        configuration.connection_pool_maxsize = 32  # workers + informers share one pool
+        # Workers, model checks and every informer's open watch share one pool: a pool too small for them
+        # discards connections and pays a new TLS handshake per request.
+        configuration.connection_pool_maxsize = 128
         return cls(client.ApiClient(configuration))
 
     # ---- discovery ---------------------------------------------------------

@@ -26,7 +26,7 @@ CHILD_WRITES = Counter("modelops_child_writes_total", "Children created, updated
                        ["kind", "action"])
 
 _phases: dict[tuple[str, str, str], str] = {}
-_seen_phases: dict[str, set[str]] = {}
+_phase_counts: dict[tuple[str, str], int] = {}
 _phases_lock = threading.Lock()
 
 
@@ -46,17 +46,15 @@ def reconcile_timer(kind: str) -> Iterator[None]:
 
 
 def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
-    """Remember one resource's phase (None forgets it) and refresh the by-phase gauge."""
+    """Remember one resource's phase (None forgets it) and move the by-phase gauge; O(1) per call."""
+    key = (kind, namespace, name)
     with _phases_lock:
-        if phase is None:
-            _phases.pop((kind, namespace, name), None)
-        else:
-            _phases[(kind, namespace, name)] = phase
-        counts: dict[str, int] = {}
-        for (k, _, _), p in _phases.items():
-            if k == kind:
-                counts[p] = counts.get(p, 0) + 1
-        seen = _seen_phases.setdefault(kind, set())
-        seen.update(counts)
-        for p in seen:  # phases that emptied drop to 0 instead of keeping a stale count
-            RESOURCES_BY_PHASE.labels(kind, p).set(counts.get(p, 0))
+        old = _phases.pop(key, None) if phase is None else _phases.get(key)
+        if old == phase:
+            return
+        if phase is not None:
+            _phases[key] = phase
+        for changed, delta in ((old, -1), (phase, 1)):
+            if changed is not None:
+                count = _phase_counts[(kind, changed)] = _phase_counts.get((kind, changed), 0) + delta
+                RESOURCES_BY_PHASE.labels(kind, changed).set(count)  # a phase that emptied shows 0

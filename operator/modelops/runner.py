@@ -34,7 +34,7 @@ class RunOptions:
     priority: int = 0
     peering_lifetime: int = 10
     prometheus_url: str = ""
-    workers: int = 4
+    workers: int = 16
     check_workers: int = 4
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.resources import modelservice as build
-from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service
+from modelops.resources.modelservice_plan import (
+    ANNOTATION_REJECTED, ANNOTATION_ROLE, ObservedRevision, PlanInputs, plan_service, rollout_state)
 from modelops.rollout.canary import Decision, RolloutState
 from modelops.triton.check import compare_metadata
 
@@ -109,7 +110,9 @@ def test_canary_pass_applies_desired_and_scales_the_old_stable() -> None:
     plan = plan_service(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
     assert kinds(plan.apply) == ["Service/digits", f"ConfigMap/{desired}", f"Deployment/{desired}"]
     assert plan.apply[2]["spec"]["replicas"] == 1
-    assert plan.scale == {"digits-v2-old00": 3}
+    assert plan.apply[2]["metadata"]["annotations"][ANNOTATION_ROLE] == "canary"
+    assert plan.patch == {"digits-v2-old00": {"spec": {"replicas": 3},
+                                              "metadata": {"annotations": {ANNOTATION_ROLE: "stable"}}}}
     assert plan.delete == []
     status = plan.status
     assert status["phase"] == "Progressing" and status["canarySummary"] == "v3 20% (step 1/2)"
@@ -124,7 +127,8 @@ def test_rollback_deletes_the_canary_and_leaves_stable_serving() -> None:
     plan = plan_service(inputs(Decision(state, "RolledBack", "model check failed"), observed))
     assert ("apps/v1", "Deployment", "digits-v3-bad00") in plan.delete
     assert ("apps/v1", "Deployment", "digits-v2-old00") not in plan.delete
-    assert plan.scale == {"digits-v2-old00": 4}
+    assert plan.patch == {"digits-v2-old00": {"spec": {"replicas": 4}, "metadata": {"annotations": {
+        ANNOTATION_ROLE: "stable", ANNOTATION_REJECTED: "digits-v3-bad00"}}}}
     assert plan.status["phase"] == "Degraded"
     conditions = {c["type"]: c for c in plan.status["conditions"]}
     assert conditions["Ready"]["status"] == "True" and conditions["RolledBack"]["status"] == "True"
@@ -152,3 +156,35 @@ def test_metadata_comparison() -> None:
     problems = compare_metadata(wrong, SIGNATURE, version=3)
     assert problems and "datatype FP16 != FP32" in problems and "shape [-1, 9] != [-1, 10]" in problems
     assert "version 3 not among" in (compare_metadata({**served, "versions": ["4"]}, SIGNATURE, version=3) or "")
+
+
+# ---- the rollout is rebuilt from the Deployments, not from status -------------------------------------------
+
+
+def revision(name: str, version: int, role: str | None = None, **annotations: str) -> ObservedRevision:
+    recorded = {**({ANNOTATION_ROLE: role} if role else {}), **annotations}
+    return ObservedRevision(name, version, 1, 1, annotations=recorded, created=f"2026-01-01T00:00:0{version}Z")
+
+
+def test_a_wiped_or_forged_status_does_not_change_the_rollout_the_deployments_record() -> None:
+    observed = {"digits-v2-a": revision("digits-v2-a", 2, "stable"),
+                "digits-v3-b": revision("digits-v3-b", 3, "canary", **{"modelops.dev/canary-step": "1"})}
+    for status in ({}, {"stable": {"name": "digits-v3-b", "version": 3}},
+                   {"stable": "garbage", "canary": ["x"]}):
+        state, warning = rollout_state(observed, status)
+        assert (state.stable, state.canary, state.step) == ("digits-v2-a", "digits-v3-b", 1)
+        assert state.stable_version == 2 and state.canary_version == 3
+    assert "following the Deployments" in rollout_state(observed, {"stable": {"name": "digits-v3-b"}})[1]
+
+
+def test_status_is_only_a_fallback_for_deployments_that_record_nothing_and_only_for_names_that_exist() -> None:
+    observed = {"digits-v2-a": revision("digits-v2-a", 2)}
+    state, _ = rollout_state(observed, {"stable": {"name": "digits-v2-a", "version": 2}})
+    assert state.stable == "digits-v2-a"
+    state, _ = rollout_state(observed, {"stable": {"name": "someone-elses", "version": 9}})
+    assert state.stable is None
+
+
+def test_the_rejected_revision_is_recorded_on_the_stable_deployment() -> None:
+    observed = {"digits-v2-a": revision("digits-v2-a", 2, "stable", **{ANNOTATION_REJECTED: "digits-v3-bad"})}
+    assert rollout_state(observed, {})[0].rejected == "digits-v3-bad"

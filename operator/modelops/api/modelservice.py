@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
-from modelops.api.base import (MODEL_NAME, ApiModel, Condition, HostPathSource, PersistentVolumeClaimSource,
-                               Resources, Toleration, cel, conditions_field)
+from modelops.api.base import (ApiModel, Condition, HostPathSource, LabelKey, LabelValue, ModelName,
+                               PersistentVolumeClaimSource, Resources, Toleration, cel, checked, conditions_field,
+                               image_reference, lit, node_selector_field, object_name)
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -15,11 +17,29 @@ Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16
 Metric = Literal["queueTimeMicroseconds", "inferenceRatePerReplica", "pendingRequests", "gpuUtilization"]
 
 
+TENSOR_NAME = r"^[!#-\[\]-~]+$"
+"""Printable ASCII without spaces, quotes or backslashes: the name goes into config.pbtxt as a string literal."""
+TENSOR_NAME_WORDS = "tensor name must be non-empty printable ASCII without spaces, quotes or backslashes"
+DIM_WORDS = "dims entries must be a size of at least 1, or -1 for a variable dimension"
+
+
+def _dim(value: int) -> int:
+    if value < 1 and value != -1:
+        raise ValueError(DIM_WORDS)
+    return value
+
+
+Dim = Annotated[int, AfterValidator(_dim),
+                Field(json_schema_extra={"x-kubernetes-validations": [cel("self >= 1 || self == -1", DIM_WORDS)]})]
+
+
 class TensorSpec(ApiModel):
-    name: str = Field(min_length=1)
+    name: checked(f"self.matches({lit(TENSOR_NAME)})", TENSOR_NAME_WORDS,  # type: ignore[valid-type]
+                  lambda v: re.fullmatch(TENSOR_NAME, v) is not None, max_length=256)
+    """The tensor's name as the model declares it (e.g. INPUT__0)."""
     datatype: Datatype
-    dims: list[int] = Field(min_length=1, max_length=8)
-    """Dimensions without the batch dimension; -1 is variable."""
+    dims: list[Dim] = Field(min_length=1, max_length=8)
+    """Dimensions without the batch dimension; each at least 1, or -1 for a variable one."""
 
 
 class ModelSignature(ApiModel):
@@ -38,11 +58,14 @@ class ServedModel(ApiModel):
             "a pinned version needs its signature (inputs and outputs); a TrainingJob reports it itself"),
     ]})
 
-    name: str = Field(min_length=1, max_length=63, pattern=MODEL_NAME)
+    name: ModelName  # type: ignore[valid-type]
     version: int | None = Field(None, ge=1)
-    from_training_job: str | None = Field(None, min_length=1, max_length=253)
+    from_training_job: object_name("fromTrainingJob", "TrainingJob") | None = None  # type: ignore[valid-type]
     """Follow this TrainingJob (same namespace): every version it publishes is rolled out."""
     signature: ModelSignature | None = None
+
+
+URI = r"^(s3|gs|as)://[^\s]+$"
 
 
 class ServingRepository(ApiModel):
@@ -55,7 +78,9 @@ class ServingRepository(ApiModel):
 
     persistent_volume_claim: PersistentVolumeClaimSource | None = None
     host_path: HostPathSource | None = None
-    uri: str | None = Field(None, pattern=r"^(s3|gs|as)://.+")
+    uri: checked(f"self.matches({lit(URI)})",  # type: ignore[valid-type]
+                 "uri must be an object-store URI: s3://, gs:// or as:// and the bucket path, without spaces",
+                 lambda v: re.fullmatch(URI, v) is not None, max_length=2048) | None = None
     """Passed to Triton as --model-repository; the repository's own config.pbtxt is then used as-is."""
 
 
@@ -72,7 +97,7 @@ class TritonSpec(ApiModel):
             "preferredBatchSizes must lie between 1 and maxBatchSize"),
     ]})
 
-    image: str = Field(DEFAULT_TRITON_IMAGE, min_length=1)
+    image: image_reference() = DEFAULT_TRITON_IMAGE  # type: ignore[valid-type]
     backend: Literal["pytorch", "python"] = "pytorch"
     """pytorch runs model.pt through libtorch; python runs the version's model.py (CPU-only Triton builds)."""
     max_batch_size: int = Field(64, ge=0, le=4096)
@@ -150,8 +175,9 @@ class ModelServiceSpec(ApiModel):
     """Serving replicas (ignored while the builtin autoscaler is on); `kubectl scale ms` sets it."""
     autoscaling: Autoscaling | None = None
     rollout: Rollout = Field(default_factory=Rollout, json_schema_extra={"default": Rollout().wire()})
-    node_selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
+    node_selector: dict[LabelKey, LabelValue] = node_selector_field()  # type: ignore[valid-type]
+    """Label keys and values the serving pods' nodes must carry, as a Pod's nodeSelector."""
+    tolerations: list[Toleration] = Field([], max_length=64)
 
 
 class RevisionStatus(ApiModel):

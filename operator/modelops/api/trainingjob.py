@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from modelops.api.base import (ApiModel, Condition, EnvVar, LabelKey, LabelValue, ModelName, ModelRepository,
+                               Resources, Toleration, cel, conditions_field, image_reference, node_selector_field,
+                               object_name)
 from modelops.api.modelservice import ModelSignature
-from modelops.api.base import (MODEL_NAME, ApiModel, Condition, EnvVar, ModelRepository, Resources, Toleration, cel,
-                               conditions_field)
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/modelops/trainer:0.1.0"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -32,7 +33,8 @@ class TrainerArgs(ApiModel):
     """What to do with rows holding missing values."""
     model: Literal["cnn", "mlp"] | None = None
     """The architecture: cnn (images) or mlp (tabular); unset picks the one that fits the data."""
-    hidden_sizes: list[int] = Field([64], min_length=1, max_length=8)
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field([64], min_length=1, max_length=8)
+    """Widths of the hidden layers, each at least 1."""
     epochs: int = Field(10, ge=1, le=10000)
     batch_size: int = Field(64, ge=1, le=65536)
     learning_rate: float = Field(0.001, gt=0, le=10)
@@ -47,7 +49,7 @@ class TrainerArgs(ApiModel):
 class OutputSpec(ApiModel):
     """Where the trained model is published: <repository>/<modelName>/<next version>/."""
 
-    model_name: str = Field(min_length=1, max_length=63, pattern=MODEL_NAME)
+    model_name: ModelName  # type: ignore[valid-type]
     repository: ModelRepository
 
 
@@ -58,7 +60,7 @@ class TrainingJobSpec(ApiModel):
         cel("!has(self.command) || size(self.command) > 0", "command, when set, must not be empty"),
     ]})
 
-    image: str = Field(DEFAULT_TRAINER_IMAGE, min_length=1)
+    image: image_reference() = DEFAULT_TRAINER_IMAGE  # type: ignore[valid-type]
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     command: list[str] | None = None
     """Overrides the built-in trainer; the DDP rendezvous variables are set either way."""
@@ -69,10 +71,13 @@ class TrainingJobSpec(ApiModel):
     workers: int = Field(1, ge=1, le=128)
     """Pods in the group: 1 = single worker; more = DDP with MASTER_ADDR/PORT, WORLD_SIZE and RANK set."""
     resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": Resources().wire()})
-    node_selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
-    priority_class_name: str | None = None
-    service_account_name: str | None = None
+    node_selector: dict[LabelKey, LabelValue] = node_selector_field()  # type: ignore[valid-type]
+    """Label keys and values the worker pods' nodes must carry, as a Pod's nodeSelector."""
+    tolerations: list[Toleration] = Field([], max_length=64)
+    priority_class_name: object_name("priorityClassName", "PriorityClass",  # type: ignore[valid-type]
+                                     namespaced=False) | None = None
+    """The worker pods' PriorityClass (it must exist)."""
+    service_account_name: object_name("serviceAccountName", "ServiceAccount") | None = None  # type: ignore[valid-type]
     """The pods' ServiceAccount; needs get/patch on its own pod for progress reports."""
     output: OutputSpec
     backoff_limit: int = Field(3, ge=0, le=100)

@@ -25,9 +25,9 @@ from modelops.engine.queue import Backoff, Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
-from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service, state_from_status
+from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service, rollout_state
 from modelops.rollout.analysis import CanarySample, judge
-from modelops.rollout.canary import CanaryHealth, Decision, decide
+from modelops.rollout.canary import CanaryHealth, Decision, RolloutState, decide
 
 KIND = "ModelService"
 ROLLOUT_ANNOTATION = "modelops.dev/rollout"  # "promote" or "abort"
@@ -84,18 +84,21 @@ class ModelServiceController:
         target, waiting = resolve_target(ctx, namespace, spec)
         desired = build.revision_name(meta, spec, target) if target else None
         observed = observe_revisions(ctx, meta)
+        state, contradiction = rollout_state(observed, previous)
+        if contradiction:
+            log.warning("ModelService %s/%s: %s", namespace, name, contradiction)
         action = (meta_in.get("annotations") or {}).get(ROLLOUT_ANNOTATION)
         action = action if action in ("promote", "abort") else None
 
         decision, analysis = None, None
         if desired and target:
-            decision, analysis = _decide_rollout(ctx.prometheus, spec, desired, target.version, observed, previous,
+            decision, analysis = _decide_rollout(ctx.prometheus, spec, desired, target.version, observed, state,
                                                  action, now)
-        total, autoscaling = _replica_total(ctx.prometheus, meta, spec, observed, previous, now)
+        total, autoscaling = _replica_total(ctx.prometheus, meta, spec, observed, state, previous, now)
         hpa = ctx.caches.store("HorizontalPodAutoscaler").get(namespace, build.service_name(meta))
         plan = plan_service(PlanInputs(
             meta=meta, spec=spec, desired=desired, target=target, decision=decision, waiting=waiting,
-            observed=observed, total=total, previous=previous, now=now, last_analysis=analysis,
+            observed=observed, total=total, previous=previous, now=now, state=state, last_analysis=analysis,
             autoscaling=autoscaling, service_monitor=ctx.serves(*SERVICE_MONITOR),
             has_hpa=hpa is not None and (controller_owner(hpa) or {}).get("uid") == meta.uid))
 
@@ -106,9 +109,8 @@ class ModelServiceController:
             requeue = refusal_backoff.next_delay(key)
         else:
             refusal_backoff.forget(key)
-            for revision, replicas in plan.scale.items():
-                ctx.caches.remember(ctx.kube.patch("apps/v1", "Deployment", namespace, revision,
-                                                   {"spec": {"replicas": replicas}}))
+            for revision, patch in plan.patch.items():
+                ctx.caches.remember(ctx.kube.patch("apps/v1", "Deployment", namespace, revision, patch))
             for api_version, kind, child in plan.delete:
                 ctx.children.delete(meta.uid, api_version, kind, namespace, child)
         write_status(ctx, obj, status)
@@ -194,17 +196,19 @@ def observe_revisions(ctx: Context, meta: build.ServiceMeta) -> dict[str, Observ
         except ValueError:
             log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
             version = 0
+        annotations = dep["metadata"].get("annotations") or {}
         observed[name] = ObservedRevision(
             name=name, version=version, replicas=int((dep.get("spec") or {}).get("replicas") or 0),
             ready_replicas=int((dep.get("status") or {}).get("readyReplicas") or 0),
-            model_failure=failures.get(name))
+            model_failure=failures.get(name),
+            annotations={k: v for k, v in annotations.items() if isinstance(v, str)},
+            created=str(dep["metadata"].get("creationTimestamp") or ""))
     return observed
 
 
 def _decide_rollout(prometheus: Prometheus, spec: ModelServiceSpec, desired: str, version: int,
-                    observed: dict[str, ObservedRevision], previous: dict[str, Any], action: Any,
+                    observed: dict[str, ObservedRevision], state: RolloutState, action: Any,
                     now: datetime) -> tuple[Decision, dict[str, Any] | None]:
-    state = state_from_status(previous)
     seen = observed.get(state.canary or "")
     health = CanaryHealth(seen.ready_replicas, seen.replicas, seen.model_failure) if seen else None
     decision = decide(state, desired, version, spec.rollout, canary=health, verdict=None, action=action, now=now)
@@ -227,7 +231,7 @@ def _decide_rollout(prometheus: Prometheus, spec: ModelServiceSpec, desired: str
 
 
 def _replica_total(prometheus: Prometheus, meta: build.ServiceMeta, spec: ModelServiceSpec,
-                   observed: dict[str, ObservedRevision], previous: dict[str, Any],
+                   observed: dict[str, ObservedRevision], state: RolloutState, previous: dict[str, Any],
                    now: datetime) -> tuple[int, dict[str, Any] | None]:
     scaling = spec.autoscaling
     if scaling is None or scaling.provider != "builtin":
@@ -236,7 +240,6 @@ def _replica_total(prometheus: Prometheus, meta: build.ServiceMeta, spec: ModelS
     last = _last_scaling.get(key)
     if last and time.monotonic() - last[0] < AUTOSCALE_SECONDS:
         return last[1], last[2]
-    state = state_from_status(previous)
     serving = [observed[r] for r in (state.stable, state.canary) if r in observed]
     current = sum(r.replicas for r in serving) or (previous.get("autoscaling") or {}).get("desiredReplicas") \
         or scaling.min_replicas

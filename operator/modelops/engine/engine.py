@@ -68,7 +68,7 @@ class Controller(Protocol):
 @dataclass(frozen=True)
 class EngineOptions:
     namespaces: list[str] = field(default_factory=list)  # [] = the whole cluster
-    workers: int = 4
+    workers: int = 16
     check_workers: int = 4
     peering: str | None = None
     identity: str = ""

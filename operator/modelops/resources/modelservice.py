@@ -104,7 +104,8 @@ def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
 
 
 def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: Target,
-               replicas: int) -> dict[str, Any]:
+               replicas: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The revision's Deployment; `annotations` record its part in the rollout (see modelservice_plan)."""
     model, version = spec.model.name, target.version
     repository = spec.repository
     args = ["--model-control-mode=explicit", f"--load-model={model}", "--strict-readiness=true",
@@ -150,7 +151,8 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
         pod_spec["nodeSelector"] = spec.node_selector
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}),
+        "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}),
+                     **({"annotations": annotations} if annotations else {})},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {**ms.selector, LABEL_REVISION: revision}},

@@ -14,6 +14,15 @@ from modelops.rollout.canary import Decision, RolloutState
 from modelops.clock import parse_rfc3339, rfc3339
 
 
+# A revision's part in the rollout is recorded on its Deployment, so it is rebuilt from the world after a
+# restart and a forged or wiped status cannot promote or abandon the wrong revision.
+ANNOTATION_ROLE = "modelops.dev/rollout-role"  # stable | canary | retired
+ANNOTATION_STEP = "modelops.dev/canary-step"
+ANNOTATION_STEP_STARTED = "modelops.dev/canary-step-started-at"
+ANNOTATION_STARTED = "modelops.dev/canary-started-at"
+ANNOTATION_REJECTED = "modelops.dev/rejected-revision"
+
+
 @dataclass(frozen=True)
 class ObservedRevision:
     """One revision's Deployment as it is."""
@@ -23,13 +32,16 @@ class ObservedRevision:
     replicas: int
     ready_replicas: int
     model_failure: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    created: str = ""
 
 
 @dataclass
 class ServicePlan:
     apply: list[dict[str, Any]] = field(default_factory=list)
-    scale: dict[str, int] = field(default_factory=dict)
-    """Deployments (not re-rendered: their spec predates the current one) to set to these replicas."""
+    patch: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Merge patches (replicas, rollout annotations) of Deployments not re-rendered: their spec predates
+    the current one."""
     delete: list[tuple[str, str, str]] = field(default_factory=list)
     """(apiVersion, kind, name) of children to remove."""
     status: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +63,8 @@ class PlanInputs:
     """Replicas to spread over the serving revisions."""
     previous: dict[str, Any]
     now: datetime
+    state: RolloutState = field(default_factory=RolloutState)
+    """The rollout as the Deployments record it (used when there is no decision)."""
     last_analysis: dict[str, Any] | None = None
     autoscaling: dict[str, Any] | None = None
     service_monitor: bool = False
@@ -58,18 +72,76 @@ class PlanInputs:
 
 
 def state_from_status(status: dict[str, Any]) -> RolloutState:
-    stable, canary = status.get("stable") or {}, status.get("canary") or {}
+    """What the last status recorded (a fallback and a cross-check, never the truth)."""
+    stable, canary = _dict(status.get("stable")), _dict(status.get("canary"))
     return RolloutState(
         stable=stable.get("name"), stable_version=stable.get("version"),
-        canary=canary.get("name"), canary_version=canary.get("version"), step=int(canary.get("step", 0)),
+        canary=canary.get("name"), canary_version=canary.get("version"), step=_int(canary.get("step", 0)),
         step_started_at=_parse(canary.get("stepStartedAt")), started_at=_parse(canary.get("startedAt")),
         rejected=status.get("rejectedRevision"))
+
+
+def rollout_state(observed: dict[str, ObservedRevision], previous: dict[str, Any]) -> tuple[RolloutState, str]:
+    """The rollout as the revision Deployments record it, and a warning when the status says otherwise.
+    Only Deployments that record nothing (made by an operator before roles were recorded) fall back to the
+    status, and then only to names that exist."""
+    recorded = state_from_status(previous)
+    stables = sorted((r for r in observed.values() if r.annotations.get(ANNOTATION_ROLE) == "stable"),
+                     key=lambda r: r.created, reverse=True)
+    canaries = sorted((r for r in observed.values() if r.annotations.get(ANNOTATION_ROLE) == "canary"),
+                      key=lambda r: r.created, reverse=True)
+    if not stables and not canaries:
+        stable = recorded.stable if recorded.stable in observed else None
+        canary = recorded.canary if recorded.canary in observed and stable else None
+        state = RolloutState(stable=stable, stable_version=observed[stable].version if stable else None,
+                             canary=canary, canary_version=observed[canary].version if canary else None,
+                             step=recorded.step if canary else 0,
+                             step_started_at=recorded.step_started_at if canary else None,
+                             started_at=recorded.started_at if canary else None, rejected=recorded.rejected)
+    else:
+        stable_rev = stables[0] if stables else None
+        canary_rev = canaries[0] if canaries and stable_rev else None
+        state = RolloutState(
+            stable=stable_rev.name if stable_rev else None, stable_version=stable_rev.version if stable_rev else None,
+            canary=canary_rev.name if canary_rev else None,
+            canary_version=canary_rev.version if canary_rev else None,
+            step=_int(canary_rev.annotations.get(ANNOTATION_STEP)) if canary_rev else 0,
+            step_started_at=_parse(canary_rev.annotations.get(ANNOTATION_STEP_STARTED)) if canary_rev else None,
+            started_at=_parse(canary_rev.annotations.get(ANNOTATION_STARTED)) if canary_rev else None,
+            rejected=(stable_rev.annotations.get(ANNOTATION_REJECTED) if stable_rev else None) or recorded.rejected)
+    claimed = (recorded.stable, recorded.canary)
+    warning = "" if claimed == (state.stable, state.canary) or not any(claimed) else \
+        f"status names stable {claimed[0]} and canary {claimed[1]}, the Deployments record " \
+        f"{state.stable} and {state.canary}: following the Deployments"
+    return state, warning
+
+
+def role_annotations(state: RolloutState, revision: str) -> dict[str, str | None]:
+    """What the revision's Deployment records about its part in the rollout (None: remove the key)."""
+    canary = revision == state.canary
+    role = "stable" if revision == state.stable else "canary" if canary else "retired"
+    return {ANNOTATION_ROLE: role,
+            ANNOTATION_STEP: str(state.step) if canary else None,
+            ANNOTATION_STEP_STARTED: _stamp(state.step_started_at) if canary else None,
+            ANNOTATION_STARTED: _stamp(state.started_at) if canary else None,
+            ANNOTATION_REJECTED: state.rejected if role == "stable" else None}
+
+
+def _revision_patch(observed: ObservedRevision, replicas: int | None,
+                    annotations: dict[str, str | None]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    changed = {k: v for k, v in annotations.items() if observed.annotations.get(k) != v}
+    if changed:
+        patch["metadata"] = {"annotations": changed}
+    if replicas is not None and observed.replicas != replicas:
+        patch["spec"] = {"replicas": replicas}
+    return patch
 
 
 def plan_service(inputs: PlanInputs) -> ServicePlan:
     meta, spec = inputs.meta, inputs.spec
     plan = ServicePlan()
-    state = inputs.decision.state if inputs.decision else state_from_status(inputs.previous)
+    state = inputs.decision.state if inputs.decision else inputs.state
     weight = inputs.decision.weight if inputs.decision and state.canary else 0
     stable_replicas, canary_replicas = build.split_replicas(inputs.total, weight)
     if state.stable and not state.canary:
@@ -90,11 +162,15 @@ def plan_service(inputs: PlanInputs) -> ServicePlan:
     for revision, replicas in wanted.items():
         if revision is None:
             continue
+        roles = role_annotations(state, revision)
         if revision == inputs.desired and inputs.target and inputs.target.signature is not None:
+            recorded = {k: v for k, v in roles.items() if v is not None}
             plan.apply += [build.config_map(meta, spec, revision, inputs.target),
-                           build.deployment(meta, spec, revision, inputs.target, replicas)]
-        elif revision in inputs.observed and inputs.observed[revision].replicas != replicas:
-            plan.scale[revision] = replicas
+                           build.deployment(meta, spec, revision, inputs.target, replicas, recorded)]
+        elif revision in inputs.observed:
+            patch = _revision_patch(inputs.observed[revision], replicas, roles)
+            if patch:
+                plan.patch[revision] = patch
 
     stable_obs = inputs.observed.get(state.stable or "")
     stable_ready = stable_obs.ready_replicas if stable_obs else 0
@@ -104,6 +180,10 @@ def plan_service(inputs: PlanInputs) -> ServicePlan:
         # A rolled-back canary goes at once; an old stable only once the new one serves in full.
         if name == state.rejected or stable_ready >= max(stable_replicas, 1):
             plan.delete += [("apps/v1", "Deployment", name), ("v1", "ConfigMap", name)]
+        else:  # kept serving for now, but no longer part of the rollout
+            patch = _revision_patch(inputs.observed[name], None, role_annotations(state, name))
+            if patch:
+                plan.patch[name] = patch
 
     plan.status = _status(inputs, state, weight, stable_replicas, canary_replicas)
     plan.events = _events(inputs, plan.status)
@@ -203,5 +283,19 @@ def _stamp(moment: datetime | None) -> str | None:
     return rfc3339(moment) if moment else None
 
 
-def _parse(stamp: str | None) -> datetime | None:
-    return parse_rfc3339(stamp) if stamp else None
+def _parse(stamp: Any) -> datetime | None:
+    try:
+        return parse_rfc3339(stamp) if isinstance(stamp, str) and stamp else None
+    except ValueError:
+        return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
