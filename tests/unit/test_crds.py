@@ -58,3 +58,88 @@ def test_defaults_and_cel_rules_reach_the_schema() -> None:
     assert "!(has(self.dataset) && has(self.dataPath))" in rules
     learning_rate = spec["properties"]["trainer"]["properties"]["learningRate"]
     assert learning_rate["minimum"] == 0 and learning_rate["exclusiveMinimum"] is True
+
+
+def nodes(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path (properties by name, items as [], map values as {})."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        found.append((path, node))
+        for key, value in node.get("properties", {}).items():
+            found += nodes(value, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            found += nodes(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            found += nodes(node["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+def spec_schema(kind_name: str) -> dict[str, Any]:
+    [kind] = [k for k in KINDS if k.kind == kind_name]
+    return crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def test_no_raw_regex_reaches_a_user_and_every_rule_says_why() -> None:
+    """Patterns become CEL rules with messages: the API server would answer `should match '^[0-9]+...'`."""
+    for kind in KINDS:
+        for path, node in nodes(crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            assert "pattern" not in node, f"{kind.kind}{path}: a raw pattern"
+            for rule in node.get("x-kubernetes-validations", []):
+                assert len(rule.get("message", "")) > 10, f"{kind.kind}{path}: rule without a message: {rule}"
+            if node.get("type") == "string" and node.get("x-kubernetes-validations"):
+                assert "maxLength" in node, f"{kind.kind}{path}: a CEL rule on an unbounded string"
+
+
+def test_every_field_naming_an_object_is_checked_as_a_name() -> None:
+    from modelops.api.base import DNS1123_SUBDOMAIN, lit
+
+    expected = {
+        "TrainingJob": [".serviceAccountName", ".priorityClassName",
+                        ".output.repository.persistentVolumeClaim.claimName",
+                        ".env[].valueFrom.configMapKeyRef.name", ".env[].valueFrom.secretKeyRef.name"],
+        "ModelService": [".model.fromTrainingJob", ".repository.persistentVolumeClaim.claimName"],
+    }
+    for kind_name, paths in expected.items():
+        found = dict(nodes(spec_schema(kind_name)))
+        for path in paths:
+            node = found[path]
+            [rule] = node["x-kubernetes-validations"]
+            assert rule["rule"] == f"self.matches({lit(DNS1123_SUBDOMAIN)})", path
+            named = ".".join(path.split(".")[-2:]) if "KeyRef" in path else path.split(".")[-1]
+            assert rule["message"].startswith(f"{named} must be the name of a"), (path, rule["message"])
+            assert node["maxLength"] == 253
+
+
+def test_readable_rules_reach_the_schema() -> None:
+    job = dict(nodes(spec_schema("TrainingJob")))
+    service = dict(nodes(spec_schema("ModelService")))
+    assert job[".trainer.hiddenSizes[]"]["minimum"] == 1
+    dims = service[".model.signature.inputs[].dims[]"]
+    assert dims["x-kubernetes-validations"][0]["rule"] == "self >= 1 || self == -1"
+    assert job[".image"]["x-kubernetes-validations"][0]["message"] == "image must be an image reference without spaces"
+    assert service[".triton.image"]["x-kubernetes-validations"][0]["message"].startswith("image must be")
+    assert "cpu must be a quantity such as 500m or 2" in job[".resources.cpu"]["x-kubernetes-validations"][0]["message"]
+    for schema in (job, service):
+        assert "messageExpression" in schema[".nodeSelector"]["x-kubernetes-validations"][0]
+        assert schema[".nodeSelector{}"]["maxLength"] == 63
+        messages = [r["message"] for r in schema[".tolerations[]"]["x-kubernetes-validations"]]
+        assert "a toleration with operator Exists must not set value" in messages
+
+
+def test_the_operator_checks_with_the_same_syntax() -> None:
+    """The pydantic side of the rules (the CEL side runs on the API server: tests/integration/test_admission.py)."""
+    import re
+
+    from modelops.api.base import QUANTITY, has_no_space, is_absolute_path, is_label_key, is_label_value
+
+    assert all(is_label_key(k) for k in ("gpu", "nvidia.com/gpu.present", "a_b.c-d", "x" * 63, "kubernetes.io/arch"))
+    assert not any(is_label_key(k) for k in ("-bad", "bad-", "a/b/c", "x" * 64, "Example.com/x", "nvidia.com/",
+                                             "/x", "\U0001F680", "a b", "a" * 254 + "/x", "ok\n"))
+    assert all(is_label_value(v) for v in ("", "true", "g5.xlarge", "v" * 63))
+    assert not any(is_label_value(v) for v in ("v" * 64, "a b", "-x", "x_"))
+    assert all(re.fullmatch(QUANTITY, q) for q in ("1", "500m", "1.5", "4Gi", "2e3", ".5", "+1", "1E"))
+    assert not any(re.fullmatch(QUANTITY, q) for q in ("", "2 cores", "-1", "4GB", "1.5 cpus", "m", "1.2.3"))
+    assert has_no_space("nvcr.io/nvidia/tritonserver:24.08-py3")
+    assert not any(has_no_space(i) for i in ("", "a b", "a\tb", "a\u00a0b", "a\u200bb", "a\x00"))
+    assert is_absolute_path("/srv/models..v2/x") and not is_absolute_path("/srv/../etc")
+    assert not is_absolute_path("srv") and not is_absolute_path("/srv/..")
