@@ -773,6 +773,9 @@ class Bench:
         if self.args.settle_seconds:
             log(f"settling {self.args.settle_seconds:.0f}s before the steady-state window")
             time.sleep(self.args.settle_seconds)
+        # Steady means settled: kwok may still be starting pods of the last burst (each a first write).
+        settled = self.wait_idle("settle")
+        self.report.detail(f"before the steady-state window the operator was busy for {fmt_s(settled)} more")
         self.tally_phase("settle")
         objects = self.fleet.total
         log(f"steady-state window: {self.args.steady_seconds:.0f}s with {objects} objects")
