@@ -28,7 +28,8 @@ def walk(node: Any, path: str = "") -> list[str]:
             if "type" not in node:
                 problems.append(f"{path}: no type")
         for key, value in node.get("properties", {}).items():
-            if "type" not in value and not value.get("x-kubernetes-preserve-unknown-fields"):
+            if "type" not in value and not value.get("x-kubernetes-preserve-unknown-fields") and \
+                    not value.get("x-kubernetes-int-or-string"):
                 problems.append(f"{path}.{key}: no type")
             problems += walk(value, f"{path}.{key}")
         if isinstance(node.get("items"), dict):

@@ -339,3 +339,163 @@ def test_garbage_rank_labels_read_as_no_group() -> None:
 def test_service_names_of_different_bases_never_collide() -> None:
     assert dns1035_label("1abc") != dns1035_label("s1abc") and dns1035_label("1abc")[0].isalpha()
     assert dns1035_label("1abc") == dns1035_label("1abc")
+
+
+# ---- ranks per pod (torchrun semantics) ----------------------------------------------------------------------
+
+
+def env_of(p: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
+
+
+def test_two_pods_of_two_ranks_make_a_world_of_four() -> None:
+    s = spec(workers=2, nprocPerNode=2)
+    for rank in range(2):
+        env = env_of(tj.worker_pod(JOB, s, attempt=0, rank=rank))
+        assert (env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["GROUP_RANK"], env["RANK"], env["LOCAL_RANK"]) == \
+            ("4", "2", str(rank), str(2 * rank), "0")
+        assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"], env["PET_NODE_RANK"]) == ("2", "2", str(rank))
+        assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == "digits-w0.digits-workers"
+        assert env["PET_MASTER_PORT"] == env["MASTER_PORT"] == "29500"
+
+
+def test_auto_runs_one_rank_per_gpu_and_one_without_gpus() -> None:
+    assert spec().ranks_per_pod() == 1 and spec(resources={"gpus": 8}).ranks_per_pod() == 8
+    assert spec(resources={"gpus": 8}, nprocPerNode=2).ranks_per_pod() == 2
+    env = env_of(tj.worker_pod(JOB, spec(resources={"gpus": 4}), attempt=0, rank=0))
+    assert (env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["PET_NPROC_PER_NODE"], env["PET_NNODES"]) == \
+        ("4", "4", "4", "1")
+    # one pod: the group meets on the pod's loopback, no Service needed
+    assert env["MASTER_ADDR"] == "127.0.0.1"
+    assert tj.plan(JOB, spec(resources={"gpus": 4}), [], {}, NOW).apply[0]["kind"] == "Pod"
+    single = env_of(tj.worker_pod(JOB, spec(), attempt=0, rank=0))
+    assert single["WORLD_SIZE"] == "1" and "MASTER_ADDR" not in single and "PET_NNODES" not in single
+
+
+def test_a_torchrun_command_gets_consistent_pet_variables() -> None:
+    s = spec(command=["torchrun", "--standalone=false", "train.py"], workers=3, nprocPerNode=4)
+    envs = [env_of(tj.worker_pod(JOB, s, attempt=0, rank=r)) for r in range(3)]
+    assert {e["PET_NNODES"] for e in envs} == {"3"} and {e["PET_NPROC_PER_NODE"] for e in envs} == {"4"}
+    assert [e["PET_NODE_RANK"] for e in envs] == ["0", "1", "2"]
+    assert {int(e["WORLD_SIZE"]) for e in envs} == {int(envs[0]["PET_NNODES"]) * int(envs[0]["PET_NPROC_PER_NODE"])}
+
+
+@pytest.mark.parametrize("bad", ["2", 0, 65, "all", True])
+def test_nproc_per_node_is_auto_or_a_small_integer(bad: Any) -> None:
+    with pytest.raises(ValueError, match="nprocPerNode must be 'auto' or an integer from 1 to 64"):
+        spec(nprocPerNode=bad)
+
+
+# ---- scheduling pass-through ---------------------------------------------------------------------------------
+
+
+def test_scheduling_fields_reach_the_pods() -> None:
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["A100-SXM4-80GB"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "preference": {"matchExpressions": [{"key": "zone", "operator": "Exists"}]}}]}}
+    s = spec(schedulerName="volcano", priorityClassName="training", affinity=affinity,
+             podLabels={"kueue.x-k8s.io/queue-name": "gpu", "team": "ml"},
+             podAnnotations={"cost-center": "research 42"},
+             resources={"gpus": 2, "gpuResource": "nvidia.com/mig-1g.10gb"})
+    p = tj.worker_pod(JOB, s, attempt=0, rank=0)
+    assert p["spec"]["schedulerName"] == "volcano" and p["spec"]["priorityClassName"] == "training"
+    preferred = p["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["preference"]["matchExpressions"] == [{"key": "zone", "operator": "Exists", "values": []}]
+    assert p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == \
+        affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    labels, annotations = p["metadata"]["labels"], p["metadata"]["annotations"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "gpu" and labels["team"] == "ml"
+    assert labels[tj.LABEL_JOB] == "digits" and labels[tj.LABEL_RANK] == "0"
+    assert annotations["cost-center"] == "research 42" and tj.ANNOTATION_POD_SPEC in annotations
+    limits = p["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"nvidia.com/mig-1g.10gb": "2"}
+    keys = [t["key"] for t in p["spec"]["tolerations"]]
+    assert keys == ["nvidia.com/mig-1g.10gb", "nvidia.com/gpu"]
+    assert env_of(p)["LOCAL_WORLD_SIZE"] == "2"  # auto: one rank per MIG device
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"resources": {"gpus": 1, "gpuResource": "gpu"}}, "gpuResource must be an extended resource name"),
+    ({"resources": {"gpuResource": "kubernetes.io/gpu"}}, "gpuResource must be an extended resource name"),
+    ({"podLabels": {"modelops.dev/rank": "9"}}, "podLabels keys under modelops.dev/ are reserved"),
+    ({"podAnnotations": {"modelops.dev/progress": "{}"}}, "podAnnotations keys under modelops.dev/ are reserved"),
+    ({"podLabels": {"team": "m l"}}, "podLabels values must be a label value"),
+    ({"podAnnotations": {"a b": "x"}}, "podAnnotations keys must be a label key"),
+    ({"schedulerName": "My_Scheduler"}, "schedulerName must be a scheduler's name"),
+    ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In"}]}]}}}}, "In and NotIn need at least one value"),
+    ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["many"]}]}]}}}}, "exactly one integer"),
+])
+def test_scheduling_fields_are_checked(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec(**overrides)
+
+
+def test_fields_added_since_a_group_started_are_not_a_refused_edit() -> None:
+    old = {k: v for k, v in tj.pod_shaping_spec(spec(workers=2)).items()
+           if k not in ("nprocPerNode", "podLabels", "podAnnotations")}
+    old["resources"] = {"gpus": 0}
+    pods = [pod(0, pod_spec=json.dumps(old)), pod(1, pod_spec=json.dumps(old))]
+    result = tj.plan(JOB, spec(workers=2), pods, {"phase": "Running", "conditions": []}, NOW)
+    assert condition(result.status, "UpdateRefused")["status"] == "False"
+
+
+# ---- why it waits --------------------------------------------------------------------------------------------
+
+UNSCHEDULABLE = "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 node(s) had untolerated taint."
+
+
+def raw_pod(rank: int, status: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": tj.pod_name("digits", 0, rank),
+                         "labels": {tj.LABEL_RANK: str(rank), tj.LABEL_ATTEMPT: "0"}}, "status": status}
+
+
+def unschedulable(rank: int, message: str = UNSCHEDULABLE) -> tj.ObservedPod:
+    return tj.ObservedPod.from_pod(raw_pod(rank, {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}))
+
+
+def test_an_unschedulable_group_says_why_once_and_stays_pending() -> None:
+    pods = [unschedulable(0), unschedulable(1)]
+    first = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), pods, {"conditions": []}, NOW)
+    assert first.status["phase"] == "Pending"
+    ready = condition(first.status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "Unschedulable"
+    assert ready["message"] == f"2/2 workers cannot start: worker 0 (pod digits-a0-w0) Unschedulable: {UNSCHEDULABLE}"
+    assert [(e.type, e.reason, e.message) for e in first.events] == [("Warning", "Unschedulable", ready["message"])]
+    again = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), pods, first.status, NOW + timedelta(seconds=30))
+    assert again.events == [] and condition(again.status, "Ready")["reason"] == "Unschedulable"
+    # a different reason is a new Event
+    changed = [unschedulable(0, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."), unschedulable(1)]
+    third = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), changed, again.status, NOW)
+    assert [e.reason for e in third.events] == ["Unschedulable"]
+    # it clears once the workers run
+    running = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), [pod(0), pod(1)], third.status, NOW)
+    assert running.status["phase"] == "Running" and condition(running.status, "Ready")["reason"] == "WorkersRunning"
+    assert [e.reason for e in running.events] == ["WorkersRunning"]
+
+
+def test_a_scheduled_worker_stuck_on_its_image_says_so() -> None:
+    observed = tj.ObservedPod.from_pod(raw_pod(1, {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "True"}], "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": 'Back-off pulling image "ghcr.io/x/trainer:nope"'}}}]}))
+    result = tj.plan(JOB, spec(workers=2), [pod(0), observed], {"conditions": []}, NOW)
+    ready = condition(result.status, "Ready")
+    assert result.status["phase"] == "Pending" and ready["reason"] == "ImagePullBackOff"
+    assert 'worker 1 (pod digits-a0-w1) ImagePullBackOff: Back-off pulling image "ghcr.io/x/trainer:nope"' in \
+        ready["message"]
+    assert ("Warning", "ImagePullBackOff") in [(e.type, e.reason) for e in result.events]
+
+
+def test_normal_waits_are_not_reported_as_stuck() -> None:
+    creating = tj.ObservedPod.from_pod(raw_pod(0, {"phase": "Pending", "containerStatuses": [
+        {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]}))
+    assert creating.waiting_reason == ""
+    result = tj.plan(JOB, spec(), [creating], {"conditions": []}, NOW)
+    assert condition(result.status, "Ready")["reason"] == "WorkersStarting" and result.events == []
+    # a running pod's stale PodScheduled condition is not a wait
+    running = tj.ObservedPod.from_pod(raw_pod(0, {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}))
+    assert running.waiting_reason == ""

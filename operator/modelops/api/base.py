@@ -125,19 +125,53 @@ def absolute_path(field: str, max_length: int = 4096) -> Any:
 ModelName = checked(f"self.matches({lit(MODEL_NAME)})",
                     "model name must start with a letter or digit and hold only letters, digits, '_', '.' and '-' "
                     "(at most 63 characters)", _fullmatch(MODEL_NAME), max_length=63)
-LabelValue = checked(f"self.matches({lit(LABEL_VALUE)})", f"nodeSelector values must be {LABEL_VALUE_WORDS}",
-                     is_label_value, max_length=63)
-LabelKey = Annotated[str, AfterValidator(_refuse_unless(is_label_key, f"nodeSelector keys must be {LABEL_KEY_WORDS}"))]
-"""A map key: checked by the map's own CEL rule (see node_selector_field), pydantic checks it here."""
+
+
+def label_key(field: str) -> Any:
+    """A map key that must be a label key: the map's own CEL rule checks it (see label_map_field), pydantic here."""
+    return Annotated[str, AfterValidator(_refuse_unless(is_label_key, f"{field} keys must be {LABEL_KEY_WORDS}"))]
+
+
+def label_value(field: str) -> Any:
+    return checked(f"self.matches({lit(LABEL_VALUE)})", f"{field} values must be {LABEL_VALUE_WORDS}",
+                   is_label_value, max_length=63)
+
+
+LabelKey = label_key("nodeSelector")
+LabelValue = label_value("nodeSelector")
+
+
+def label_map_field(field: str, *, max_items: int = 64, reserved_prefix: str | None = None) -> Any:
+    """A map whose keys are label keys (nodeSelector, pod labels and annotations); keys under
+    `reserved_prefix` (the operator's own) are refused."""
+    bad_keys = f"self.filter(k, !({label_key_rule('k')}))"
+    rules = [cel(f"self.all(k, {label_key_rule('k')})", f"{field} keys must be {LABEL_KEY_WORDS}",
+                 messageExpression=lit(f'{field} key "') + f" + {bad_keys}[0] + " + lit('" is not ' + LABEL_KEY_WORDS))]
+    if reserved_prefix:
+        rules.append(cel(f"self.all(k, !k.startsWith({lit(reserved_prefix)}))",
+                         f"{field} keys under {reserved_prefix} are reserved for the operator"))
+    return Field({}, max_length=max_items, json_schema_extra={"x-kubernetes-validations": rules})
 
 
 def node_selector_field() -> Any:
     """nodeSelector: label keys to label values, as a Pod's."""
-    bad_keys = f"self.filter(k, !({label_key_rule('k')}))"
-    return Field({}, max_length=64, json_schema_extra={"x-kubernetes-validations": [
-        cel(f"self.all(k, {label_key_rule('k')})", f"nodeSelector keys must be {LABEL_KEY_WORDS}",
-            messageExpression=lit('nodeSelector key "') + f" + {bad_keys}[0] + " + lit('" is not ' + LABEL_KEY_WORDS)),
-    ]})
+    return label_map_field("nodeSelector")
+
+
+EXTENDED_RESOURCE = (r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+EXTENDED_RESOURCE_WORDS = ("gpuResource must be an extended resource name such as nvidia.com/gpu, "
+                           "nvidia.com/mig-1g.10gb or amd.com/gpu: <domain>/<name>, outside kubernetes.io")
+
+
+def is_extended_resource(value: str) -> bool:
+    return _fullmatch(EXTENDED_RESOURCE)(value) and _fullmatch(LABEL_KEY_LENGTHS)(value) and \
+        "kubernetes.io/" not in value
+
+
+ExtendedResourceName = checked(
+    f"self.matches({lit(EXTENDED_RESOURCE)}) && self.matches({lit(LABEL_KEY_LENGTHS)}) && "
+    "!self.contains('kubernetes.io/')", EXTENDED_RESOURCE_WORDS, is_extended_resource, max_length=317)
 
 
 class ApiModel(BaseModel):
@@ -194,10 +228,12 @@ class ModelRepository(ApiModel):
 
 
 class Resources(ApiModel):
-    """Per-pod compute resources; `gpus` becomes an nvidia.com/gpu limit plus the GPU toleration."""
+    """Per-pod compute resources; `gpus` becomes a limit of `gpuResource` (nvidia.com/gpu) plus the GPU toleration."""
 
     gpus: int = Field(0, ge=0, le=16)
-    """NVIDIA GPUs per pod (nvidia.com/gpu)."""
+    """GPUs per pod: how many of `gpuResource` (nvidia.com/gpu unless set)."""
+    gpu_resource: ExtendedResourceName = "nvidia.com/gpu"  # type: ignore[valid-type]
+    """The extended resource `gpus` counts: nvidia.com/gpu, a MIG profile (nvidia.com/mig-1g.10gb), amd.com/gpu."""
     cpu: quantity("cpu", "500m or 2") | None = None  # type: ignore[valid-type]
     """CPU request and limit, e.g. "2" or "500m"."""
     memory: quantity("memory", "512Mi or 4Gi") | None = None  # type: ignore[valid-type]

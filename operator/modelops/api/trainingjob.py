@@ -4,15 +4,104 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from typing_extensions import Self
 
-from modelops.api.base import (ApiModel, Condition, EnvVar, LabelKey, LabelValue, ModelName, ModelRepository,
-                               Resources, Toleration, cel, conditions_field, image_reference, node_selector_field,
-                               object_name)
+from modelops.api.base import (DNS1123_SUBDOMAIN, LABEL_KEY_WORDS, LABEL_VALUE, SUBDOMAIN_WORDS, ApiModel, Condition,
+                               EnvVar, LabelKey, LabelValue, ModelName, ModelRepository, Resources, Toleration,
+                               _fullmatch, cel, checked, conditions_field, image_reference, is_label_key,
+                               is_label_value, label_key, label_key_rule, label_map_field, label_value, lit,
+                               node_selector_field, object_name)
 from modelops.api.modelservice import ModelSignature
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/modelops/trainer:0.1.0"
+RESERVED_PREFIX = "modelops.dev/"
+MAX_NPROC_PER_NODE = 64
+NPROC_WORDS = f"nprocPerNode must be 'auto' or an integer from 1 to {MAX_NPROC_PER_NODE}"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+def _nproc(value: object) -> object:
+    """'auto' or an int in range; a numeric string is refused as the API server refuses it."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                           and 1 <= value <= MAX_NPROC_PER_NODE):
+        return value
+    raise ValueError(NPROC_WORDS)
+
+
+NprocPerNode = Annotated[Literal["auto"] | int, BeforeValidator(_nproc), WithJsonSchema({
+    "x-kubernetes-int-or-string": True,
+    "description": "Ranks (processes) per pod, torchrun's --nproc-per-node: auto = the pod's GPU count "
+                   "(1 without GPUs). WORLD_SIZE is workers x nprocPerNode.",
+    "x-kubernetes-validations": [cel(f"type(self) == int ? (self >= 1 && self <= {MAX_NPROC_PER_NODE}) "
+                                     ": self == 'auto'", NPROC_WORDS)],
+})]
+
+NODE_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+
+
+class NodeSelectorRequirement(ApiModel):
+    """One node label test, as a Pod's node affinity takes it."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!(self.operator in ['In', 'NotIn']) || size(self.values) > 0",
+            "node affinity operators In and NotIn need at least one value"),
+        cel("!(self.operator in ['Exists', 'DoesNotExist']) || size(self.values) == 0",
+            "node affinity operators Exists and DoesNotExist take no values"),
+        cel("!(self.operator in ['Gt', 'Lt']) || (size(self.values) == 1 && self.values[0].matches('^-?[0-9]+$'))",
+            "node affinity operators Gt and Lt take exactly one integer value"),
+    ]})
+
+    key: checked(label_key_rule("self"), f"node affinity keys must be {LABEL_KEY_WORDS}",  # type: ignore[valid-type]
+                 is_label_key, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[checked(f"self.matches({lit(LABEL_VALUE)})",  # type: ignore[valid-type]
+                         "node affinity values must be label values: empty, or at most 63 letters, digits, '-', "
+                         "'_' or '.' that starts and ends with a letter or digit",
+                         is_label_value, max_length=63)] = Field([], max_length=32)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError("node affinity operators In and NotIn need at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError("node affinity operators Exists and DoesNotExist take no values")
+        if self.operator in ("Gt", "Lt") and (len(self.values) != 1 or not _fullmatch(r"^-?[0-9]+$")(self.values[0])):
+            raise ValueError("node affinity operators Gt and Lt take exactly one integer value")
+        return self
+
+
+class NodeSelectorTerm(ApiModel):
+    """Requirements that must all hold (terms of a list are alternatives)."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(min_length=1, max_length=16)
+
+
+class NodeSelector(ApiModel):
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=8)
+
+
+class PreferredSchedulingTerm(ApiModel):
+    weight: int = Field(ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(ApiModel):
+    """A Pod's nodeAffinity (matchExpressions only)."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    """Nodes the worker pods may run on."""
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field([], max_length=8)
+    """Nodes the scheduler prefers, by weight."""
+
+
+class Affinity(ApiModel):
+    node_affinity: NodeAffinity | None = None
+
+
+SchedulerName = checked(f"self.matches({lit(DNS1123_SUBDOMAIN)})",
+                        f"schedulerName must be a scheduler's name: {SUBDOMAIN_WORDS}",
+                        _fullmatch(DNS1123_SUBDOMAIN), max_length=253)
 
 
 class TrainerArgs(ApiModel):
@@ -69,7 +158,8 @@ class TrainingJobSpec(ApiModel):
     env: list[EnvVar] = Field([], max_length=128)
     trainer: TrainerArgs = Field(default_factory=TrainerArgs, json_schema_extra={"default": TrainerArgs().wire()})
     workers: int = Field(1, ge=1, le=128)
-    """Pods in the group: 1 = single worker; more = DDP with MASTER_ADDR/PORT, WORLD_SIZE and RANK set."""
+    """Pods in the group (torchrun's nnodes): 1 = single pod; more = DDP with MASTER_ADDR/PORT set."""
+    nproc_per_node: NprocPerNode = "auto"  # type: ignore[valid-type]
     resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": Resources().wire()})
     node_selector: dict[LabelKey, LabelValue] = node_selector_field()  # type: ignore[valid-type]
     """Label keys and values the worker pods' nodes must carry, as a Pod's nodeSelector."""
@@ -77,6 +167,16 @@ class TrainingJobSpec(ApiModel):
     priority_class_name: object_name("priorityClassName", "PriorityClass",  # type: ignore[valid-type]
                                      namespaced=False) | None = None
     """The worker pods' PriorityClass (it must exist)."""
+    scheduler_name: SchedulerName | None = None  # type: ignore[valid-type]
+    """The scheduler that places the worker pods (e.g. a gang scheduler); unset: the default scheduler."""
+    affinity: Affinity | None = None
+    """The worker pods' node affinity, as a Pod's."""
+    pod_labels: dict[label_key("podLabels"), label_value("podLabels")] = label_map_field(  # type: ignore[valid-type]
+        "podLabels", reserved_prefix=RESERVED_PREFIX)
+    """Extra labels on the worker pods (e.g. for a queue or a cost report); modelops.dev/ keys are the operator's."""
+    pod_annotations: dict[label_key("podAnnotations"), Annotated[str, Field(max_length=4096)]] = \
+        label_map_field("podAnnotations", reserved_prefix=RESERVED_PREFIX)  # type: ignore[valid-type]
+    """Extra annotations on the worker pods; modelops.dev/ keys are the operator's."""
     service_account_name: object_name("serviceAccountName", "ServiceAccount") | None = None  # type: ignore[valid-type]
     """The pods' ServiceAccount; needs get/patch on its own pod for progress reports."""
     output: OutputSpec
@@ -88,6 +188,22 @@ class TrainingJobSpec(ApiModel):
     """Delete the finished job (and its pods) this long after it succeeded or failed."""
     suspend: bool = False
     """True removes the worker pods; false again starts a fresh group."""
+
+    @model_validator(mode="after")
+    def _reserved(self) -> Self:
+        for field, keys in (("podLabels", self.pod_labels), ("podAnnotations", self.pod_annotations)):
+            if any(k.startswith(RESERVED_PREFIX) for k in keys):
+                raise ValueError(f"{field} keys under {RESERVED_PREFIX} are reserved for the operator")
+        return self
+
+    def ranks_per_pod(self) -> int:
+        """nprocPerNode resolved: auto is the pod's GPU count, 1 without GPUs."""
+        if self.nproc_per_node == "auto":
+            return max(1, self.resources.gpus)
+        return int(self.nproc_per_node)
+
+    def world_size(self) -> int:
+        return self.workers * self.ranks_per_pod()
 
 
 class WorkerCounts(ApiModel):
@@ -107,6 +223,8 @@ class Progress(ApiModel):
     loss: float | None = None
     val_accuracy: float | None = None
     samples_per_second: float | None = None
+    world_size: int | None = None
+    """Ranks in the process group, as the trainer saw it."""
     updated: str | None = None
 
 

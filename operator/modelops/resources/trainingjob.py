@@ -37,6 +37,12 @@ DEFAULT_COMMAND = ["python", "-m", "modelops.trainer"]
 # Spec fields that only steer the controller; every other field shapes the pods.
 CONTROL_FIELDS = {"suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"}
 TERMINAL = ("Succeeded", "Failed")
+LOCAL_MASTER = "127.0.0.1"
+# Container waiting reasons that mean the worker cannot start without someone changing something
+# (ContainerCreating and PodInitializing are normal waits, not listed).
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff")
+WAIT_MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class ObservedPod:
     progress: dict[str, Any] | None = None
     finished: str | None = None
     """When its trainer container ended (terminated.finishedAt)."""
+    waiting_reason: str = ""
+    """Why a pending worker cannot start: the scheduler's (Unschedulable) or the kubelet's (ImagePullBackOff...)."""
+    waiting_message: str = ""
 
     @property
     def active(self) -> bool:
@@ -82,15 +91,31 @@ class ObservedPod:
             # The trainer also writes its final report to the termination log: it still counts when
             # the pod could not patch its own annotation (e.g. a ServiceAccount without the Role).
             progress = final
+        phase = status.get("phase") or "Pending"
+        waiting_reason, waiting_message = _waiting(status) if phase == "Pending" else ("", "")
         return cls(
             name=meta["name"], rank=_int_label(labels, LABEL_RANK), attempt=_int_label(labels, LABEL_ATTEMPT),
-            phase=status.get("phase") or "Pending", deleting=bool(meta.get("deletionTimestamp")),
+            phase=phase, deleting=bool(meta.get("deletionTimestamp")),
             exit_code=terminated.get("exitCode"),
             reason=terminated.get("reason") or status.get("reason") or "",
             pod_spec=annotations.get(ANNOTATION_POD_SPEC),
             progress=progress,
             finished=terminated.get("finishedAt") if isinstance(terminated.get("finishedAt"), str) else None,
+            waiting_reason=waiting_reason, waiting_message=waiting_message,
         )
+
+
+def _waiting(status: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a pending pod that cannot go on: not scheduled (PodScheduled=False, as the
+    scheduler wrote it), or a container stuck waiting (image pull, config). ('', '') for a normal wait."""
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or "")
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
+        if isinstance(waiting, dict) and waiting.get("reason") in STUCK_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    return "", ""
 
 
 def _int_label(labels: dict[str, Any], key: str) -> int:
@@ -167,12 +192,18 @@ def trainer_args(spec: TrainingJobSpec) -> list[str]:
 
 
 def rendezvous_env(job: JobMeta, spec: TrainingJobSpec, rank: int) -> list[dict[str, Any]]:
-    """torch.distributed's env:// variables, plus torchrun's PET_* equivalents for a torchrun command."""
-    env = {"WORLD_SIZE": spec.workers, "RANK": rank, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": 1}
-    if spec.workers > 1:
-        master = f"{worker_hostname(job.name, 0)}.{service_name(job.name)}"
+    """The pod's rendezvous env, torchrun semantics: pod `rank` (GROUP_RANK, torchrun's node rank) runs
+    LOCAL_WORLD_SIZE = nprocPerNode ranks of a WORLD_SIZE = workers x nprocPerNode group. RANK/LOCAL_RANK
+    name the pod's first process; the built-in trainer (or torchrun, from the PET_* variables) starts
+    the pod's processes and gives each its own RANK = GROUP_RANK x LOCAL_WORLD_SIZE + LOCAL_RANK."""
+    nproc = spec.ranks_per_pod()
+    world = spec.workers * nproc
+    env: dict[str, Any] = {"WORLD_SIZE": world, "RANK": rank * nproc, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": nproc,
+                           "GROUP_RANK": rank, "NODE_RANK": rank}
+    if world > 1:
+        master = f"{worker_hostname(job.name, 0)}.{service_name(job.name)}" if spec.workers > 1 else LOCAL_MASTER
         env |= {"MASTER_ADDR": master, "MASTER_PORT": RENDEZVOUS_PORT,
-                "PET_NNODES": spec.workers, "PET_NPROC_PER_NODE": 1, "PET_NODE_RANK": rank,
+                "PET_NNODES": spec.workers, "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": rank,
                 "PET_MASTER_ADDR": master, "PET_MASTER_PORT": RENDEZVOUS_PORT}
     return [{"name": k, "value": str(v)} for k, v in env.items()]
 
@@ -214,6 +245,10 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
         pod_spec["priorityClassName"] = spec.priority_class_name
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.scheduler_name:
+        pod_spec["schedulerName"] = spec.scheduler_name
+    if spec.affinity and spec.affinity.node_affinity:
+        pod_spec["affinity"] = spec.affinity.wire()
     if spec.workers > 1:
         pod_spec["hostname"] = worker_hostname(job.name, rank)
         pod_spec["subdomain"] = service_name(job.name)
@@ -221,9 +256,11 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": pod_name(job.name, attempt, rank), "namespace": job.namespace,
-            "labels": {"app.kubernetes.io/name": "modelops-trainer", "app.kubernetes.io/managed-by": "modelops",
+            "labels": {**spec.pod_labels,
+                       "app.kubernetes.io/name": "modelops-trainer", "app.kubernetes.io/managed-by": "modelops",
                        LABEL_JOB: job_label(job.name), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
-            "annotations": {ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True)},
+            "annotations": {**spec.pod_annotations,
+                            ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True)},
             "ownerReferences": [owner_reference(job)],
         },
         "spec": pod_spec,
@@ -321,8 +358,11 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
                 if any(obj["kind"] == "Pod" for obj in result.apply):
                     start_time = start_time or stamp
             running = sum(p.phase == "Running" for p in group.values())
+            stuck = sorted((p for p in group.values() if p.waiting_reason and not p.deleting), key=lambda p: p.rank)
             if running == spec.workers:
                 phase, reason, message = "Running", "WorkersRunning", f"{running}/{spec.workers} workers running"
+            elif stuck:
+                phase, reason, message = "Pending", stuck[0].waiting_reason, _describe_wait(stuck, spec.workers)
             else:
                 phase, reason = "Pending", "WorkersStarting"
                 message = f"{running}/{spec.workers} workers running"
@@ -390,6 +430,10 @@ def _refused_change(spec: TrainingJobSpec, group: list[ObservedPod]) -> str:
         return ""
     if not isinstance(before, dict):  # edited by hand: what the group started with is unknown
         return ""
+    try:  # fields added to the API since the group started read as their defaults
+        before = pod_shaping_spec(TrainingJobSpec.model_validate(before))
+    except ValidationError:
+        pass
     now = pod_shaping_spec(spec)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if not changed:
@@ -397,6 +441,15 @@ def _refused_change(spec: TrainingJobSpec, group: list[ObservedPod]) -> str:
     details = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" if k == "workers" else k for k in changed)
     return (f"not applied to the running workers: {details}. The change takes effect when the group is "
             "next started (suspend and resume the job, or after a restart)")
+
+
+def _describe_wait(stuck: list[ObservedPod], workers: int) -> str:
+    """'1/2 workers cannot start: worker 1 (pod x) Unschedulable: 0/4 nodes are available: ...' quoting
+    the scheduler or kubelet, for the first stuck worker."""
+    first = stuck[0]
+    what = f"{first.waiting_reason}: {first.waiting_message}" if first.waiting_message else first.waiting_reason
+    text = f"{len(stuck)}/{workers} workers cannot start: worker {first.rank} (pod {first.name}) {what}"
+    return text if len(text) <= WAIT_MESSAGE_LIMIT else text[:WAIT_MESSAGE_LIMIT - 3] + "..."
 
 
 def _describe_failure(pod: ObservedPod) -> str:
@@ -483,6 +536,11 @@ def _transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list
         cond = became_true(old, new, cond_type)
         if cond:
             events.append(Event(kind, cond["reason"], cond["message"]))  # type: ignore[arg-type]
+    ready_old = next((c for c in old if c.get("type") == "Ready"), {})
+    ready = next(c for c in new if c["type"] == "Ready")
+    if status["phase"] == "Pending" and ready["reason"] not in ("WorkersStarting", "Restarting", "") and \
+            (ready_old.get("reason"), ready_old.get("message")) != (ready["reason"], ready["message"]):
+        events.append(Event("Warning", ready["reason"], ready["message"]))  # why it waits, once per change
     if previous.get("phase") == "Suspended" and status["phase"] != "Suspended":
         events.append(Event("Normal", "Resumed", "spec.suspend is false: starting the workers"))
     return events
