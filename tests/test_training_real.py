@@ -126,3 +126,94 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert third.returncode == 0 and "already published digits version 1" in third.stderr
     assert progress(third.stdout)[-1]["model"]["version"] == 1
     assert sorted(p.name for p in (tmp_path / "digits").iterdir() if not p.name.startswith(".")) == ["1", "config.pbtxt"]
+
+
+# ---- ranks per pod: the operator's env, the trainer's launcher, torchrun -------------------------------------
+
+def pod_env(workers: int, nproc: int, pod: int, port: str, command: list[str] | None = None) -> dict[str, str]:
+    """The env the operator gives worker pod `pod`, with the rendezvous on loopback (the pods are processes here)."""
+    from modelops.api.trainingjob import TrainingJobSpec
+    from modelops.resources import trainingjob as tj
+
+    spec = TrainingJobSpec.model_validate({"workers": workers, "nprocPerNode": nproc, "command": command,
+                                           "output": {"modelName": "digits", "repository": {"hostPath": {"path": "/m"}}}})
+    job = tj.JobMeta(name="digits", namespace="ml", uid="uid-1")
+    env = {e["name"]: e["value"] for e in tj.worker_pod(job, spec, attempt=0, rank=pod)["spec"]["containers"][0]["env"]
+           if "value" in e and not e["name"].startswith("MODELOPS_")}
+    for name in ("MASTER_ADDR", "PET_MASTER_ADDR"):
+        env[name] = "127.0.0.1"
+    env["MASTER_PORT"] = env["PET_MASTER_PORT"] = port
+    return base_env(**env)
+
+
+def test_two_pods_of_two_ranks_train_identical_weights_and_publish_once(tmp_path: Path) -> None:
+    port = str(free_port())
+    pods = [subprocess.Popen(trainer(tmp_path, *FAST), env=pod_env(2, 2, pod, port), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for pod in (0, 1)]
+    outputs = [proc.communicate(timeout=300) for proc in pods]
+    for proc, (_, err) in zip(pods, outputs):
+        assert proc.returncode == 0, err
+    stderr = outputs[0][1] + outputs[1][1]
+    joined = sorted(re.findall(r"joining process group: rank (\d)/(\d) \(local rank (\d)/(\d), group rank (\d)\)", stderr))
+    # every rank's env: RANK = GROUP_RANK x LOCAL_WORLD_SIZE + LOCAL_RANK, WORLD_SIZE = 2 pods x 2 ranks
+    assert joined == [("0", "4", "0", "2", "0"), ("1", "4", "1", "2", "0"), ("2", "4", "0", "2", "1"),
+                      ("3", "4", "1", "2", "1")]
+    assert stderr.count("(gloo)") == 4
+    hashes = dict((rank, digest) for digest, rank in re.findall(r"final weights sha256 ([0-9a-f]{64}) \(rank (\d)\)", stderr))
+    assert sorted(hashes) == ["0", "1", "2", "3"] and len(set(hashes.values())) == 1
+    assert progress(outputs[1][0]) == []  # progress and publishing from global rank 0 (pod 0) only
+    reports = progress(outputs[0][0])
+    final = reports[-1]
+    assert final["phase"] == "Succeeded" and final["worldSize"] == 4 and final["testAccuracy"] >= 0.9
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir() if not p.name.startswith(".")) == ["1", "config.pbtxt"]
+    metadata = json.loads((tmp_path / "digits" / "1" / "metadata.json").read_text())
+    assert metadata["trainer"]["worldSize"] == 4 and metadata["trainer"]["localWorldSize"] == 2
+    assert metadata["trainer"]["stateSha256"] == hashes["0"]
+
+
+def test_a_failing_local_rank_fails_the_pod_at_once(tmp_path: Path) -> None:
+    # local rank 1 dies as it starts (a sitecustomize on its path); rank 0 would wait for it in the rendezvous
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\nif os.environ.get('MODELOPS_LOCAL_RANK_PROCESS') and os.environ.get('LOCAL_RANK') == '1':\n"
+        "    os._exit(7)\n")
+    env = pod_env(1, 2, 0, str(free_port()))
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
+    started = time.monotonic()
+    result = subprocess.run(trainer(tmp_path, *FAST), env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 7, result.stderr
+    assert "local rank 1 (rank 1) exited with code 7" in result.stderr
+    assert time.monotonic() - started < 60  # not the 600 s collective timeout
+    assert not (tmp_path / "digits" / "1").exists()
+
+
+RANK_SCRIPT = """
+import json, os, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+import torch
+t = torch.tensor([1.0])
+dist.all_reduce(t)
+keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+record = {k: os.environ[k] for k in keys} | {"sum": float(t), "spawned": "MODELOPS_LOCAL_RANK_PROCESS" in os.environ}
+open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w").write(json.dumps(record))
+dist.destroy_process_group()
+"""
+
+
+def test_a_torchrun_command_gets_consistent_pet_variables(tmp_path: Path) -> None:
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    port = str(free_port())
+    # the pod's command is torchrun with no rendezvous flags: it reads everything from PET_*
+    command = [sys.executable, "-m", "torch.distributed.run", str(script), str(tmp_path)]
+    agents = [subprocess.Popen(command, env=pod_env(2, 2, pod, port, command=command), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for pod in (0, 1)]
+    for agent in agents:
+        _, err = agent.communicate(timeout=240)
+        assert agent.returncode == 0, err
+    records = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)}
+    for rank, record in records.items():
+        assert record == {"RANK": str(rank), "LOCAL_RANK": str(rank % 2), "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
+                          "GROUP_RANK": str(rank // 2), "sum": 4.0, "spawned": False}

@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         log.info("training %s on %s (world size %d, augmentation %s)", args.model, device, dist.world_size,
                  augmentation.to_dict() if augmentation.enabled else "off")
-        reporter.update(phase="Training", epoch=0, epochs=args.epochs, step=0)
+        reporter.update(phase="Training", epoch=0, epochs=args.epochs, step=0, worldSize=dist.world_size)
         config = loop.LoopConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                  augmentation=augmentation, run_key=key, weight_decay=args.weight_decay,
                                  checkpoint_dir=args.checkpoint_dir)
@@ -248,7 +248,8 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
         "model": spec.to_dict(),
         "trainer": {"args": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                              for k, v in sorted(vars(args).items())},
-                    "worldSize": dist.world_size, "device": str(device), "runKey": key,
+                    "worldSize": dist.world_size, "localWorldSize": dist.local_world_size,
+                    "device": str(device), "runKey": key,
                     "resumedFromEpoch": result.resumed_from_epoch, "stateSha256": result.state_sha256},
     }
     published = publish(args.repository, args.model_name, model_bytes=model_bytes, signature=signature,
@@ -266,13 +267,18 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 1 with a one-line reason on stderr for bad input, 2 for bad flags."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     rank = os.environ.get("RANK", "0")
+    from modelops.trainer import launch
+
+    launcher = launch.should_launch(os.environ)
+    label = f"pod {os.environ.get('GROUP_RANK', '0')}" if launcher else f"rank {rank}"
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s [{label}] %(name)s: %(message)s")
     started = time.monotonic()
     try:
-        code = run(args)
+        code = launch.launch(argv) if launcher else run(args)
     except TrainerError as exc:
         message = str(exc)
     except OSError as exc:
