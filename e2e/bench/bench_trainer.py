@@ -1,4 +1,5 @@
-"""Benchmark the trainer on CPU: 1 process vs 2-process gloo DDP, and our loop's overhead vs a bare torch loop."""
+"""Benchmark the trainer on CPU: 1 rank vs 2 pods x 1 rank vs 1 pod x 2 local ranks (gloo DDP, the pods being
+processes with the operator's env), and our loop's overhead vs a bare torch loop."""
 
 from __future__ import annotations
 
@@ -24,22 +25,28 @@ def trainer_command(repository: Path, args: argparse.Namespace) -> list[str]:
             str(repository), "--model-name", "bench", "--log-level", "WARNING"]
 
 
-def ddp_throughput(world_size: int, args: argparse.Namespace) -> float:
-    """Global training samples/s that rank 0 reports (training time only, startup excluded)."""
+def ddp_throughput(pods: int, nproc: int, args: argparse.Namespace) -> tuple[float, float]:
+    """(global training samples/s that rank 0 reports, training time only; wall seconds incl. startup) of
+    `pods` pods of `nproc` ranks each, every pod a process with the env the operator gives a worker pod
+    (the trainer launches a pod's local ranks itself)."""
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
         sock.close()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port}
-        procs = [subprocess.Popen(trainer_command(Path(tmp), args), env={**env, "RANK": str(rank)},
+        world = pods * nproc
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        started = time.perf_counter()
+        procs = [subprocess.Popen(trainer_command(Path(tmp), args),
+                                  env={**env, "GROUP_RANK": str(pod), "RANK": str(pod * nproc), "LOCAL_RANK": "0"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for rank in range(world_size)]
+                 for pod in range(pods)]
         outputs = [proc.communicate() for proc in procs]
+        wall = time.perf_counter() - started
         for proc, (_, err) in zip(procs, outputs):
             if proc.returncode:
                 raise SystemExit(f"trainer failed:\n{err}")
-        return float(final_progress(outputs[0][0])["samplesPerSecond"])  # type: ignore[arg-type]
+        return float(final_progress(outputs[0][0])["samplesPerSecond"]), wall  # type: ignore[arg-type]
 
 
 def loop_overhead(args: argparse.Namespace) -> tuple[float, float, float]:
@@ -107,13 +114,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-loop", action="store_true", help="only the rank layouts, not the loop overhead")
     args = parser.parse_args()
     print(f"cpu cores: {os.cpu_count()}, dataset {args.dataset}, {args.epochs} epochs, batch {args.batch_size} "
-          f"per process, 1 thread per process", flush=True)
-    one = ddp_throughput(1, args)
-    two = ddp_throughput(2, args)
-    print(f"1 process        : {one:10.0f} samples/s")
-    print(f"2-process DDP    : {two:10.0f} samples/s (global)   ratio 2p/1p = {two / one:.2f}", flush=True)
+          f"per rank, 1 thread per rank, no GPU", flush=True)
+    runs: dict[str, list[tuple[float, float]]] = {"1 rank": [], "2 pods x 1 rank": [], "1 pod x 2 ranks": []}
+    shapes = {"1 rank": (1, 1), "2 pods x 1 rank": (2, 1), "1 pod x 2 ranks": (1, 2)}
+    for _ in range(args.repeats):  # interleaved, best of N: background load hits every shape alike
+        for name, (pods, nproc) in shapes.items():
+            runs[name].append(ddp_throughput(pods, nproc, args))
+    best = {name: max(r[0] for r in results) for name, results in runs.items()}
+    walls = {name: min(r[1] for r in results) for name, results in runs.items()}
+    for name in shapes:
+        print(f"{name:17s}: {best[name]:10.0f} samples/s (global, training time)   wall {walls[name]:5.1f}s "
+              f"incl. startup")
+    one = best["1 rank"]
+    print(f"ratios: 2 pods x 1 / 1 rank = {best['2 pods x 1 rank'] / one:.2f}, "
+          f"1 pod x 2 / 1 rank = {best['1 pod x 2 ranks'] / one:.2f}, "
+          f"1 pod x 2 / 2 pods x 1 = {best['1 pod x 2 ranks'] / best['2 pods x 1 rank']:.2f}", flush=True)
+    if args.skip_loop:
+        return
     bare, ours_train, ours_wall = loop_overhead(args)
     print(f"bare torch loop  : {bare:10.0f} samples/s")
     print(f"our loop (train) : {ours_train:10.0f} samples/s   ratio ours/bare = {ours_train / bare:.2f}")
