@@ -467,6 +467,11 @@ def test_an_unschedulable_group_says_why_once_and_stays_pending() -> None:
     assert [(e.type, e.reason, e.message) for e in first.events] == [("Warning", "Unschedulable", ready["message"])]
     again = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), pods, first.status, NOW + timedelta(seconds=30))
     assert again.events == [] and condition(again.status, "Ready")["reason"] == "Unschedulable"
+    # one more worker waiting for the same reason is no new Event
+    one = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), [unschedulable(0), pod(1, "Pending")],
+                  {"conditions": []}, NOW)
+    assert condition(one.status, "Ready")["message"].startswith("1/2 workers cannot start")
+    assert tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), pods, one.status, NOW).events == []
     # a different reason is a new Event
     changed = [unschedulable(0, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."), unschedulable(1)]
     third = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), changed, again.status, NOW)

@@ -310,6 +310,8 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
                                "are still running")
         phase, completion_time = None, None
     reason, message = "", ""
+    waiting_for = ""
+    """What the first stuck worker's scheduler or kubelet says (an Event when it changes)."""
     model = previous.get("model")
     refused = ""
 
@@ -363,6 +365,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
                 phase, reason, message = "Running", "WorkersRunning", f"{running}/{spec.workers} workers running"
             elif stuck:
                 phase, reason, message = "Pending", stuck[0].waiting_reason, _describe_wait(stuck, spec.workers)
+                waiting_for = stuck[0].waiting_message or stuck[0].waiting_reason
             else:
                 phase, reason = "Pending", "WorkersStarting"
                 message = f"{running}/{spec.workers} workers running"
@@ -408,7 +411,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         "progress": progress, "progressSummary": _summary(progress), "model": model,
     }
     result.status = {k: v for k, v in status.items() if v is not None}
-    result.events += _transition_events(previous, result.status)
+    result.events += _transition_events(previous, result.status, waiting_for)
     return result
 
 
@@ -528,7 +531,7 @@ def _summary(progress: dict[str, Any] | None) -> str | None:
     return text
 
 
-def _transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
+def _transition_events(previous: dict[str, Any], status: dict[str, Any], waiting_for: str = "") -> list[Event]:
     events = []
     old, new = previous.get("conditions", []), status["conditions"]
     for cond_type, kind in (("Running", "Normal"), ("Succeeded", "Normal"), ("Failed", "Warning"),
@@ -538,9 +541,9 @@ def _transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list
             events.append(Event(kind, cond["reason"], cond["message"]))  # type: ignore[arg-type]
     ready_old = next((c for c in old if c.get("type") == "Ready"), {})
     ready = next(c for c in new if c["type"] == "Ready")
-    if status["phase"] == "Pending" and ready["reason"] not in ("WorkersStarting", "Restarting", "") and \
-            (ready_old.get("reason"), ready_old.get("message")) != (ready["reason"], ready["message"]):
-        events.append(Event("Warning", ready["reason"], ready["message"]))  # why it waits, once per change
+    if waiting_for and (ready_old.get("reason") != ready["reason"] or waiting_for not in ready_old.get("message", "")):
+        # why it waits, once per change of what the scheduler or kubelet says (not per worker count)
+        events.append(Event("Warning", ready["reason"], ready["message"]))
     if previous.get("phase") == "Suspended" and status["phase"] != "Suspended":
         events.append(Event("Normal", "Resumed", "spec.suspend is false: starting the workers"))
     return events
