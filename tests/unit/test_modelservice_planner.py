@@ -188,3 +188,18 @@ def test_status_is_only_a_fallback_for_deployments_that_record_nothing_and_only_
 def test_the_rejected_revision_is_recorded_on_the_stable_deployment() -> None:
     observed = {"digits-v2-a": revision("digits-v2-a", 2, "stable", **{ANNOTATION_REJECTED: "digits-v3-bad"})}
     assert rollout_state(observed, {})[0].rejected == "digits-v3-bad"
+
+
+def test_the_revision_name_follows_what_shapes_the_pods_not_the_spec_fields() -> None:
+    target = build.Target(3, SIGNATURE)
+    base = build.revision_name(MS, spec(), target)
+    # Fields that do not render into the pods (replicas, the rollout, autoscaling, a defaulted field spelled
+    # out) keep the name: an operator upgrade that adds such a field rolls nothing.
+    for same in (spec(replicas=5), spec(rollout={"steps": [{"weight": 10}]}),
+                 spec(resources={"gpus": 0})):
+        assert build.revision_name(MS, same, target) == base
+    # What changes the pods or their config.pbtxt changes the name: a new revision, a canary.
+    for different in (spec(triton={"image": "triton:other"}), spec(triton={"maxBatchSize": 8}),
+                      spec(resources={"cpu": "2"})):
+        assert build.revision_name(MS, different, target) != base
+    assert build.revision_name(MS, spec(), build.Target(4, SIGNATURE)).startswith("digits-v4-")

@@ -55,11 +55,12 @@ class ServiceMeta:
 
 
 def revision_name(ms: ServiceMeta, spec: ModelServiceSpec, target: Target) -> str:
-    shaping = {
-        "version": target.version, "signature": target.signature, "model": spec.model.name,
-        "triton": spec.triton.wire(), "resources": spec.resources.wire(), "repository": spec.repository.wire(),
-        "nodeSelector": spec.node_selector, "tolerations": [t.wire() for t in spec.tolerations],
-    }
+    """<ms>-v<version>-<hash of what shapes the pods>: the rendered pod template and config.pbtxt (as
+    Kubernetes' pod-template-hash), not the spec's fields, so a field added to the API with a default that
+    changes nothing in the pods never renames every revision (which would roll a canary everywhere)."""
+    placeholder = "revision"
+    shaping = {"template": deployment(ms, spec, placeholder, target, replicas=0)["spec"]["template"],
+               "config": config_map(ms, spec, placeholder, target)["data"] if target.signature else None}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:5]
     return dns_label(ms.name, f"-v{target.version}-{digest}")
 
