@@ -172,6 +172,15 @@ def test_edit_of_running_group_is_refused(kube, operator) -> None:  # type: igno
     ({"output": {"modelName": "digits", "repository": {}}}, "set exactly one of persistentVolumeClaim or hostPath"),
     ({"output": {"repository": {"hostPath": {"path": "/m"}}}}, "spec.output.modelName: Required value"),
     ({"resources": {"memory": "lots"}}, "spec.resources.memory"),
+    ({"nprocPerNode": 0}, "nprocPerNode must be 'auto' or an integer from 1 to 64"),
+    ({"nprocPerNode": "all"}, "nprocPerNode must be 'auto' or an integer from 1 to 64"),
+    ({"resources": {"gpus": 1, "gpuResource": "gpu"}}, "gpuResource must be an extended resource name"),
+    ({"podLabels": {"modelops.dev/rank": "7"}}, "podLabels keys under modelops.dev/ are reserved for the operator"),
+    ({"podAnnotations": {"bad key": "x"}}, 'podAnnotations key "bad key" is not a label key'),
+    ({"schedulerName": "My_Scheduler"}, "schedulerName must be a scheduler's name"),
+    ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In"}]}]}}}},
+     "node affinity operators In and NotIn need at least one value"),
 ])
 def test_invalid_specs_are_rejected_at_admission(kube, crds_installed, spec, message) -> None:  # type: ignore[no-untyped-def]
     result = kube.cluster.kubectl("-n", kube.namespace, "apply", "-f", "-", stdin=job("bad", **spec), check=False)
@@ -223,3 +232,51 @@ def test_long_dotted_job_name_gets_valid_children(kube, operator) -> None:  # ty
     [service] = get_json(kube, "services")["items"]
     assert len(service["metadata"]["name"]) <= 63 and service["metadata"]["name"][0].isalpha()
     assert phase_is(kube, name, "Running")["status"]["workersReady"] == "2/2"
+
+
+def test_two_pods_of_two_ranks_get_a_world_of_four(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("ranks", workers=2, nprocPerNode=2))
+    pods = running_pods(kube, "ranks", 2)
+    for pod_rank, pod in enumerate(pods):
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert (env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["GROUP_RANK"], env["RANK"]) == \
+            ("4", "2", str(pod_rank), str(2 * pod_rank))
+        assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"], env["PET_NODE_RANK"]) == ("2", "2", str(pod_rank))
+
+
+def test_scheduling_settings_reach_the_pods(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-1"]}]}]}}}
+    kube.kubectl("apply", "-f", "-", stdin=job("placed", resources={"gpus": 1}, affinity=affinity,
+                                              podLabels={"team": "ml"}, podAnnotations={"note": "a b"}))
+    [pod] = running_pods(kube, "placed", 1)
+    assert pod["spec"]["nodeName"] == "gpu-1"
+    assert pod["metadata"]["labels"]["team"] == "ml" and pod["metadata"]["annotations"]["note"] == "a b"
+    # a scheduler that does not exist leaves the pod unscheduled, as asked
+    kube.kubectl("apply", "-f", "-", stdin=job("custom", schedulerName="gang-scheduler"))
+    [pod] = eventually(lambda: pods_of(kube, "custom"), what="the pod of job custom")
+    assert pod["spec"]["schedulerName"] == "gang-scheduler" and not pod["spec"].get("nodeName")
+
+
+def test_a_job_no_node_can_hold_explains_itself(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("huge", workers=2, resources={"gpus": 16}))
+
+    def waiting() -> dict[str, Any]:
+        found = get_json(kube, "tj", "huge")
+        return found if condition(found, "Ready").get("reason") == "Unschedulable" else {}
+
+    found = eventually(waiting, 30, "Ready=False Unschedulable on the job")
+    ready = condition(found, "Ready")
+    assert found["status"]["phase"] == "Pending" and ready["status"] == "False"
+    assert ready["message"].startswith("2/2 workers cannot start: worker 0 (pod huge-a0-w0) Unschedulable: 0/")
+    assert "Insufficient nvidia.com/gpu" in ready["message"]
+    eventually(lambda: "Unschedulable" in events(kube, "huge"), what="an Unschedulable event")
+    described = kube.kubectl("describe", "tj", "huge")
+    assert "Insufficient nvidia.com/gpu" in described
+    # fixed: the next group fits, the reason clears once the workers run
+    kube.kubectl("patch", "tj", "huge", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    phase_is(kube, "huge", "Suspended")
+    kube.kubectl("patch", "tj", "huge", "--type=merge", "-p", '{"spec":{"suspend":false,"resources":{"gpus":1}}}')
+    running_pods(kube, "huge", 2)
+    assert condition(phase_is(kube, "huge", "Running"), "Ready")["reason"] == "WorkersRunning"
+    assert events(kube, "huge").count("Unschedulable") == 1
