@@ -128,6 +128,13 @@ def test_follows_the_model_a_training_job_published(kube, operator) -> None:  # 
     assert revision.startswith("follower-v7-")
     assert status(kube, "follower")["modelVersion"] == 7
 
+    # The TrainingJob goes (a TTL, a cleanup): the service keeps serving version 7, and its Deployment,
+    # deleted by hand, comes back from what the revision records it serves.
+    kube.kubectl("delete", "tj", "trainer", "--wait=true")
+    kube.kubectl("delete", "deployment", revision)
+    eventually(lambda: revision in replicas(kube, "follower"), what="the revision re-created")
+    assert status(kube, "follower")["modelVersion"] == 7
+
 
 def test_hpa_provider_emits_a_native_autoscaler(kube, operator) -> None:  # type: ignore[no-untyped-def]
     scaling = {"minReplicas": 1, "maxReplicas": 5, "target": 200, "provider": "hpa"}

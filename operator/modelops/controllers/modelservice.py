@@ -82,6 +82,8 @@ class ModelServiceController:
         previous: dict[str, Any] = obj.get("status") or {}
         now = datetime.now(timezone.utc)
         target, waiting = resolve_target(ctx, namespace, spec)
+        if target is None and spec.model.from_training_job:
+            target = last_served(ctx, meta, spec, previous) or None
         desired = build.revision_name(meta, spec, target) if target else None
         observed = observe_revisions(ctx, meta)
         state, contradiction = rollout_state(observed, previous)
@@ -178,6 +180,18 @@ def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tupl
     except (KeyError, TypeError, ValueError):
         return None, f"TrainingJob {model.from_training_job} reported no valid model version"
     return build.Target(version, published["signature"]), ""
+
+
+def last_served(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec,
+                previous: dict[str, Any]) -> build.Target | None:
+    """With the followed TrainingJob gone (or not saying), keep serving what this ModelService's revisions
+    record they serve, so a deleted Deployment is re-created: the revision status names as stable if its
+    ConfigMap is still ours, else the newest."""
+    configs = sorted(ctx.caches.store("ConfigMap").by_index("owner", meta.uid),
+                     key=lambda c: str(c["metadata"].get("creationTimestamp", "")), reverse=True)
+    stable = (previous.get("stable") or {}).get("name") if isinstance(previous.get("stable"), dict) else None
+    configs.sort(key=lambda c: c["metadata"]["name"] != stable)
+    return next((t for c in configs if (t := build.served_target(c, spec.model.name))), None)
 
 
 def observe_revisions(ctx: Context, meta: build.ServiceMeta) -> dict[str, ObservedRevision]:

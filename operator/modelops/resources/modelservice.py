@@ -100,8 +100,27 @@ def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
         max_queue_delay_us=spec.triton.dynamic_batching.max_queue_delay_microseconds,
         instance_count=spec.triton.instance_count,
         instance_kind=InstanceKind.GPU if spec.resources.gpus else InstanceKind.AUTO, version=target.version)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(ms, revision, {LABEL_REVISION: revision}),
+    # What this revision serves, recorded where it outlives a followed TrainingJob (see served_target).
+    served = {ANNOTATION_MODEL: f"{spec.model.name}:{target.version}",
+              ANNOTATION_SIGNATURE: json.dumps(target.signature, sort_keys=True)}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision}), "annotations": served},
             "data": {"config.pbtxt": text}}
+
+
+def served_target(config: dict[str, Any], model: str) -> Target | None:
+    """The version and signature a revision's ConfigMap records it serves (None if unreadable or for
+    another model): what to keep serving when the TrainingJob a ModelService follows is gone."""
+    annotations = (config.get("metadata") or {}).get("annotations") or {}
+    name, _, version = str(annotations.get(ANNOTATION_MODEL, "")).partition(":")
+    try:
+        signature = json.loads(annotations.get(ANNOTATION_SIGNATURE, ""))
+        number = int(version)
+    except ValueError:
+        return None
+    if name != model or number < 1 or not isinstance(signature, dict):
+        return None
+    return Target(number, signature)
 
 
 def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: Target,
