@@ -43,9 +43,10 @@ def ddp_throughput(pods: int, nproc: int, args: argparse.Namespace) -> tuple[flo
                  for pod in range(pods)]
         outputs = [proc.communicate() for proc in procs]
         wall = time.perf_counter() - started
-        for proc, (_, err) in zip(procs, outputs):
+        for pod, (proc, (_, err)) in enumerate(zip(procs, outputs)):
             if proc.returncode:
-                raise SystemExit(f"trainer failed:\n{err}")
+                raise SystemExit(f"trainer failed ({pods} pods x {nproc} ranks, pod {pod}, exit {proc.returncode}):\n"
+                                 + "\n---\n".join(e for _, e in outputs))
         return float(final_progress(outputs[0][0])["samplesPerSecond"]), wall  # type: ignore[arg-type]
 
 
