@@ -504,3 +504,10 @@ def test_normal_waits_are_not_reported_as_stuck() -> None:
     running = tj.ObservedPod.from_pod(raw_pod(0, {"phase": "Running", "conditions": [
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}))
     assert running.waiting_reason == ""
+
+
+def test_a_very_long_scheduler_message_is_cut_and_still_said_once() -> None:
+    pods = [unschedulable(0, "0/5000 nodes are available: " + "x" * 5000)]
+    first = tj.plan(JOB, spec(resources={"gpus": 16}), pods, {"conditions": []}, NOW)
+    assert len(condition(first.status, "Ready")["message"]) <= tj.WAIT_MESSAGE_LIMIT and len(first.events) == 1
+    assert tj.plan(JOB, spec(resources={"gpus": 16}), pods, first.status, NOW).events == []

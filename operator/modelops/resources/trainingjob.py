@@ -310,8 +310,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
                                "are still running")
         phase, completion_time = None, None
     reason, message = "", ""
-    waiting_for = ""
-    """What the first stuck worker's scheduler or kubelet says (an Event when it changes)."""
+    waiting_for = ""  # what the first stuck worker's scheduler or kubelet says (an Event when it changes)
     model = previous.get("model")
     refused = ""
 
@@ -365,7 +364,8 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
                 phase, reason, message = "Running", "WorkersRunning", f"{running}/{spec.workers} workers running"
             elif stuck:
                 phase, reason, message = "Pending", stuck[0].waiting_reason, _describe_wait(stuck, spec.workers)
-                waiting_for = stuck[0].waiting_message or stuck[0].waiting_reason
+                # the head of the quote always fits the (truncated) message, so it is found there next pass
+                waiting_for = (stuck[0].waiting_message or stuck[0].waiting_reason)[:WAIT_MESSAGE_LIMIT // 2]
             else:
                 phase, reason = "Pending", "WorkersStarting"
                 message = f"{running}/{spec.workers} workers running"
