@@ -6,8 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODELOPS := $(VENV)/bin/modelops
 STAMP := $(VENV)/.installed
+# Exact versions of every Python dependency (a pip constraints file; `make lock` refreshes it). Through
+# PIP_CONSTRAINT it also pins the isolated build of the package (setuptools), as in docker/*.Dockerfile.
+LOCK := requirements/lock.txt
+PIP_LOCKED := PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(PY) -m pip
 
-.PHONY: demo test unit tools deps cluster-up cluster-down cluster-status crds clean
+.PHONY: demo test unit tools deps cluster-up cluster-down cluster-status crds clean lock
 
 # System packages the local world needs (Debian); skipped when already present.
 deps:
@@ -15,12 +19,18 @@ deps:
 	  command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[trainer,serving,test]'
+	$(PIP_LOCKED) install -q pip
+	$(PIP_LOCKED) install -q -e '.[trainer,serving,test]'
 	touch $@
 
 venv: $(STAMP)
+
+# Re-resolve $(LOCK) from pyproject.toml against PyPI (pip's resolver, metadata only): pins that still fit
+# are kept; UPGRADE=1 takes the newest of everything. tests/unit/test_lock.py checks the two agree.
+lock:
+	$(PYTHON) requirements/lock.py $(if $(UPGRADE),--upgrade)
 
 # Kubernetes control plane, etcd, kwok, helm, built from the pinned Go modules (cached outside git).
 tools:
