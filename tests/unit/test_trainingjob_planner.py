@@ -465,6 +465,8 @@ def test_an_unschedulable_group_says_why_once_and_stays_pending() -> None:
     assert ready["status"] == "False" and ready["reason"] == "Unschedulable"
     assert ready["message"] == f"2/2 workers cannot start: worker 0 (pod digits-a0-w0) Unschedulable: {UNSCHEDULABLE}"
     assert [(e.type, e.reason, e.message) for e in first.events] == [("Warning", "Unschedulable", ready["message"])]
+    assert condition(first.status, "Reconciling")["message"] == ready["message"]
+    assert condition(first.status, "Running")["message"] == "0/2 workers running"  # said twice, not seven times
     again = tj.plan(JOB, spec(workers=2, resources={"gpus": 16}), pods, first.status, NOW + timedelta(seconds=30))
     assert again.events == [] and condition(again.status, "Ready")["reason"] == "Unschedulable"
     # one more worker waiting for the same reason is no new Event

@@ -393,14 +393,18 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         "succeeded": sum(p.phase == "Succeeded" for p in group.values()),
         "failed": sum(p.phase == "Failed" for p in group.values()),
     }
+    # While workers wait, Ready and Reconciling quote why; the other conditions just say Pending (so
+    # `kubectl describe` shows the scheduler's words twice, not seven times).
+    other = ("WorkersPending", f"{counts_running(group)}/{spec.workers} workers running") if waiting_for \
+        else (reason, message)
     conditions = merge_conditions(previous.get("conditions", []), [
         Cond("Ready", phase == "Succeeded", reason, message),
-        Cond("Running", phase == "Running", reason, message),
-        Cond("Succeeded", phase == "Succeeded", reason, message),
-        Cond("Failed", phase == "Failed", reason, message),
-        Cond("Suspended", phase == "Suspended", reason, message),
+        Cond("Running", phase == "Running", *other),
+        Cond("Succeeded", phase == "Succeeded", *other),
+        Cond("Failed", phase == "Failed", *other),
+        Cond("Suspended", phase == "Suspended", *other),
         Cond("Reconciling", phase in ("Pending", "Running"), reason, message),
-        Cond("Stalled", phase == "Failed", reason, message),
+        Cond("Stalled", phase == "Failed", *other),
         Cond("UpdateRefused", bool(refused), "ImmutableWhileRunning" if refused else "", refused),
     ], now=stamp, generation=job.generation)
     status: dict[str, Any] = {
@@ -413,6 +417,10 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     result.status = {k: v for k, v in status.items() if v is not None}
     result.events += _transition_events(previous, result.status, waiting_for)
     return result
+
+
+def counts_running(group: dict[int, ObservedPod]) -> int:
+    return sum(p.phase == "Running" for p in group.values())
 
 
 def _group_objects(job: JobMeta, spec: TrainingJobSpec, attempt: int, existing: set[int]) -> list[dict[str, Any]]:
