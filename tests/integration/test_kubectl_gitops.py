@@ -123,7 +123,7 @@ def test_kubectl_category_columns_and_explain(kube, operator) -> None:  # type: 
 
     explained = kube.kubectl("explain", "trainingjob.spec.workers")
     assert "FIELD: workers <integer>" in explained
-    assert "Pods in the group: 1 = single worker; more = DDP" in " ".join(explained.split())
+    assert "Pods in the group (torchrun's nnodes): 1 = single pod; more = DDP" in " ".join(explained.split())
 
 
 @pytest.mark.cluster
