@@ -31,9 +31,16 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """A request the API server answered with an error (or that did not reach it: status 0)."""
 
-    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None,
+                 causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else message)
         self.status, self.reason, self.message, self.retry_after = status, reason, message, retry_after
+        self.causes = causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Creation refused because the namespace is being deleted (with everything in it)."""
+        return self.status == 403 and "NamespaceTerminating" in self.causes
 
     @property
     def not_found(self) -> bool:
@@ -56,9 +63,11 @@ class ApiError(Exception):
     @classmethod
     def from_exception(cls, error: ApiException) -> ApiError:
         reason, message = error.reason or "", str(error.body or error.reason or "")
+        causes: tuple[str, ...] = ()
         try:
             body = json.loads(error.body) if error.body else {}
             reason, message = body.get("reason") or reason, body.get("message") or message
+            causes = tuple(str(c.get("reason", "")) for c in (body.get("details") or {}).get("causes") or [])
         except (ValueError, TypeError, AttributeError):
             pass
         retry_after = None
@@ -68,7 +77,7 @@ class ApiError(Exception):
                 retry_after = float(headers["Retry-After"])
             except ValueError:
                 pass
-        return cls(int(error.status or 0), reason, message, retry_after=retry_after)
+        return cls(int(error.status or 0), reason, message, retry_after=retry_after, causes=causes)
 
 
 class Kube:
@@ -280,7 +289,8 @@ class Kube:
         try:
             self._call("create", "Event", "POST", self.path("v1", "Event", meta["namespace"]), body=body)
         except ApiError as error:
-            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
+            log.log(logging.DEBUG if error.namespace_terminating else logging.WARNING,
+                    "could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
 
 
 def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:

@@ -239,3 +239,13 @@ def test_an_expired_peer_does_not_pause_and_the_wait_ends_when_the_blocker_expir
 def test_garbage_in_the_peering_object_is_ignored() -> None:
     status = {"x": "not a peer", "y": {"priority": "high", "lastseen": "yesterday"}, "z": peer(1)}
     assert pause_reason(status, "me", 5, NOW)[0] == ""
+
+
+def test_prune_drops_what_a_list_no_longer_has_but_keeps_newer_arrivals() -> None:
+    store = Store()
+    store.upsert(pod("deleted-meanwhile", 5))
+    store.upsert(pod("still-there", 6))
+    store.upsert(pod("created-after-the-list", 12))
+    removed = store.prune({("ns", "still-there")}, None, "10")
+    assert [o["metadata"]["name"] for o in removed] == ["deleted-meanwhile"]
+    assert store.get("ns", "created-after-the-list") is not None and store.get("ns", "still-there") is not None

@@ -140,6 +140,21 @@ class Store:
                     changes.append(("ADDED" if old is None else "MODIFIED", previous, obj))
         return changes
 
+    def prune(self, present: set[ObjKey], namespace: str | None, list_version: str) -> list[Obj]:
+        """Remove what a list (at `list_version`) no longer has, but nothing stored from a newer event:
+        the watch that feeds this store does not say what was deleted while it was away."""
+        try:
+            listed_at = int(list_version)
+        except ValueError:
+            return []
+        removed = []
+        with self._lock:
+            for key, (version, _) in list(self._objects.items()):
+                if (namespace is None or key[0] == namespace) and key not in present and \
+                        (version is None or version <= listed_at):
+                    removed.append(self.remove(*key))
+        return [o for o in removed if o is not None]
+
     def _index(self, key: ObjKey, obj: Obj) -> None:
         values = [(name, value) for name, fn in self._index_fns.items() for value in fn(obj)]
         for name, value in values:

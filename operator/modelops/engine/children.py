@@ -83,8 +83,15 @@ class Children:
         return deleted
 
 
+class NamespaceTerminating(Exception):
+    """The owner's namespace is being deleted: nothing can be created there, and the owner goes too."""
+
+
 def _classify(obj: Obj, error: ApiError) -> Exception:
-    """The spec's fault (refuse with a condition) or the weather (retry with backoff)."""
+    """The spec's fault (refuse with a condition), a namespace on its way out (stop quietly) or the
+    weather (retry with backoff)."""
+    if error.namespace_terminating:
+        return NamespaceTerminating(str(error))
     return ChildRejected(obj, error) if error.refused_for_content else error
 
 

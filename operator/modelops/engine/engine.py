@@ -14,11 +14,12 @@ from typing import Protocol
 
 from modelops.autoscale.prometheus import Prometheus
 from modelops.engine.cache import Caches, Informer, Obj, Store, trim
-from modelops.engine.children import Children
+from modelops.engine.children import Children, NamespaceTerminating
 from modelops.engine.gate import Gate
 from modelops.engine.peering import PeeringFollower
 from modelops.engine.queue import Failure, Key, WorkQueue
-from modelops.kube import Kube
+from modelops import API_VERSION
+from modelops.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
 MANAGED_BY = "app.kubernetes.io/managed-by=modelops"
@@ -148,8 +149,21 @@ class Engine:
         self.gate.open(CACHES_GATE)
 
     def resync(self) -> None:
+        """Look at every resource once more (the gate opened: caches synced, or a peering pause ended).
+        First drop resources deleted while kopf's watch was away (a pause): its re-list only adds."""
         for kind in self.controllers:
-            for namespace, name in self.caches.store(kind).keys():
+            store = self.caches.store(kind)
+            for namespace in self.options.namespaces or [None]:
+                try:
+                    items, version = self.kube.list_objects(API_VERSION, kind, namespace)
+                except ApiError as error:
+                    log.warning("could not list %s to resync: %s", kind, error)
+                    continue
+                for gone in store.prune({(o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in items},
+                                        namespace, version):
+                    log.info("%s %s/%s was deleted meanwhile", kind, gone["metadata"].get("namespace"),
+                             gone["metadata"].get("name"))
+            for namespace, name in store.keys():
                 self.queue.add((kind, namespace, name))
 
     # ---- events ------------------------------------------------------------
@@ -178,7 +192,11 @@ class Engine:
 
     def _reconcile(self, key: Key) -> float | None:
         kind, namespace, name = key  # type: ignore[misc]
-        return self.controllers[kind].reconcile(self.ctx, namespace, name)
+        try:
+            return self.controllers[kind].reconcile(self.ctx, namespace, name)
+        except NamespaceTerminating:
+            log.debug("%s %s/%s: its namespace is being deleted; nothing more to do", kind, namespace, name)
+            return None
 
     def _failed(self, failure: Failure) -> None:
         kind = failure.key[0]  # type: ignore[index]
