@@ -59,7 +59,8 @@ def refuse(ctx: Context, obj: dict[str, Any], reason: str, message: str) -> None
         Cond("Reconciling", False, reason, message),
     ], now=rfc3339(), generation=meta.get("generation"))
     write_status(ctx, obj, {**previous, "observedGeneration": meta.get("generation"), "conditions": conditions})
-    post_once(ctx, obj, previous, Event("Warning", reason, message))
+    for event in refusal_event(previous, (reason, message)):
+        ctx.kube.post_event(obj, event)
 
 
 def refuse_invalid_spec(ctx: Context, obj: dict[str, Any], error: ValidationError) -> None:
@@ -69,13 +70,15 @@ def refuse_invalid_spec(ctx: Context, obj: dict[str, Any], error: ValidationErro
 def with_refusal(status: dict[str, Any], refusal: tuple[str, str], *, generation: int | None) -> dict[str, Any]:
     """The planner's status, overridden where a child could not be written: Ready=False, Stalled=True."""
     reason, message = refusal
-    conditions = [c for c in status.get("conditions", []) if c["type"] not in ("Ready", "Stalled")]
-    for cond_type, value in (("Ready", "False"), ("Stalled", "True")):
-        old = next((c for c in status.get("conditions", []) if c["type"] == cond_type), {})
-        since = old.get("lastTransitionTime") if old.get("status") == value else None
-        conditions.append({"type": cond_type, "status": value, "reason": reason, "message": message,
-                           "lastTransitionTime": since or rfc3339(), "observedGeneration": generation})
-    return {**status, "conditions": conditions}
+    return {**status, "conditions": _override(status.get("conditions", []), [
+        Cond("Ready", False, reason, message), Cond("Stalled", True, reason, message)], generation)}
+
+
+def _override(conditions: list[dict[str, Any]], replacing: list[Cond], generation: int | None) -> list[dict[str, Any]]:
+    """`conditions` with those of `replacing`'s types replaced (transition times kept where unchanged)."""
+    types = {c.type for c in replacing}
+    return [c for c in conditions if c.get("type") not in types] + \
+        merge_conditions(conditions, replacing, now=rfc3339(), generation=generation)
 
 
 def write_children(ctx: Context, owner_uid: str, objects: list[dict[str, Any]], *,
@@ -100,14 +103,6 @@ def refusal_event(previous: dict[str, Any], refusal: tuple[str, str] | None) -> 
     return [Event("Warning", *refusal)]
 
 
-def post_once(ctx: Context, obj: dict[str, Any], previous: dict[str, Any], event: Event) -> None:
-    """Post `event` unless the previous status already said exactly this (one Event per distinct message)."""
-    said = {(c.get("reason"), c.get("message")) for c in previous.get("conditions", [])
-            if c.get("type") in ("Stalled", "Ready")}
-    if (event.reason, event.message) not in said:
-        ctx.kube.post_event(obj, event)
-
-
 def report_failure(ctx: Context, kind: str, failure: Failure) -> None:
     """After repeated failed passes, say so on the resource (best effort: the API may be what fails)."""
     if failure.failures < FAILURES_BEFORE_REPORT:
@@ -121,17 +116,11 @@ def report_failure(ctx: Context, kind: str, failure: Failure) -> None:
     old = next((c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
     if old.get("reason") == "ReconcileError" and str(failure.error) in old.get("message", ""):
         return  # already said; do not rewrite it on every retry
-    conditions = [c for c in previous.get("conditions", []) if c.get("type") != "Ready"]
-    conditions.append({"type": "Ready", "status": "False", "reason": "ReconcileError", "message": message,
-                       "lastTransitionTime": rfc3339(), "observedGeneration": obj["metadata"].get("generation")})
+    conditions = _override(previous.get("conditions", []), [Cond("Ready", False, "ReconcileError", message)],
+                           obj["metadata"].get("generation"))
     try:
         write_status(ctx, obj, {**previous, "conditions": conditions})
         ctx.kube.post_event(obj, Event("Warning", "ReconcileError", message))
     except Exception as error:  # noqa: BLE001 - reporting must never add a failure of its own
         log.debug("could not report the failure of %s/%s: %s", namespace, name, error)
-
-
-def resource_key(kind: str, obj: dict[str, Any]) -> tuple[str, str, str]:
-    meta = obj.get("metadata") or {}
-    return kind, meta.get("namespace", ""), meta.get("name", "")
 

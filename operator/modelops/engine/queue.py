@@ -189,19 +189,16 @@ class WorkQueue:
     def _done(self, key: Key, requeue: float | None) -> None:
         with self._cond:
             self._processing.discard(key)
-            if key in self._dirty:
+            # The pass that just ran decides the next one: its answer replaces an older schedule.
+            self._due.pop(key, None)
+            if key in self._dirty:  # added again while it ran: run once more now
                 self._dirty.discard(key)
-                self._due.pop(key, None)
                 self._make_ready(key)
-            elif requeue is not None and key not in self._queued:
-                # The pass that just ran decides the next one: its answer replaces an older schedule.
-                self._due.pop(key, None)
+            elif requeue is not None:
                 if requeue <= 0:
                     self._make_ready(key)
                 else:
                     self._schedule(key, self._clock() + requeue)
-            elif requeue is None and key not in self._queued:
-                self._due.pop(key, None)
             self._report()
 
     # ---- internals (hold self._cond) ----------------------------------------
