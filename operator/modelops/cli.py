@@ -1,4 +1,5 @@
-"""The `modelops` command line: run the operator, write the CRDs, drive the local dev cluster."""
+"""The `modelops` command line: run the operator, write the CRDs, drive the local dev cluster, and the
+day-two commands of the kubectl plugin (modelops.plugin: `modelops get` is `kubectl modelops get`)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--kube-proxy", action="store_true",
                          help="also run kube-proxy (iptables mode) so Service ClusterIPs route; needs root")
     cluster.set_defaults(handler=_cluster)
+
+    from modelops.plugin.commands import add_commands
+
+    add_commands(commands)  # get, watch, describe, promote, abort, rollback, logs: `kubectl modelops` itself
 
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)

@@ -83,8 +83,8 @@ class ApiError(Exception):
 class Kube:
     """A thin, thread-safe client (the engine's workers and informers share it)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
-        api_client.user_agent = USER_AGENT  # tells our requests apart in audit logs
+    def __init__(self, api_client: client.ApiClient, user_agent: str = USER_AGENT) -> None:
+        api_client.user_agent = user_agent  # tells our requests apart in audit logs
         self._api = api_client
         self._dynamic = DynamicClient(api_client)
         self._resources: dict[tuple[str, str], Any] = {}
@@ -102,6 +102,15 @@ class Kube:
         # discards connections and pays a new TLS handshake per request.
         configuration.connection_pool_maxsize = 128
         return cls(client.ApiClient(configuration))
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None = None, context: str | None = None, *,
+                        user_agent: str = USER_AGENT) -> Kube:
+        """A client for a kubeconfig context, as kubectl picks it: `path`, else $KUBECONFIG (a list of files
+        merged), else ~/.kube/config; `context`, else the current one. Never the in-cluster account."""
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        return cls(client.ApiClient(configuration), user_agent=user_agent)
 
     # ---- discovery ---------------------------------------------------------
 
@@ -216,6 +225,23 @@ class Kube:
         finally:
             response.release_conn()
 
+    def pod_log(self, namespace: str, name: str, *, container: str | None = None,
+                follow: bool = False) -> Iterator[bytes]:
+        """A container's log as raw chunks; with `follow`, until the container ends. Raises ApiError (e.g.
+        a pod that has not started, or a node whose kubelet cannot be reached) at the first chunk."""
+        query: list[tuple[str, Any]] = [("container", container)] if container else []
+        query += [("follow", "true")] if follow else []
+        response = self._call("get", "Pod", "GET", self.path("v1", "Pod", namespace, name, "log"), query=query,
+                              stream=True, timeout=(10, None if follow else 60))
+        try:
+            yield from response.stream(amt=None, decode_content=True)
+        except Exception as error:
+            if type(error).__module__.startswith("urllib3") or isinstance(error, OSError):
+                raise ApiError(0, "Unreachable", f"log of pod {namespace}/{name}: {error}") from None
+            raise
+        finally:
+            response.release_conn()
+
     # ---- writes ------------------------------------------------------------
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -307,3 +333,9 @@ def controller_owner(obj: dict[str, Any], kind: str | None = None) -> dict[str, 
             return dict(ref)
     return None
 
+
+def kubeconfig_namespace(path: str | None = None, context: str | None = None) -> str:
+    """The namespace a kubeconfig context names (kubectl's default for -n), else "default"."""
+    contexts, current = config.list_kube_config_contexts(config_file=path)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")

@@ -1,0 +1,352 @@
+"""Pure formatting for `kubectl modelops`: ages, tables, the training progress bar, the describe view.
+No I/O: every function takes objects as the API server returns them and gives text (or plain data)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelops.clock import parse_rfc3339
+
+TERMINAL = ("Succeeded", "Failed")
+BAR_WIDTH = 24
+ROLLOUT_REASONS = ("Deploying", "CanaryStarted", "CanaryStepped", "Promoted", "RolledBack")
+NONE = "-"
+
+
+# ---- small pieces ------------------------------------------------------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's short durations (apimachinery's HumanDuration): 45s, 5m10s, 42m, 3h20m, 20h, 4d5h, 30d, 2y."""
+    s = int(max(0, seconds))
+    minutes, hours, days = s // 60, s // 3600, s // 86400
+    if s < 120:
+        return f"{s}s"
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 192:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    return f"{days}d" if days < 730 else f"{days // 365}y"
+
+
+def age(stamp: Any, now: datetime) -> str:
+    """How long ago an RFC 3339 stamp was; '-' when there is none (or it is unreadable)."""
+    if not isinstance(stamp, str) or not stamp:
+        return NONE
+    try:
+        moment = parse_rfc3339(stamp.split(".")[0].rstrip("Z") + "Z")
+    except ValueError:
+        return NONE
+    return human_duration((now - moment).total_seconds())
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns three spaces apart, as `kubectl get` prints them."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["   ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else NONE
+
+
+def _status(obj: dict[str, Any]) -> dict[str, Any]:
+    status = obj.get("status")
+    return status if isinstance(status, dict) else {}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def condition(obj: dict[str, Any], cond_type: str) -> dict[str, Any]:
+    return next((c for c in _status(obj).get("conditions") or [] if _dict(c).get("type") == cond_type), {})
+
+
+# ---- get ---------------------------------------------------------------------------------------------
+
+
+def progress_text(progress: Any) -> str:
+    """'epoch 3/10 step 1200' from a TrainingJob's status.progress; '-' before the first report."""
+    progress = _dict(progress)
+    if progress.get("epoch") is None:
+        return NONE
+    text = f"epoch {progress['epoch']}/{progress.get('epochs', '?')}"
+    return text + (f" step {progress['step']}" if progress.get("step") is not None else "")
+
+
+def job_row(job: dict[str, Any], now: datetime) -> list[str]:
+    status, meta = _status(job), job.get("metadata") or {}
+    model = _dict(status.get("model"))
+    name = model.get("name") or _dict(_dict(job.get("spec")).get("output")).get("modelName") or NONE
+    return [f"tj/{meta.get('name')}", status.get("phase") or NONE, progress_text(status.get("progress")), name,
+            str(model.get("version", NONE)), NONE, status.get("workersReady") or NONE,
+            age(meta.get("creationTimestamp"), now)]
+
+
+def service_row(service: dict[str, Any], now: datetime) -> list[str]:
+    status, meta = _status(service), service.get("metadata") or {}
+    canary = _dict(status.get("canary"))
+    steps = len(_dict(_dict(service.get("spec")).get("rollout")).get("steps") or []) or "?"
+    progress = f"step {int(canary.get('step', 0)) + 1}/{steps}" if canary else NONE
+    canary_text = f"v{canary.get('version')} {canary.get('weight', 0)}%" if canary else NONE
+    model = _dict(_dict(service.get("spec")).get("model")).get("name") or NONE
+    version = status.get("modelVersion")
+    return [f"ms/{meta.get('name')}", status.get("phase") or NONE, progress, model,
+            NONE if version is None else str(version), canary_text, status.get("ready") or NONE,
+            age(meta.get("creationTimestamp"), now)]
+
+
+GET_HEADERS = ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "CANARY", "READY", "AGE"]
+
+
+def get_table(jobs: list[dict[str, Any]], services: list[dict[str, Any]], now: datetime,
+              all_namespaces: bool = False) -> str:
+    """One table of TrainingJobs then ModelServices (by namespace and name); a NAMESPACE column with -A."""
+    rows: list[tuple[str, int, str, list[str]]] = []
+    for order, (objects, row) in enumerate(((jobs, job_row), (services, service_row))):
+        for obj in objects:
+            meta = obj.get("metadata") or {}
+            rows.append((meta.get("namespace", ""), order, meta.get("name", ""), row(obj, now)))
+    rows.sort(key=lambda r: r[:3])
+    if all_namespaces:
+        return table(["NAMESPACE", *GET_HEADERS], [[ns, *cells] for ns, _, _, cells in rows])
+    return table(GET_HEADERS, [cells for *_, cells in rows])
+
+
+# ---- watch -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochClock:
+    """Steps per epoch, learned from the trainer's reports (it reports the global step, not the epoch's
+    length): a report in epoch k > 1 at global step s means (k-1) epochs took at most s steps, so the
+    smallest s/(k-1) seen is the estimate (tight from the first report of each epoch on). Until the second
+    epoch the bar counts finished epochs only."""
+
+    steps_per_epoch: float | None = None
+    at_least: float = 0.0
+    """s/k: epoch k's report at step s means an epoch has at least this many steps."""
+
+    def observe(self, progress: dict[str, Any]) -> None:
+        epoch, step = progress.get("epoch"), progress.get("step")
+        if not isinstance(epoch, int) or not isinstance(step, int) or epoch < 1 or step < 1:
+            return
+        self.at_least = max(self.at_least, step / epoch)
+        if epoch > 1:
+            bound = step / (epoch - 1)
+            self.steps_per_epoch = bound if self.steps_per_epoch is None else min(self.steps_per_epoch, bound)
+
+    def fraction(self, progress: dict[str, Any]) -> float:
+        """The share of the training done: finished epochs, plus the current one's share when the length of
+        an epoch is known. Below 1 until the job says it succeeded."""
+        epoch, epochs, step = progress.get("epoch"), progress.get("epochs"), progress.get("step")
+        if not isinstance(epoch, int) or not isinstance(epochs, int) or epochs < 1:
+            return 0.0
+        done = float(max(0, epoch - 1))
+        if self.steps_per_epoch and isinstance(step, int):
+            length = max(self.steps_per_epoch, self.at_least)
+            done += max(0.0, min(1.0, (step - (epoch - 1) * length) / length))
+        return min(done / epochs, 0.999)
+
+
+def watch_line(job: dict[str, Any], clock: EpochClock) -> str:
+    """One line of `watch tj`: phase, the bar, epoch and step, loss, accuracy, samples/s (or why it waits)."""
+    status, name = _status(job), (job.get("metadata") or {}).get("name")
+    phase = status.get("phase") or "Pending"
+    progress = _dict(status.get("progress"))
+    head = f"tj/{name} {phase:<9}"
+    if phase in ("Pending", "Suspended") and not progress:
+        ready = condition(job, "Ready")
+        why = f"{ready.get('reason')}: {ready.get('message')}" if ready.get("message") else ""
+        return f"{head} workers {status.get('workersReady') or NONE}" + (f"  ({why})" if why else "")
+    fraction = 1.0 if phase == "Succeeded" else clock.fraction(progress)
+    parts = [f"{head} {bar(fraction)} {fraction * 100:3.0f}%", progress_text(progress)]
+    if progress.get("loss") is not None:
+        parts.append(f"loss {_number(progress['loss'])}")
+    if progress.get("valAccuracy") is not None:
+        parts.append(f"acc {_number(progress['valAccuracy'])}")
+    if isinstance(progress.get("samplesPerSecond"), (int, float)):
+        parts.append(f"{progress['samplesPerSecond']:,.0f} samples/s")
+    return "  ".join(parts)
+
+
+def outcome_line(job: dict[str, Any]) -> str:
+    """The last line of `watch tj` once the job ended: what it published, or why it failed."""
+    status, name = _status(job), (job.get("metadata") or {}).get("name")
+    phase = status.get("phase")
+    if phase == "Succeeded":
+        model = _dict(status.get("model"))
+        if model:
+            accuracy = f", test accuracy {_number(model['testAccuracy'])}" if model.get("testAccuracy") is not None \
+                else ""
+            return f"tj/{name} succeeded: published {model.get('name')} version {model.get('version')}{accuracy}"
+        return f"tj/{name} succeeded"
+    failed = condition(job, "Failed")
+    return f"tj/{name} failed: {failed.get('reason') or 'Failed'}: {failed.get('message') or 'no message'}"
+
+
+# ---- describe ms -------------------------------------------------------------------------------------
+
+
+def _revision_role(name: str, status: dict[str, Any], annotations: dict[str, Any]) -> tuple[str, int | None]:
+    """(role, traffic weight in %) of one revision, from the status (what the operator decided last)."""
+    stable, canary = _dict(status.get("stable")), _dict(status.get("canary"))
+    weight = int(canary.get("weight", 0)) if canary else 0
+    if name == canary.get("name"):
+        return "canary", weight
+    if name == stable.get("name"):
+        return "stable", 100 - weight
+    role = str(annotations.get("modelops.dev/rollout-role") or "retired")
+    return ("rejected" if name == status.get("rejectedRevision") else role), 0
+
+
+def revisions(service: dict[str, Any], deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per revision Deployment: name, version, role, weight, replicas, ready, created."""
+    status, result = _status(service), []
+    for dep in sorted(deployments, key=lambda d: str(d["metadata"].get("creationTimestamp", ""))):
+        meta = dep["metadata"]
+        role, weight = _revision_role(meta["name"], status, meta.get("annotations") or {})
+        result.append({"name": meta["name"], "version": (meta.get("labels") or {}).get("modelops.dev/model-version"),
+                       "role": role, "weight": weight, "replicas": int(_dict(dep.get("spec")).get("replicas") or 0),
+                       "readyReplicas": int(_status(dep).get("readyReplicas") or 0),
+                       "created": meta.get("creationTimestamp")})
+    return result
+
+
+def model_checks(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model-ready readiness gate of each serving pod: the operator's check of the loaded model."""
+    checks = []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        gate = condition(pod, "modelops.dev/model-ready")
+        checks.append({"pod": pod["metadata"]["name"],
+                       "revision": (pod["metadata"].get("labels") or {}).get("modelops.dev/revision"),
+                       "passed": gate.get("status", "Unknown"), "reason": gate.get("reason") or "NotChecked",
+                       "message": gate.get("message") or ""})
+    return checks
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+               or (event.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def event_entries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"time": _event_time(e), "type": e.get("type"), "reason": e.get("reason"), "message": e.get("message"),
+             "count": e.get("count", 1)} for e in sorted(events, key=_event_time)]
+
+
+def gate_results(status: dict[str, Any]) -> dict[str, Any]:
+    """Whatever the status reports about rollout gates (evaluation gate, approvals), as it reports it."""
+    return {k: v for k, v in status.items() if "gate" in k.lower() or "evaluation" in k.lower()
+            or "approval" in k.lower()}
+
+
+def describe_service_data(service: dict[str, Any], deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
+                          events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything `describe ms` shows, as plain data (what -o json/yaml prints)."""
+    status, entries = _status(service), event_entries(events)
+    history = status.get("analysisHistory")
+    return {
+        "name": service["metadata"]["name"], "namespace": service["metadata"].get("namespace"),
+        "model": _dict(_dict(service.get("spec")).get("model")), "phase": status.get("phase"),
+        "modelVersion": status.get("modelVersion"), "ready": status.get("ready"), "url": status.get("url"),
+        "revisions": revisions(service, deployments),
+        "canary": status.get("canary"), "rejectedRevision": status.get("rejectedRevision"),
+        "rollout": [e for e in entries if e["reason"] in ROLLOUT_REASONS],
+        "lastAnalysis": status.get("lastAnalysis"),
+        "analysisHistory": history if isinstance(history, list) else
+        ([status["lastAnalysis"]] if isinstance(status.get("lastAnalysis"), dict) else []),
+        "gates": gate_results(status), "modelChecks": model_checks(pods),
+        "autoscaling": status.get("autoscaling"),
+        "scalingDecisions": [e for e in entries if e["reason"] == "Scaled"],
+        "conditions": status.get("conditions") or [], "events": entries,
+    }
+
+
+def _model_line(model: dict[str, Any]) -> str:
+    if model.get("fromTrainingJob"):
+        return f"{model.get('name')}, following TrainingJob {model['fromTrainingJob']}"
+    return f"{model.get('name')}, pinned to version {model.get('version')}"
+
+
+def _analysis_text(analysis: dict[str, Any], now: datetime) -> str:
+    error_rate, p99 = _number(analysis.get("errorRate"), 4), _number(analysis.get("p99LatencyMs"), 1)
+    measured = [f"error rate {error_rate}", f"p99 {p99} ms", f"{_number(analysis.get('requests'), 0)} requests"]
+    text = f"{analysis.get('verdict')} {age(analysis.get('time'), now)} ago: {', '.join(measured)}"
+    return text + (f" ({analysis['message']})" if analysis.get("message") else "")
+
+
+def _section(title: str, body: list[str]) -> list[str]:
+    return [f"{title}:", *(f"  {line}" for line in (body or ["<none>"]))]
+
+
+def _event_rows(entries: list[dict[str, Any]], now: datetime) -> list[str]:
+    rows = [[age(e["time"], now), str(e["type"]), str(e["reason"]), str(e["message"])] for e in entries]
+    return table(["AGE", "TYPE", "REASON", "MESSAGE"], rows).splitlines() if rows else []
+
+
+def _revision_rows(data: dict[str, Any], now: datetime) -> list[str]:
+    canary = _dict(data.get("canary"))
+    rows = [[r["name"], str(r["version"]), r["role"], f"{r['weight']}%", f"{r['readyReplicas']}/{r['replicas']}",
+             age(r["created"], now)] for r in data["revisions"]]
+    lines = table(["REVISION", "VERSION", "ROLE", "WEIGHT", "READY", "AGE"], rows).splitlines() if rows else []
+    if canary:
+        lines.append(f"canary at step {int(canary.get('step', 0)) + 1}, step started "
+                     f"{age(canary.get('stepStartedAt'), now)} ago, rollout started "
+                     f"{age(canary.get('startedAt'), now)} ago")
+    if data.get("rejectedRevision"):
+        lines.append(f"rejected (not retried until the spec changes): {data['rejectedRevision']}")
+    return lines
+
+
+def _autoscaling_rows(data: dict[str, Any], now: datetime) -> list[str]:
+    scaling = _dict(data.get("autoscaling"))
+    lines = []
+    if scaling:
+        lines.append(f"{scaling.get('metric')} = {_number(scaling.get('value'), 2)} (target {scaling.get('target')})"
+                     f" -> {scaling.get('desiredReplicas')} replicas; last scaled "
+                     f"{age(scaling.get('lastScaleTime'), now)} ago")
+        if scaling.get("reason"):
+            lines.append(f"reason: {scaling['reason']}")
+    lines += [f"{age(e['time'], now)} ago: {e['message']}" for e in data["scalingDecisions"]]
+    return lines
+
+
+def describe_service(data: dict[str, Any], now: datetime) -> str:
+    """`describe ms` as text, from describe_service_data."""
+    conditions = [[str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""),
+                   age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in data["conditions"]]
+    checks = [[c["pod"], str(c["revision"]), str(c["passed"]), c["reason"], c["message"]] for c in data["modelChecks"]]
+    gates = [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in data["gates"].items()]
+    if checks:
+        gates += ["model check of each pod (readiness gate modelops.dev/model-ready):",
+                  *table(["POD", "REVISION", "PASSED", "REASON", "MESSAGE"], checks).splitlines()]
+    lines = [f"Name:       {data['name']}", f"Namespace:  {data['namespace']}",
+             f"Model:      {_model_line(data['model'])}", f"Phase:      {data['phase'] or NONE}",
+             f"Serving:    version {data['modelVersion'] if data['modelVersion'] is not None else NONE}, "
+             f"{data['ready'] or '0/0'} replicas ready", f"URL:        {data['url'] or NONE}"]
+    lines += _section("Revisions", _revision_rows(data, now))
+    lines += _section("Rollout history", _event_rows(data["rollout"], now))
+    lines += _section("Analysis", [_analysis_text(a, now) for a in data["analysisHistory"]])
+    lines += _section("Gates", gates)
+    lines += _section("Autoscaling", _autoscaling_rows(data, now))
+    lines += _section("Conditions", table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], conditions).splitlines()
+                      if conditions else [])
+    lines += _section("Events", _event_rows(data["events"][-10:], now))
+    return "\n".join(lines)

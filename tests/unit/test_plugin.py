@@ -1,0 +1,390 @@
+"""`kubectl modelops`: the pure formatting (tables, ages, the progress bar, describe), the argument
+parsing, and the command logic against a small in-memory stand-in for modelops.kube."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from modelops.kube import ApiError
+from modelops.plugin import commands
+from modelops.plugin import format as fmt
+from modelops.plugin.watch import LineView, job_states, watch_job
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
+
+
+def ago(seconds: float) -> str:
+    return (NOW - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job(name: str = "digits", phase: str | None = "Running", progress: dict[str, Any] | None = None,
+        **status: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob",
+                            "metadata": {"name": name, "namespace": "ml", "creationTimestamp": ago(300),
+                                         "resourceVersion": "1"},
+                            "spec": {"output": {"modelName": "digits"}}, "status": dict(status)}
+    if phase:
+        body["status"]["phase"] = phase
+    if progress:
+        body["status"]["progress"] = progress
+    return body
+
+
+def service(name: str = "digits", **status: Any) -> dict[str, Any]:
+    return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": name, "namespace": "ml", "uid": "ms-uid", "creationTimestamp": ago(7200)},
+            "spec": {"model": {"name": "digits", "fromTrainingJob": "digits"},
+                     "rollout": {"steps": [{"weight": 20}, {"weight": 50}]}},
+            "status": status}
+
+
+CANARY_STATUS = {
+    "phase": "Progressing", "modelVersion": 2, "ready": "3/4",
+    "stable": {"name": "digits-v2-aaaaa", "version": 2, "replicas": 3, "readyReplicas": 3},
+    "canary": {"name": "digits-v3-bbbbb", "version": 3, "replicas": 1, "readyReplicas": 0, "step": 1, "weight": 50,
+               "stepStartedAt": ago(20), "startedAt": ago(90)},
+    "lastAnalysis": {"time": ago(25), "verdict": "Passed", "errorRate": 0.0, "p99LatencyMs": 12.5, "requests": 140,
+                     "message": "error rate 0.0000 <= 0.01"},
+    "autoscaling": {"metric": "queueTimeMicroseconds", "value": 812.5, "target": 500, "desiredReplicas": 4,
+                    "lastScaleTime": ago(600), "reason": "812.5 over target 500"},
+    "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "3/4 replicas serving version 2",
+                    "lastTransitionTime": ago(3600)}],
+}
+
+
+# ---- ages, tables, bars -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0s"), (45, "45s"), (119, "119s"), (120, "2m"), (310, "5m10s"), (42 * 60, "42m"), (200 * 60, "3h20m"),
+    (8 * 3600, "8h"), (20 * 3600, "20h"), (4 * 86400 + 5 * 3600, "4d5h"), (30 * 86400, "30d"), (800 * 86400, "2y"),
+    (-5, "0s"),
+])
+def test_human_duration_reads_like_kubectl(seconds: float, text: str) -> None:
+    assert fmt.human_duration(seconds) == text
+
+
+def test_age_of_stamps_with_and_without_fractions() -> None:
+    assert fmt.age(ago(90), NOW) == "90s"
+    assert fmt.age("2026-01-01T11:59:00.123456Z", NOW) == "60s"
+    assert fmt.age(None, NOW) == fmt.age("yesterday", NOW) == "-"
+
+
+def test_table_aligns_columns_three_spaces_apart() -> None:
+    assert fmt.table(["A", "LONGER"], [["xyz", "1"], ["q", "22"]]).splitlines() == [
+        "A     LONGER", "xyz   1", "q     22"]
+
+
+@pytest.mark.parametrize(("fraction", "text"), [(0, "[----]"), (0.5, "[##--]"), (1, "[####]"), (7, "[####]")])
+def test_bar(fraction: float, text: str) -> None:
+    assert fmt.bar(fraction, width=4) == text
+
+
+# ---- get --------------------------------------------------------------------------------------------
+
+
+def test_get_table_lists_jobs_then_services() -> None:
+    jobs = [job("digits", progress={"epoch": 3, "epochs": 10, "step": 1200}, workersReady="2/2"),
+            job("tabular", phase="Succeeded", workersReady="0/1",
+                model={"name": "tabular", "version": 4, "uri": "/models/tabular/4"})]
+    services = [service(**CANARY_STATUS), service("idle")]
+    lines = fmt.get_table(jobs, services, NOW).splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "CANARY", "READY", "AGE"]
+    assert lines[1].split() == ["tj/digits", "Running", "epoch", "3/10", "step", "1200", "digits", "-", "-", "2/2",
+                                "5m"]
+    assert lines[2].split() == ["tj/tabular", "Succeeded", "-", "tabular", "4", "-", "0/1", "5m"]
+    assert lines[3].split() == ["ms/digits", "Progressing", "step", "2/2", "digits", "2", "v3", "50%", "3/4", "120m"]
+    assert lines[4].split() == ["ms/idle", "-", "-", "digits", "-", "-", "-", "120m"]
+
+
+def test_get_table_all_namespaces_has_a_namespace_column() -> None:
+    other = job("b")
+    other["metadata"]["namespace"] = "a-team"
+    lines = fmt.get_table([job("a"), other], [], NOW, all_namespaces=True).splitlines()
+    assert lines[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert [line.split()[:2] for line in lines[1:]] == [["a-team", "tj/b"], ["ml", "tj/a"]]
+
+
+# ---- watch ------------------------------------------------------------------------------------------
+
+
+def test_epoch_clock_learns_the_length_of_an_epoch() -> None:
+    clock = fmt.EpochClock()
+    first = {"epoch": 1, "epochs": 4, "step": 30}
+    clock.observe(first)
+    assert clock.fraction(first) == 0.0  # the length of an epoch is not known yet
+    clock.observe({"epoch": 1, "epochs": 4, "step": 90})
+    clock.observe({"epoch": 2, "epochs": 4, "step": 102})  # the first report of epoch 2: an epoch is <= 102
+    assert (clock.steps_per_epoch, clock.at_least) == (102, 90)
+    later = {"epoch": 3, "epochs": 4, "step": 255}
+    clock.observe(later)
+    assert clock.steps_per_epoch == 102
+    assert clock.fraction(later) == pytest.approx((2 + (255 - 204) / 102) / 4)
+    assert clock.fraction({"epoch": 4, "epochs": 4, "step": 10_000}) == 0.999  # full only once it succeeded
+
+
+def test_epoch_clock_without_steps_counts_finished_epochs() -> None:
+    assert fmt.EpochClock().fraction({"epoch": 3, "epochs": 4}) == 0.5
+    assert fmt.EpochClock().fraction({}) == 0.0
+
+
+def test_watch_line_shows_bar_progress_loss_accuracy_throughput() -> None:
+    clock = fmt.EpochClock()
+    running = job(progress={"epoch": 5, "epochs": 10, "step": 1200, "loss": 0.23149, "valAccuracy": 0.9121,
+                            "samplesPerSecond": 1850.4})
+    line = fmt.watch_line(running, clock)
+    assert line == ("tj/digits Running   [##########--------------]  40%  epoch 5/10 step 1200  loss 0.231  "
+                    "acc 0.912  1,850 samples/s")
+    done = job(phase="Succeeded", progress={"epoch": 10, "epochs": 10, "step": 3000})
+    assert "[" + "#" * fmt.BAR_WIDTH + "] 100%" in fmt.watch_line(done, clock)
+
+
+def test_watch_line_of_a_waiting_job_says_why() -> None:
+    waiting = job(phase="Pending", workersReady="0/2", conditions=[
+        {"type": "Ready", "status": "False", "reason": "Unschedulable",
+         "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu"}])
+    assert fmt.watch_line(waiting, fmt.EpochClock()) == (
+        "tj/digits Pending   workers 0/2  (Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu)")
+
+
+def test_outcome_lines() -> None:
+    done = job(phase="Succeeded", model={"name": "digits", "version": 3, "uri": "/m/3", "testAccuracy": 0.9612})
+    assert fmt.outcome_line(done) == "tj/digits succeeded: published digits version 3, test accuracy 0.961"
+    failed = job(phase="Failed", conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                              "message": "worker 1 exit code 3"}])
+    assert fmt.outcome_line(failed) == "tj/digits failed: BackoffLimitExceeded: worker 1 exit code 3"
+
+
+def test_line_view_prints_one_line_per_change_without_a_terminal() -> None:
+    out = io.StringIO()
+    view = LineView(out, tty=False)
+    for line in ("a", "a", "b"):
+        view.show(line, "Running")
+    view.done("end")
+    assert out.getvalue() == "a\nb\nend\n"
+
+
+def test_line_view_redraws_in_place_on_a_terminal() -> None:
+    out = io.StringIO()
+    view = LineView(out, tty=True)
+    view.show("pending", "Pending")
+    view.show("run 1", "Running")
+    view.show("run 2", "Running")
+    view.done("end")
+    assert out.getvalue() == "\r\x1b[2Kpending\n\r\x1b[2Krun 1\r\x1b[2Krun 2\nend\n"
+
+
+# ---- describe ---------------------------------------------------------------------------------------
+
+
+def deployment(name: str, version: int, role: str, replicas: int, ready: int) -> dict[str, Any]:
+    return {"metadata": {"name": name, "creationTimestamp": ago(1000 - 100 * version),
+                         "labels": {"modelops.dev/model-version": str(version)},
+                         "annotations": {"modelops.dev/rollout-role": role},
+                         "ownerReferences": [{"kind": "ModelService", "uid": "ms-uid", "controller": True}]},
+            "spec": {"replicas": replicas}, "status": {"readyReplicas": ready}}
+
+
+def describe_inputs() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    deployments = [deployment("digits-v3-bbbbb", 3, "canary", 1, 0), deployment("digits-v2-aaaaa", 2, "stable", 3, 3)]
+    pods = [{"metadata": {"name": "digits-v3-bbbbb-x", "labels": {"modelops.dev/revision": "digits-v3-bbbbb"}},
+             "status": {"conditions": [{"type": "modelops.dev/model-ready", "status": "False",
+                                        "reason": "ModelCheckFailed", "message": "version 3 not loaded"}]}}]
+    events = [{"type": "Normal", "reason": "CanaryStarted", "message": "canary digits-v3-bbbbb (version 3) started",
+               "lastTimestamp": ago(90)},
+              {"type": "Normal", "reason": "Scaled", "message": "3 -> 4 replicas: queue time", "lastTimestamp": ago(600)},
+              {"type": "Normal", "reason": "CanaryStepped", "message": "step 2/2: canary at 50%",
+               "lastTimestamp": ago(20)}]
+    return service(**CANARY_STATUS, evaluationGate={"verdict": "Passed", "accuracy": 0.97}), deployments, pods, events
+
+
+def test_describe_data_has_revisions_with_roles_and_weights() -> None:
+    data = fmt.describe_service_data(*describe_inputs())
+    assert [(r["name"], r["version"], r["role"], r["weight"]) for r in data["revisions"]] == [
+        ("digits-v2-aaaaa", "2", "stable", 50), ("digits-v3-bbbbb", "3", "canary", 50)]
+    assert [e["reason"] for e in data["rollout"]] == ["CanaryStarted", "CanaryStepped"]
+    assert [e["reason"] for e in data["scalingDecisions"]] == ["Scaled"]
+    assert data["analysisHistory"] == [CANARY_STATUS["lastAnalysis"]]
+    assert data["gates"] == {"evaluationGate": {"verdict": "Passed", "accuracy": 0.97}}
+    assert data["modelChecks"][0]["reason"] == "ModelCheckFailed"
+    json.dumps(data)  # what -o json prints
+
+
+def test_describe_text_sections() -> None:
+    text = fmt.describe_service(fmt.describe_service_data(*describe_inputs()), NOW)
+    assert "Model:      digits, following TrainingJob digits" in text
+    assert "Serving:    version 2, 3/4 replicas ready" in text
+    lines = text.splitlines()
+    revisions = lines.index("Revisions:")
+    assert lines[revisions + 1].split() == ["REVISION", "VERSION", "ROLE", "WEIGHT", "READY", "AGE"]
+    assert lines[revisions + 2].split() == ["digits-v2-aaaaa", "2", "stable", "50%", "3/3", "13m"]
+    assert lines[revisions + 3].split() == ["digits-v3-bbbbb", "3", "canary", "50%", "0/1", "11m"]
+    assert "canary at step 2, step started 20s ago, rollout started 90s ago" in text
+    assert "Passed 25s ago: error rate 0.0000, p99 12.5 ms, 140 requests (error rate 0.0000 <= 0.01)" in text
+    assert 'evaluationGate: {"verdict": "Passed", "accuracy": 0.97}' in text
+    assert "digits-v3-bbbbb-x   digits-v3-bbbbb   False    ModelCheckFailed   version 3 not loaded" in text
+    assert "queueTimeMicroseconds = 812.50 (target 500) -> 4 replicas; last scaled 10m ago" in text
+    assert "10m ago: 3 -> 4 replicas: queue time" in text
+    assert "Ready   True     Serving   60m   3/4 replicas serving version 2" in text
+
+
+def test_describe_of_a_fresh_service_says_none() -> None:
+    text = fmt.describe_service(fmt.describe_service_data(service(), [], [], []), NOW)
+    assert "Revisions:\n  <none>" in text and "Events:\n  <none>" in text and "Phase:      -" in text
+
+
+# ---- arguments --------------------------------------------------------------------------------------
+
+
+def test_flags_count_before_and_after_the_command() -> None:
+    parser = commands.build_parser()
+    args = parser.parse_args(["-n", "ml", "--context", "dev", "get", "-o", "yaml"])
+    assert (args.namespace, args.context, args.output, args.kind) == ("ml", "dev", "yaml", "all")
+    args = parser.parse_args(["get", "ms", "-A", "--kubeconfig", "/k"])
+    assert (args.kind, args.all_namespaces, args.kubeconfig) == ("ms", True, "/k")
+    assert not hasattr(args, "namespace")
+    args = parser.parse_args(["rollback", "ms/digits", "--to-version", "3", "-n", "ml"])
+    assert (args.target, args.to_version, args.namespace) == (["ms/digits"], 3, "ml")
+
+
+@pytest.mark.parametrize(("words", "kind", "name"), [
+    (["tj", "digits"], "TrainingJob", "digits"), (["trainingjob/digits"], "TrainingJob", "digits"),
+    (["MS", "web"], "ModelService", "web"), (["modelservices/web"], "ModelService", "web"),
+])
+def test_target_accepts_kind_name_and_kind_slash_name(words: list[str], kind: str, name: str) -> None:
+    assert commands.target(words, kind) == name
+
+
+@pytest.mark.parametrize("words", [["ms", "web"], ["tj"], ["tj", "a", "b"], ["pod/x"]])
+def test_target_refuses_other_kinds_and_shapes(words: list[str]) -> None:
+    with pytest.raises(commands.CommandError):
+        commands.target(words, "TrainingJob")
+
+
+def test_modelops_cli_has_the_same_commands() -> None:
+    from modelops import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["describe", "--help"])
+    assert exit_info.value.code == 0
+
+
+# ---- command logic against an in-memory API ---------------------------------------------------------
+
+
+class FakeKube:
+    """list_objects/get/patch/watch_objects over a dict of objects, as modelops.kube.Kube answers them."""
+
+    def __init__(self, *objects: dict[str, Any], watches: list[list[dict[str, Any]] | ApiError] | None = None) -> None:
+        self.objects = list(objects)
+        self.watches = list(watches or [])
+        self.patches: list[tuple[str, str, dict[str, Any]]] = []
+        self.lists = 0
+
+    def path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        return f"/{kind}/{namespace}/{name}"
+
+    def _kind(self, obj: dict[str, Any]) -> str:
+        return obj.get("kind", "")
+
+    def list_objects(self, api_version: str, kind: str, namespace: str | None, *, labels: str | None = None,
+                     fields: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        name = fields.split("=", 1)[1] if fields and fields.startswith("metadata.name=") else None
+        key, _, value = (labels or "").partition("=")
+        found = [o for o in self.objects if self._kind(o) == kind and (name is None or o["metadata"]["name"] == name)
+                 and (not labels or (o["metadata"].get("labels") or {}).get(key) == value)]
+        return found, "10"
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return next((o for o in self.objects if self._kind(o) == kind and o["metadata"]["name"] == name), None)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append((kind, name, patch))
+        return {}
+
+    def watch_objects(self, api_version: str, kind: str, namespace: str | None, resource_version: str, *,
+                      fields: str | None = None, timeout_seconds: int = 300) -> Any:
+        stream = self.watches.pop(0)
+        if isinstance(stream, ApiError):
+            raise stream
+        yield from stream
+
+
+def configmap(revision: str, version: int, signature: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "ConfigMap", "metadata": {
+        "name": revision, "namespace": "ml", "labels": {"modelops.dev/model-service": "digits"},
+        "annotations": {"modelops.dev/model": f"digits:{version}", "modelops.dev/signature": json.dumps(signature)},
+        "ownerReferences": [{"kind": "ModelService", "uid": "ms-uid", "controller": True}]}}
+
+
+def test_rollback_signature_comes_from_the_revision_that_served_the_version() -> None:
+    other = {"inputs": SIGNATURE["inputs"], "outputs": [{"name": "OUT", "datatype": "FP32", "dims": [3]}]}
+    ms = service(stable={"name": "digits-v2-aaaaa", "version": 2})
+    kube = FakeKube(ms, configmap("digits-v1-ccccc", 1, other), configmap("digits-v2-aaaaa", 2, SIGNATURE))
+    assert commands.signature_for(kube, ms, 1) == (other, "revision digits-v1-ccccc, which served version 1")  # type: ignore[arg-type]
+    signature, source = commands.signature_for(kube, ms, 7)  # type: ignore[arg-type]
+    assert signature == SIGNATURE and source.startswith("revision digits-v2-aaaaa (version 2)")
+
+
+def test_rollback_signature_falls_back_to_the_followed_jobs_report() -> None:
+    ms = service()
+    trained = job(model={"name": "digits", "version": 1, "uri": "/m/1", "signature": SIGNATURE})
+    assert commands.signature_for(FakeKube(ms, trained), ms, 1) == (SIGNATURE, "TrainingJob digits's report")  # type: ignore[arg-type]
+    assert commands.signature_for(FakeKube(ms), ms, 1) == (None, "")  # type: ignore[arg-type]
+
+
+def pod(name: str, attempt: int, rank: int) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": name, "labels": {
+        "modelops.dev/training-job": "digits", "modelops.dev/attempt": str(attempt), "modelops.dev/rank": str(rank)}}}
+
+
+def test_logs_read_the_worker_of_the_newest_attempt() -> None:
+    kube = FakeKube(pod("digits-a0-w0", 0, 0), pod("digits-a0-w1", 0, 1), pod("digits-a1-w0", 1, 0),
+                    pod("digits-a1-w1", 1, 1))
+    assert commands.worker_pod(kube, "ml", "digits", 1) == ("digits-a1-w1", 1)  # type: ignore[arg-type]
+    with pytest.raises(commands.CommandError, match="attempt 1 has no worker of rank 5 \\(ranks: 0, 1\\)"):
+        commands.worker_pod(kube, "ml", "digits", 5)  # type: ignore[arg-type]
+    with pytest.raises(commands.CommandError, match="no worker pods"):
+        commands.worker_pod(FakeKube(), "ml", "digits", 0)  # type: ignore[arg-type]
+
+
+def modified(obj: dict[str, Any], version: str) -> dict[str, Any]:
+    changed = json.loads(json.dumps(obj))
+    changed["metadata"]["resourceVersion"] = version
+    return {"type": "MODIFIED", "object": changed}
+
+
+def test_job_states_follow_the_watch_and_list_again_after_410() -> None:
+    start = job(progress={"epoch": 1, "epochs": 2, "step": 5})
+    middle = job(progress={"epoch": 2, "epochs": 2, "step": 12})
+    done = job(phase="Succeeded", progress={"epoch": 2, "epochs": 2, "step": 20})
+    kube = FakeKube(start, watches=[
+        [modified(middle, "11"), {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}],
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 410}}],
+        [modified(done, "30"), modified(done, "31")],
+    ])
+    states = list(job_states(kube, "ml", "digits"))  # type: ignore[arg-type]
+    assert [s["status"]["progress"]["step"] for s in states] == [5, 12, 5, 20]  # the re-list gives the first again
+    assert kube.lists == 2 and kube.watches == []
+
+
+def test_watch_job_exit_codes() -> None:
+    failed = job(phase="Failed", conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                             "message": "too slow"}])
+    out = io.StringIO()
+    assert watch_job(FakeKube(job(), watches=[[modified(failed, "2")]]), "ml", "digits", out, tty=False) == 1  # type: ignore[arg-type]
+    assert out.getvalue().splitlines()[-1] == "tj/digits failed: DeadlineExceeded: too slow"
+    gone = FakeKube(job(), watches=[[{"type": "DELETED", "object": job()}]])
+    assert watch_job(gone, "ml", "digits", io.StringIO(), tty=False) == 2  # type: ignore[arg-type]
+    assert watch_job(FakeKube(), "ml", "digits", io.StringIO(), tty=False) == 1  # type: ignore[arg-type]
+    unreachable = FakeKube(job(), watches=[ApiError(403, "Forbidden", "no watch for you")])
+    with pytest.raises(ApiError):
+        watch_job(unreachable, "ml", "digits", io.StringIO(), tty=False)  # type: ignore[arg-type]
