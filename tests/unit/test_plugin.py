@@ -388,3 +388,19 @@ def test_watch_job_exit_codes() -> None:
     unreachable = FakeKube(job(), watches=[ApiError(403, "Forbidden", "no watch for you")])
     with pytest.raises(ApiError):
         watch_job(unreachable, "ml", "digits", io.StringIO(), tty=False)  # type: ignore[arg-type]
+
+
+def test_promote_and_abort_annotate_only_while_a_canary_runs(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    idle, rolling = service("idle"), service("rolling", **CANARY_STATUS)
+    rolling["spec"]["rollout"]["steps"][1]["approval"] = True
+    kube = FakeKube(idle, rolling)
+    monkeypatch.setattr(commands, "session", lambda args: commands.Session(kube, "ml"))  # type: ignore[arg-type]
+    assert commands.main(["promote", "ms", "idle"]) == 1
+    assert "has no canary in progress: nothing to promote" in capsys.readouterr().err
+    assert commands.main(["promote", "ms/rolling"]) == 0
+    assert "approves step 2 (it waits for approval)" in capsys.readouterr().out
+    assert commands.main(["abort", "ms", "rolling"]) == 0
+    assert "the operator rolls it back" in capsys.readouterr().out
+    assert kube.patches == [("ModelService", "rolling", {"metadata": {"annotations": {"modelops.dev/rollout": a}}})
+                            for a in ("promote", "abort")]

@@ -253,10 +253,19 @@ def rollout_command(action: str, args: argparse.Namespace) -> int:
         raise CommandError(f"modelservice {name} has no canary in progress: nothing to {action}")
     s.kube.patch(API_VERSION, "ModelService", s.namespace, name,
                  {"metadata": {"annotations": {ROLLOUT_ANNOTATION: action}}})
-    what = "promotes it once its pods serve a verified model" if action == "promote" else "rolls it back"
+    what = _promote_effect(service, canary) if action == "promote" else "rolls it back"
     print(f"modelservice.modelops.dev/{name} annotated {ROLLOUT_ANNOTATION}={action}: canary {canary['name']} "
           f"(version {canary.get('version')} at {canary.get('weight', 0)}%); the operator {what}")
     return 0
+
+
+def _promote_effect(service: dict[str, Any], canary: dict[str, Any]) -> str:
+    """What `promote` does to this canary: approve its step when the step waits for approval, else promote."""
+    steps = ((service.get("spec") or {}).get("rollout") or {}).get("steps") or []
+    step = int(canary.get("step") or 0)
+    approval = step < len(steps) and isinstance(steps[step], dict) and steps[step].get("approval")
+    what = f"approves step {step + 1} (it waits for approval)" if approval else "promotes it"
+    return f"{what} once its pods serve a verified model"
 
 
 # ---- rollback --------------------------------------------------------------------------------------
