@@ -83,3 +83,43 @@ def test_wrong_input_shape_is_rejected(served: tuple[TritonServer, Path]) -> Non
     tensor.set_data_from_numpy(np.zeros((2, 64), np.float32))
     with pytest.raises(InferenceServerException):
         client.InferenceServerClient(server.http_url).infer("digits", [tensor])
+
+
+def test_evaluation_pod_program_scores_the_published_held_out_set(served: tuple[TritonServer, Path],
+                                                                   tmp_path: Path) -> None:
+    """What the evaluation gate's pod runs: the version's eval.npz through Triton, as the candidate and as the
+    stable reference, reporting the same accuracy the trainer measured on exactly those rows."""
+    import json
+
+    server, version_dir = served
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    described = metadata["evaluation"]
+    assert (version_dir / "eval.npz").is_file() and described["samples"] > 0
+    address = server.http_url.removeprefix("http://")
+    report_file = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "modelops.triton.evaluate", "--version-dir", str(version_dir),
+                          "--model", "digits", "--version", "1", "--candidate", address, "--stable", address,
+                          "--stable-version", "1", "--batch-size", "16", "--report", str(report_file)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(report_file.read_text())
+    assert report["samples"] == described["samples"] and report["sha256"] == described["sha256"]
+    assert report["accuracy"] == pytest.approx(described["accuracy"], abs=1e-9)
+    assert report["stableAccuracy"] == report["accuracy"] >= 0.9
+    assert report["lineage"]["testAccuracy"] == metadata["metrics"]["testAccuracy"]
+    assert report["lineage"]["datasetFingerprint"] == metadata["dataset"]["fingerprint"]
+
+    # A version folder without an evaluation set is reported as skipped, not as a failure.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "metadata.json").write_text(json.dumps({k: v for k, v in metadata.items() if k != "evaluation"}))
+    run = subprocess.run([sys.executable, "-m", "modelops.triton.evaluate", "--version-dir", str(bare), "--model",
+                          "digits", "--version", "1", "--candidate", address, "--report", str(report_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "no evaluation set" in json.loads(report_file.read_text())["skipped"]
+
+    # A candidate that cannot be reached: exit 1 and the reason in the report, for the operator to quote.
+    run = subprocess.run([sys.executable, "-m", "modelops.triton.evaluate", "--version-dir", str(version_dir),
+                          "--model", "digits", "--version", "1", "--candidate", "127.0.0.1:9", "--report",
+                          str(report_file)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "127.0.0.1:9" in json.loads(report_file.read_text())["error"]

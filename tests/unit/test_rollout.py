@@ -100,3 +100,61 @@ def test_zero_pause_steps_advance_without_analysis() -> None:
 def test_analysis_verdicts(sample: CanarySample, verdict: str) -> None:
     result, message = judge(sample, Analysis(max_error_rate=0.01, max_p99_latency_ms=1000, min_requests=20))
     assert result == verdict, message
+
+
+APPROVAL = Rollout.model_validate({"steps": [{"weight": 20, "approval": True, "pauseSeconds": 0},
+                                             {"weight": 50, "pauseSeconds": 30},
+                                             {"weight": 80, "approval": True, "pauseSeconds": 30}]})
+
+
+def test_an_approval_step_waits_for_the_annotation_and_says_so() -> None:
+    d = decide(CANARY, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, now=at(3600))
+    assert d.outcome == "Waiting" and d.weight == 20 and "waiting for approval" in d.message
+    assert "modelops.dev/rollout=promote" in d.message and not d.action_used
+
+
+def test_promote_at_an_approval_step_approves_that_step_only() -> None:
+    d = decide(CANARY, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, action="promote", now=at(1))
+    assert (d.outcome, d.weight, d.state.step) == ("Stepped", 50, 1) and d.action_used
+    assert d.state.stable == "ms-v1-aaaaa"  # not promoted: the next steps still run
+
+
+def test_an_approval_step_with_a_pause_analyses_first_then_holds() -> None:
+    last = replace(CANARY, step=2, step_started_at=T0)
+    assert decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, now=at(30)).analysis_due
+    held = decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict="Passed", now=at(30))
+    assert held.outcome == "Waiting" and "waiting for approval" in held.message
+    failed = decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict="Failed", now=at(30))
+    assert failed.outcome == "RolledBack"
+    approved = decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, action="promote", now=at(31))
+    assert approved.outcome == "Promoted" and approved.state.stable == "ms-v2-bbbbb" and approved.action_used
+
+
+def test_promote_outside_an_approval_step_promotes_at_once() -> None:
+    second = replace(CANARY, step=1, step_started_at=T0)
+    d = decide(second, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, action="promote", now=at(1))
+    assert d.outcome == "Promoted" and d.action_used
+
+
+RELATIVE = Analysis(max_error_rate=0.05, max_p99_latency_ms=1000, min_requests=20, max_latency_ratio=1.5,
+                    max_error_rate_increase=0.01)
+
+
+@pytest.mark.parametrize(("canary", "stable", "verdict", "words"), [
+    (CanarySample(100, 0, 30.0), CanarySample(400, 0, 10.0), "Failed", "3.00x stable's"),  # under the 1000 ms bar
+    (CanarySample(100, 0, 14.0), CanarySample(400, 0, 10.0), "Passed", "stable: 400 requests"),
+    (CanarySample(100, 0, 0.9), CanarySample(400, 0, 0.3), "Passed", ""),  # sub-millisecond: noise, not a 3x
+    (CanarySample(97, 3, 10.0), CanarySample(400, 0, 10.0), "Failed", "0.030 above stable's"),  # under maxErrorRate
+    (CanarySample(97, 3, 10.0), CanarySample(392, 8, 10.0), "Passed", ""),  # stable errs as much
+    (CanarySample(100, 0, 10.0), CanarySample(5, 0, 10.0), "Inconclusive", "5 stable requests"),
+    (CanarySample(100, 0, 10.0), CanarySample(400, 0, None), "Passed", ""),  # no stable latency: no ratio
+])
+def test_canary_is_judged_against_stable_over_the_same_window(canary: CanarySample, stable: CanarySample,
+                                                               verdict: str, words: str) -> None:
+    result, message = judge(canary, RELATIVE, stable)
+    assert result == verdict and words in message, message
+
+
+def test_relative_checks_can_be_turned_off() -> None:
+    absolute = RELATIVE.model_copy(update={"max_latency_ratio": None, "max_error_rate_increase": None})
+    assert judge(CanarySample(100, 0, 30.0), absolute, CanarySample(5, 0, 10.0))[0] == "Passed"

@@ -144,6 +144,9 @@ class RolloutStep(ApiModel):
     """Share of the replicas (and so of the traffic) on the canary."""
     pause_seconds: int = Field(30, ge=0, le=86400)
     """How long the step runs before its analysis decides."""
+    approval: bool = False
+    """After its pause and analysis, the step holds until `kubectl annotate ms NAME modelops.dev/rollout=promote`
+    (which approves this step only; the annotation at a step without approval promotes at once)."""
 
 
 class Analysis(ApiModel):
@@ -152,7 +155,33 @@ class Analysis(ApiModel):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(1000, gt=0)
     min_requests: int = Field(20, ge=0)
-    """Fewer canary requests than this in a step make the analysis inconclusive (the step waits)."""
+    """Fewer canary (or stable) requests than this in a step make the analysis inconclusive (the step waits)."""
+    max_latency_ratio: float | None = Field(2.0, ge=1, le=100)
+    """Canary p99 over stable p99 in the same window (latencies under 1 ms count as 1 ms); null turns the
+    comparison off."""
+    max_error_rate_increase: float | None = Field(0.01, ge=0, le=1)
+    """How much the canary's error rate may exceed the stable revision's in the same window; null turns it off."""
+
+
+class EvaluationGate(ApiModel):
+    """Before a revision takes traffic, its held-out evaluation set (published with the version by the trainer)
+    goes through one of its pods, and the stable revision's score on the same set is the reference."""
+
+    enabled: bool = True
+    """On by default; a version without an evaluation set skips the gate (a condition says so)."""
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    """Absolute floor for the new version's accuracy on its evaluation set."""
+    max_regression: float = Field(0.01, ge=0, le=1)
+    """How far below the stable revision's accuracy (on the same set) the new version may score."""
+    image: image_reference() | None = None  # type: ignore[valid-type]
+    """Image of the evaluation pod (needs Python with numpy); default: the operator's trainer image."""
+    timeout_seconds: int = Field(300, ge=10, le=86400)
+    """An evaluation pod still running after this long counts as a failed evaluation."""
+
+
+class Gates(ApiModel):
+    evaluation: EvaluationGate = Field(default_factory=EvaluationGate,
+                                       json_schema_extra={"default": EvaluationGate().wire()})
 
 
 class Rollout(ApiModel):
@@ -160,6 +189,7 @@ class Rollout(ApiModel):
                                      json_schema_extra={"default": [{"weight": 20, "pauseSeconds": 30},
                                                                     {"weight": 50, "pauseSeconds": 30}]})
     analysis: Analysis = Field(default_factory=Analysis, json_schema_extra={"default": Analysis().wire()})
+    gates: Gates = Field(default_factory=Gates, json_schema_extra={"default": Gates().wire()})
     progress_deadline_seconds: int = Field(600, ge=5, le=86400)
     """A canary whose pods are not serving a verified model by then is rolled back."""
 
@@ -180,11 +210,49 @@ class ModelServiceSpec(ApiModel):
     tolerations: list[Toleration] = Field([], max_length=64)
 
 
+class EvaluationStatus(ApiModel):
+    """The evaluation gate's record for one revision (also on its Deployment, annotation modelops.dev/evaluation)."""
+
+    verdict: Literal["Pending", "Passed", "Failed", "Skipped"]
+    metric: str | None = None
+    accuracy: float | None = None
+    stable_accuracy: float | None = None
+    """The stable revision's score on the same held-out set."""
+    stable_revision: str | None = None
+    samples: int | None = None
+    sha256: str | None = None
+    """Fingerprint of the held-out set both scores were computed on."""
+    attempts: int | None = None
+    message: str = ""
+
+
+class TrainingJobReference(ApiModel):
+    namespace: str | None = None
+    name: str | None = None
+    uid: str | None = None
+
+
+class Lineage(ApiModel):
+    """Where a served version came from (metadata.json of the version, and the TrainingJob that published it)."""
+
+    training_job: TrainingJobReference | None = None
+    image: str | None = None
+    """The trainer image that produced the version."""
+    dataset_fingerprint: str | None = None
+    test_accuracy: float | None = None
+    """The trainer's own test accuracy."""
+    created_at: str | None = None
+
+
 class RevisionStatus(ApiModel):
     name: str
     version: int
     replicas: int = 0
     ready_replicas: int = 0
+    accuracy: float | None = None
+    """Held-out accuracy: measured through this revision by the evaluation gate, else the trainer's."""
+    evaluation: EvaluationStatus | None = None
+    lineage: Lineage | None = None
 
 
 class CanaryStatus(RevisionStatus):
@@ -200,6 +268,11 @@ class AnalysisStatus(ApiModel):
     error_rate: float | None = None
     p99_latency_ms: float | None = None
     requests: float | None = None
+    stable_error_rate: float | None = None
+    stable_p99_latency_ms: float | None = None
+    stable_requests: float | None = None
+    latency_ratio: float | None = None
+    """Canary p99 over stable p99 in the same window."""
     message: str = ""
 
 

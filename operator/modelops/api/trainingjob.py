@@ -235,6 +235,8 @@ class PublishedModel(ApiModel):
     test_accuracy: float | None = None
     signature: ModelSignature | None = None
     """Inputs and outputs, as the trainer reported them (a following ModelService renders its config from it)."""
+    dataset_fingerprint: str | None = Field(None, max_length=128)
+    """The training data's fingerprint (lineage of the version)."""
 
 
 class TrainingJobStatus(ApiModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -17,6 +18,7 @@ from modelops.api.modelservice import ModelServiceSpec
 from modelops.autoscale.decision import ScaleMemory, decide as decide_scale
 from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
 from modelops.clock import rfc3339
+from modelops.controllers.evaluation import FAILED_REASON, pod_gate, run_gate
 from modelops.controllers.common import (
     refusal_backoff, refusal_event, refuse_invalid_spec, report_failure, with_refusal, write_children, write_status)
 from modelops.engine.cache import Obj, by_controller_uid, by_label, trim_pod
@@ -26,11 +28,11 @@ from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
 from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service, rollout_state
-from modelops.rollout.analysis import CanarySample, judge
-from modelops.rollout.canary import CanaryHealth, Decision, RolloutState, decide
+from modelops.rollout import evaluation
+from modelops.rollout.analysis import CanarySample, judge, latency_ratio
+from modelops.rollout.canary import ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, decide
 
 KIND = "ModelService"
-ROLLOUT_ANNOTATION = "modelops.dev/rollout"  # "promote" or "abort"
 RESYNC_SECONDS = 300.0
 AUTOSCALE_SECONDS = 10.0
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
@@ -89,6 +91,11 @@ class ModelServiceController:
         state, contradiction = rollout_state(observed, previous)
         if contradiction:
             log.warning("ModelService %s/%s: %s", namespace, name, contradiction)
+        recorded = {r: o.evaluation for r, o in observed.items()}
+        records, lineages = run_gate(ctx, meta, spec, observed, state, (target.lineage or {}).get("image")
+                                     if target else None, now)
+        for revision, record in records.items():
+            observed[revision] = with_evaluation(observed[revision], record, lineages.get(revision))
         action = (meta_in.get("annotations") or {}).get(ROLLOUT_ANNOTATION)
         action = action if action in ("promote", "abort") else None
 
@@ -101,7 +108,7 @@ class ModelServiceController:
         plan = plan_service(PlanInputs(
             meta=meta, spec=spec, desired=desired, target=target, decision=decision, waiting=waiting,
             observed=observed, total=total, previous=previous, now=now, state=state, last_analysis=analysis,
-            autoscaling=autoscaling, service_monitor=ctx.serves(*SERVICE_MONITOR),
+            autoscaling=autoscaling, service_monitor=ctx.serves(*SERVICE_MONITOR), recorded_evaluations=recorded,
             has_hpa=hpa is not None and (controller_owner(hpa) or {}).get("uid") == meta.uid))
 
         status, requeue = plan.status, None
@@ -118,7 +125,7 @@ class ModelServiceController:
         write_status(ctx, obj, status)
         for event in plan.events + refusal_event(previous, refusal):
             ctx.kube.post_event(obj, event)
-        if action and decision and decision.outcome in ("Promoted", "RolledBack"):
+        if action and decision and decision.action_used:
             ctx.kube.patch(API_VERSION, KIND, namespace, name, {"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}})
         record_phase(KIND, namespace, name, status.get("phase"))
 
@@ -135,7 +142,10 @@ class ModelServiceController:
         if kind == "Pod":
             annotations = obj.get("metadata", {}).get("annotations") or {}
             owner = annotations.get(build.ANNOTATION_SERVICE_NAME)
-            if not owner:
+            if not owner:  # an evaluation pod: its owner reads the report
+                owner_ref = controller_owner(obj, KIND)
+                if owner_ref:
+                    yield KIND, namespace, owner_ref.get("name", "")
                 return
             if new is not None and _check_inputs(new) != (_check_inputs(old) if old else None):
                 check_backoff.forget((namespace, new["metadata"]["name"]))
@@ -145,6 +155,12 @@ class ModelServiceController:
         owner_ref = controller_owner(obj, KIND)
         if owner_ref:
             yield KIND, namespace, owner_ref.get("name", "")
+        if kind == "Deployment" and new is not None and _gate_verdict(new) != _gate_verdict(old):
+            # the evaluation record changed: the revision's waiting pods get their model-ready gate now
+            for pod in ctx.caches.store("Pod").by_index("service", f"{namespace}/"
+                                                        f"{(new['metadata'].get('labels') or {}).get(build.LABEL_SERVICE)}"):
+                if (pod["metadata"].get("labels") or {}).get(build.LABEL_REVISION) == new["metadata"]["name"]:
+                    ctx.enqueue_check((namespace, pod["metadata"]["name"]))
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         """A TrainingJob that changed: every ModelService following it looks again (a new model version)."""
@@ -179,7 +195,12 @@ def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tupl
         version = int(published["version"])
     except (KeyError, TypeError, ValueError):
         return None, f"TrainingJob {model.from_training_job} reported no valid model version"
-    return build.Target(version, published["signature"]), ""
+    spec_image = (job.get("spec") or {}).get("image")
+    job_meta = job["metadata"]
+    lineage = {"trainingJob": {"namespace": namespace, "name": job_meta.get("name"), "uid": job_meta.get("uid")},
+               "image": spec_image if isinstance(spec_image, str) else None,
+               "datasetFingerprint": published.get("datasetFingerprint"), "testAccuracy": published.get("testAccuracy")}
+    return build.Target(version, published["signature"], {k: v for k, v in lineage.items() if v is not None}), ""
 
 
 def last_served(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec,
@@ -200,7 +221,7 @@ def observe_revisions(ctx: Context, meta: build.ServiceMeta) -> dict[str, Observ
         gate = _gate(pod)
         if gate and gate.get("status") == "False" and gate.get("reason") == "ModelCheckFailed":
             labels = pod["metadata"].get("labels") or {}
-            failures.setdefault(labels.get(build.LABEL_REVISION, ""), gate.get("message", ""))
+            failures.setdefault(labels.get(build.LABEL_REVISION, ""), f"model check failed: {gate.get('message', '')}")
     observed = {}
     for dep in ctx.caches.store("Deployment").by_index("owner", meta.uid):
         name = dep["metadata"]["name"]
@@ -210,14 +231,24 @@ def observe_revisions(ctx: Context, meta: build.ServiceMeta) -> dict[str, Observ
         except ValueError:
             log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
             version = 0
-        annotations = dep["metadata"].get("annotations") or {}
-        observed[name] = ObservedRevision(
+        annotations = {k: v for k, v in (dep["metadata"].get("annotations") or {}).items() if isinstance(v, str)}
+        seen = ObservedRevision(
             name=name, version=version, replicas=int((dep.get("spec") or {}).get("replicas") or 0),
             ready_replicas=int((dep.get("status") or {}).get("readyReplicas") or 0),
-            model_failure=failures.get(name),
-            annotations={k: v for k, v in annotations.items() if isinstance(v, str)},
-            created=str(dep["metadata"].get("creationTimestamp") or ""))
+            model_failure=failures.get(name), annotations=annotations,
+            created=str(dep["metadata"].get("creationTimestamp") or ""), lineage=evaluation.read_lineage(annotations))
+        observed[name] = with_evaluation(seen, evaluation.read(annotations), None)
     return observed
+
+
+def with_evaluation(seen: ObservedRevision, record: dict[str, Any] | None,
+                    lineage: dict[str, Any] | None) -> ObservedRevision:
+    """The revision with its evaluation record (a failed gate is a failure of the revision, like a failed model
+    check) and the lineage the evaluation found added to what it had."""
+    failure = seen.model_failure
+    if record and record.get("verdict") == "Failed":
+        failure = f"evaluation gate failed: {record.get('message', '')}"
+    return replace(seen, evaluation=record, model_failure=failure, lineage={**(lineage or {}), **seen.lineage})
 
 
 def _decide_rollout(prometheus: Prometheus, spec: ModelServiceSpec, desired: str, version: int,
@@ -229,16 +260,16 @@ def _decide_rollout(prometheus: Prometheus, spec: ModelServiceSpec, desired: str
     if not decision.analysis_due:
         return decision, None
     step = spec.rollout.steps[state.step]
-    queries = canary_queries(selector(modelops_dev_revision=state.canary or ""), step.pause_seconds)
-    try:
-        sample = CanarySample(prometheus.scalar(queries["success"]), prometheus.scalar(queries["failure"]),
-                              _ms(prometheus.scalar(queries["p99_us"])))
-        verdict, message = judge(sample, spec.rollout.analysis)
+    nothing = CanarySample(None, None, None)
+    try:  # both revisions over the same window
+        sample, stable = (_sample(prometheus, revision, step.pause_seconds) for revision in (state.canary, state.stable))
+        verdict, message = judge(sample, spec.rollout.analysis, stable)
     except PrometheusUnavailable as error:
-        sample, verdict, message = CanarySample(None, None, None), "Inconclusive", str(error)
+        sample, stable, verdict, message = nothing, nothing, "Inconclusive", str(error)
     analysis = {"time": rfc3339(now), "verdict": verdict, "message": message,
-                "errorRate": _error_rate(sample), "p99LatencyMs": sample.p99_latency_ms,
-                "requests": (sample.success or 0) + (sample.failure or 0)}
+                "errorRate": sample.error_rate, "p99LatencyMs": sample.p99_latency_ms, "requests": sample.requests,
+                "stableErrorRate": stable.error_rate, "stableP99LatencyMs": stable.p99_latency_ms,
+                "stableRequests": stable.requests, "latencyRatio": latency_ratio(sample, stable)}
     decision = decide(state, desired, version, spec.rollout, canary=health, verdict=verdict,
                       verdict_message=message, action=action, now=now)
     return decision, {k: v for k, v in analysis.items() if v is not None}
@@ -311,6 +342,11 @@ def check_pod(ctx: Context, key: Key) -> float | None:
         return check_backoff.next_delay(key)
     check_backoff.forget(key)
     passed = result.verdict == "passed"
+    held = pod_gate(ctx, pod) if passed else None
+    if held:
+        if (gate or {}).get("reason") != held[0]:
+            _set_gate(ctx, namespace, name, False, *held)
+        return None
     _set_gate(ctx, namespace, name, passed, "ModelVerified" if passed else "ModelCheckFailed", result.message)
     return None
 
@@ -321,7 +357,7 @@ def _check_target(pod: Obj) -> tuple[str, str, int, dict[str, Any] | None] | Non
     gate = _gate(pod)
     if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not status.get("podIP"):
         return None
-    if gate and (gate.get("status") == "True" or gate.get("reason") == "ModelCheckFailed"):
+    if gate and (gate.get("status") == "True" or gate.get("reason") in ("ModelCheckFailed", FAILED_REASON)):
         return None
     annotations = meta.get("annotations") or {}
     model, _, version = str(annotations.get(build.ANNOTATION_MODEL, ":")).partition(":")
@@ -357,6 +393,11 @@ def _gate(pod: Obj) -> dict[str, Any] | None:
                  if c.get("type") == build.MODEL_READY_GATE), None)
 
 
+def _gate_verdict(deployment: Obj | None) -> str | None:
+    record = evaluation.read(((deployment or {}).get("metadata") or {}).get("annotations") or {})
+    return record.get("verdict") if record else None
+
+
 def _forget(namespace: str, name: str) -> None:
     refusal_backoff.forget((KIND, namespace, name))
     _scale_memory.pop((namespace, name), None)
@@ -368,6 +409,7 @@ def _ms(microseconds: float | None) -> float | None:
     return None if microseconds is None else microseconds / 1000.0
 
 
-def _error_rate(sample: CanarySample) -> float | None:
-    total = (sample.success or 0) + (sample.failure or 0)
-    return (sample.failure or 0) / total if total else None
+def _sample(prometheus: Prometheus, revision: str | None, window_seconds: int) -> CanarySample:
+    queries = canary_queries(selector(modelops_dev_revision=revision or ""), window_seconds)
+    return CanarySample(prometheus.scalar(queries["success"]), prometheus.scalar(queries["failure"]),
+                        _ms(prometheus.scalar(queries["p99_us"])))

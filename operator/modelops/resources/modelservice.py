@@ -21,6 +21,8 @@ from modelops.triton.signature import Signature, TensorSpec
 LABEL_SERVICE = "modelops.dev/model-service"
 LABEL_REVISION = "modelops.dev/revision"
 LABEL_VERSION = "modelops.dev/model-version"
+LABEL_EVALUATES = "modelops.dev/evaluates"
+"""On an evaluation pod: the revision it evaluates (not the serving label: it must never join the Service)."""
 MODEL_READY_GATE = "modelops.dev/model-ready"
 # What the readiness-gate check needs, carried on each pod so it never has to look anything else up.
 ANNOTATION_MODEL = "modelops.dev/model"
@@ -36,6 +38,8 @@ class Target:
 
     version: int
     signature: dict[str, Any] | None
+    lineage: dict[str, Any] | None = None
+    """What the followed TrainingJob says of the version (its name, uid, image, dataset fingerprint)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,40 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
             },
         },
     }
+
+
+def evaluation_pod_name(revision: str) -> str:
+    return dns_label(revision, "-eval")
+
+
+def evaluation_pod(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, version: int, image: str, *,
+                   candidate: str, stable: tuple[str, int] | None) -> dict[str, Any]:
+    """A one-shot pod in the ModelService's namespace that sends the version's held-out set through the
+    candidate pod's Triton (and the stable one's) and reports both scores on its termination message.
+    It mounts only the version's folder, read-only; the operator itself never reads a tenant's volume."""
+    model, repository = spec.model.name, spec.repository
+    source = ({"persistentVolumeClaim": {**repository.persistent_volume_claim.wire(), "readOnly": True}}
+              if repository.persistent_volume_claim else
+              {"hostPath": {"path": repository.host_path.path, "type": "Directory"}})  # type: ignore[union-attr]
+    folder = f"{REPOSITORY_ROOT}/{model}/{version}"
+    args = ["--version-dir", folder, "--model", model, "--version", str(version), "--candidate", candidate,
+            "--batch-size", str(max(1, min(spec.triton.max_batch_size or 1, 64)))]
+    if stable:
+        args += ["--stable", stable[0], "--stable-version", str(stable[1])]
+    container = {"name": "evaluate", "image": image, "command": ["python", "-m", "modelops.triton.evaluate"],
+                 "args": args, "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                 "volumeMounts": [{"name": "model-repository", "mountPath": folder, "subPath": f"{model}/{version}",
+                                   "readOnly": True}],
+                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": evaluation_pod_name(revision), "namespace": ms.namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "modelops", LABEL_EVALUATES: revision,
+                                    "app.kubernetes.io/name": "modelops-evaluation"},
+                         "ownerReferences": [owner_reference(ms)]},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                     "enableServiceLinks": False, "containers": [container],
+                     "volumes": [{"name": "model-repository", **source}]}}
 
 
 def service(ms: ServiceMeta) -> dict[str, Any]:

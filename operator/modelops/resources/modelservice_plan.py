@@ -10,6 +10,7 @@ from typing import Any
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.resources import modelservice as build
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.rollout import evaluation
 from modelops.rollout.canary import Decision, RolloutState
 from modelops.clock import parse_rfc3339, rfc3339
 
@@ -34,6 +35,9 @@ class ObservedRevision:
     model_failure: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    evaluation: dict[str, Any] | None = None
+    """The evaluation gate's record (None: the revision is not gated)."""
+    lineage: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +73,8 @@ class PlanInputs:
     autoscaling: dict[str, Any] | None = None
     service_monitor: bool = False
     has_hpa: bool = False
+    recorded_evaluations: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """The evaluation records as the Deployments hold them before this pass (to tell what changed)."""
 
 
 def state_from_status(status: dict[str, Any]) -> RolloutState:
@@ -127,6 +133,19 @@ def role_annotations(state: RolloutState, revision: str) -> dict[str, str | None
             ANNOTATION_REJECTED: state.rejected if role == "stable" else None}
 
 
+def gate_annotations(inputs: PlanInputs, revision: str) -> dict[str, str | None]:
+    """The evaluation record and lineage a revision's Deployment carries. A revision created while the gate
+    is on starts Pending; one that predates the gate is never gated."""
+    seen = inputs.observed.get(revision)
+    if seen is not None:
+        record, lineage = seen.evaluation, seen.lineage
+    else:
+        record = {"verdict": "Pending"} if inputs.spec.rollout.gates.evaluation.enabled else None
+        lineage = (inputs.target.lineage if inputs.target and revision == inputs.desired else None) or {}
+    return {evaluation.ANNOTATION_EVALUATION: evaluation.encode(record) if record else None,
+            evaluation.ANNOTATION_LINEAGE: evaluation.encode(lineage) if lineage else None}
+
+
 def _revision_patch(observed: ObservedRevision, replicas: int | None,
                     annotations: dict[str, str | None]) -> dict[str, Any]:
     patch: dict[str, Any] = {}
@@ -162,7 +181,7 @@ def plan_service(inputs: PlanInputs) -> ServicePlan:
     for revision, replicas in wanted.items():
         if revision is None:
             continue
-        roles = role_annotations(state, revision)
+        roles = role_annotations(state, revision) | gate_annotations(inputs, revision)
         if revision == inputs.desired and inputs.target and inputs.target.signature is not None:
             recorded = {k: v for k, v in roles.items() if v is not None}
             plan.apply += [build.config_map(meta, spec, revision, inputs.target),
@@ -198,14 +217,22 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
         if not name or version is None:
             return None
         seen = inputs.observed.get(name)
+        record = seen.evaluation if seen else gate_record(inputs, name)
+        lineage = (seen.lineage if seen else None) or \
+            ((inputs.target.lineage if inputs.target and name == inputs.desired else None) or {})
+        measured = (record or {}).get("accuracy")
         return {"name": name, "version": version, "replicas": replicas,
-                "readyReplicas": seen.ready_replicas if seen else 0}
+                "readyReplicas": seen.ready_replicas if seen else 0,
+                "accuracy": measured if measured is not None else lineage.get("testAccuracy"),
+                "evaluation": evaluation_status(record), "lineage": lineage or None}
 
     stable = revision(state.stable, state.stable_version, stable_replicas)
     canary = revision(state.canary, state.canary_version, canary_replicas)
     if canary:
         canary |= {"step": state.step, "weight": weight, "stepStartedAt": _stamp(state.step_started_at),
                    "startedAt": _stamp(state.started_at)}
+    stable = {k: v for k, v in stable.items() if v is not None} if stable else None
+    if canary:
         canary = {k: v for k, v in canary.items() if v is not None}
     ready = (stable or {}).get("readyReplicas", 0) + (canary or {}).get("readyReplicas", 0)
     desired = stable_replicas + canary_replicas
@@ -238,6 +265,14 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
              ("ModelCheckFailed" if stable_failure else ""), message if rejected_now else (stable_failure or "")),
         Cond("RolledBack", rejected_now, "RolledBack" if rejected_now else "", rollback_message if rejected_now else ""),
     ]
+    gated = state.canary or state.stable
+    record = (inputs.observed[gated].evaluation if gated in inputs.observed else gate_record(inputs, gated)) \
+        if gated else None
+    verdict = (record or {}).get("verdict")
+    conditions.append(Cond("EvaluationGate", verdict in (None, "Passed", "Skipped"), verdict or "NotGated",
+                           (record or {}).get("message", "") or ("waiting for a pod with a verified model to "
+                                                                 "evaluate" if verdict == "Pending" else
+                                                                 "this revision predates the gate or has none")))
     if inputs.autoscaling is not None:
         able = not inputs.autoscaling.get("reason", "").startswith("metric unavailable") and \
             inputs.autoscaling.get("value") is not None
@@ -272,11 +307,30 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
     old, new = inputs.previous.get("conditions", []), status["conditions"]
     if became_true(old, new, "Ready"):
         events.append(Event("Normal", "Serving", next(c["message"] for c in new if c["type"] == "Ready")))
+    for revision, before_record in inputs.recorded_evaluations.items():
+        after_record = (inputs.observed.get(revision) or ObservedRevision("", 0, 0, 0)).evaluation or {}
+        verdict = after_record.get("verdict")
+        if verdict in evaluation.FINAL and verdict != (before_record or {}).get("verdict"):
+            events.append(Event("Warning" if verdict == "Failed" else "Normal", f"Evaluation{verdict}",
+                                f"revision {revision}: {after_record.get('message', '')}"))
     before = (inputs.previous.get("autoscaling") or {}).get("desiredReplicas")
     after = (inputs.autoscaling or {}).get("desiredReplicas")
     if before is not None and after is not None and before != after:
         events.append(Event("Normal", "Scaled", f"{before} -> {after} replicas: {inputs.autoscaling['reason']}"))
     return events
+
+
+def gate_record(inputs: PlanInputs, revision: str) -> dict[str, Any] | None:
+    return evaluation.read({k: v for k, v in gate_annotations(inputs, revision).items() if v is not None})
+
+
+def evaluation_status(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record as status shows it (what the API's EvaluationStatus knows)."""
+    if not record:
+        return None
+    keys = ("verdict", "metric", "accuracy", "stableAccuracy", "stableRevision", "samples", "sha256", "attempts",
+            "message")
+    return {k: record[k] for k in keys if record.get(k) is not None}
 
 
 def _stamp(moment: datetime | None) -> str | None:

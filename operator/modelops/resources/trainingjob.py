@@ -215,6 +215,7 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "MODELOPS_JOB_NAME", "value": job.name},
         {"name": "MODELOPS_JOB_UID", "value": job.uid},
+        {"name": "MODELOPS_TRAINER_IMAGE", "value": spec.image},  # lineage, recorded with the published version
         {"name": "MODELOPS_ATTEMPT", "value": str(attempt)},
         {"name": "MODELOPS_REPOSITORY", "value": repository.mount_path},
         {"name": "MODELOPS_MODEL_NAME", "value": spec.output.model_name},

@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from modelops.api.modelservice import Rollout
+from modelops.api.modelservice import Rollout, RolloutStep
+
+ANNOTATION = "modelops.dev/rollout"  # "promote" or "abort", set by a person (kubectl annotate)
 
 Verdict = Literal["Passed", "Failed", "Inconclusive"]
 Action = Literal["promote", "abort"]
@@ -47,6 +49,8 @@ class Decision:
     analysis_due: bool = False
     """The current step's pause is over: the caller should analyse the canary and decide again."""
     requeue_after: float | None = None
+    action_used: bool = False
+    """The modelops.dev/rollout annotation was acted on (the caller removes it)."""
 
 
 def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rollout, *,
@@ -77,7 +81,7 @@ def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rol
     if action == "abort":
         return _roll_back(state, "aborted by the modelops.dev/rollout annotation")
     if health.model_failure:
-        return _roll_back(state, f"model check failed: {health.model_failure}")
+        return _roll_back(state, health.model_failure)
     deadline = (state.started_at or now) + timedelta(seconds=rollout.progress_deadline_seconds)
     if health.ready_replicas < max(1, health.desired_replicas):
         if now >= deadline and health.ready_replicas == 0:
@@ -87,10 +91,12 @@ def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rol
         return Decision(state, "Waiting", f"waiting for canary pods: {health.ready_replicas}/"
                                           f"{health.desired_replicas} ready", weight=weight,
                         requeue_after=max(1.0, min(wait, 5.0)))
+    step = steps[state.step]
+    if action == "promote" and step.approval:  # approves this step: its pause and analysis are skipped
+        return _advance(state, steps, now, f"step {state.step + 1} approved by the modelops.dev/rollout annotation")
     if action == "promote":
         return _promote(state, "promoted by the modelops.dev/rollout annotation")
 
-    step = steps[state.step]
     step_end = (state.step_started_at or now) + timedelta(seconds=step.pause_seconds)
     if now < step_end:
         return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)} at {weight}%: pausing",
@@ -105,20 +111,29 @@ def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rol
             return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)}: analysis inconclusive "
                                               f"({verdict_message}); holding at {weight}%", weight=weight,
                             requeue_after=5)
+    if step.approval:
+        return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)} at {weight}%: waiting for approval "
+                                          f"(kubectl annotate ms NAME {ANNOTATION}=promote)", weight=weight)
+    return _advance(state, steps, now, "")
+
+
+def _advance(state: RolloutState, steps: list[RolloutStep], now: datetime, why: str) -> Decision:
+    used = bool(why)
     if state.step + 1 >= len(steps):
-        return _promote(state, f"all {len(steps)} steps passed")
+        return replace(_promote(state, why or f"all {len(steps)} steps passed"), action_used=used)
     advanced = replace(state, step=state.step + 1, step_started_at=now)
     next_weight = steps[state.step + 1].weight
-    return Decision(advanced, "Stepped", f"step {state.step + 2}/{len(steps)}: canary at {next_weight}%",
-                    weight=next_weight, requeue_after=1)
+    message = f"step {state.step + 2}/{len(steps)}: canary at {next_weight}%" + (f" ({why})" if why else "")
+    return Decision(advanced, "Stepped", message, weight=next_weight, requeue_after=1, action_used=used)
 
 
 def _promote(state: RolloutState, why: str) -> Decision:
     promoted = RolloutState(stable=state.canary, stable_version=state.canary_version, rejected=state.rejected)
-    return Decision(promoted, "Promoted", f"version {state.canary_version} promoted to stable: {why}")
+    return Decision(promoted, "Promoted", f"version {state.canary_version} promoted to stable: {why}",
+                    action_used=True)
 
 
 def _roll_back(state: RolloutState, why: str) -> Decision:
     kept = RolloutState(stable=state.stable, stable_version=state.stable_version, rejected=state.canary)
     return Decision(kept, "RolledBack", f"canary version {state.canary_version} rolled back, "
-                                        f"version {state.stable_version} keeps serving: {why}")
+                                        f"version {state.stable_version} keeps serving: {why}", action_used=True)

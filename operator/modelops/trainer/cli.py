@@ -236,8 +236,11 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
     example = torch.as_tensor((data.test.x if len(data.test) else data.train.x)[:8])
     model_bytes = to_torchscript(model, example)
     signature = Signature.classifier(data.input_shape, data.num_classes, data.normalization.to_dict())
+    evaluation_set, evaluation = held_out_set(data.test.x, data.test.y, model, device)
     metadata = {
         "createdAt": utc_now(),
+        "evaluation": evaluation,
+        "lineage": lineage(os.environ),
         "framework": {"torch": torch.__version__, "python": platform.python_version()},
         "labels": list(data.class_names),
         "metrics": {"testAccuracy": loop.finite(test_accuracy), "valAccuracy": loop.finite(result.val_accuracy),
@@ -253,9 +256,11 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
                     "resumedFromEpoch": result.resumed_from_epoch, "stateSha256": result.state_sha256},
     }
     published = publish(args.repository, args.model_name, model_bytes=model_bytes, signature=signature,
-                        metadata=metadata, max_batch_size=args.max_batch_size)
+                        metadata=metadata, max_batch_size=args.max_batch_size,
+                        extra_files={EVAL_FILE: evaluation_set} if evaluation_set else None)
     # The signature lets a ModelService render its config.pbtxt and check what Triton loaded.
-    reported_model = {**published.to_dict(), "signature": {k: signature.to_dict()[k] for k in ("inputs", "outputs")}}
+    reported_model = {**published.to_dict(), "signature": {k: signature.to_dict()[k] for k in ("inputs", "outputs")},
+                      "datasetFingerprint": data.fingerprint}
     final = {"phase": "Succeeded", **progress, "testAccuracy": loop.finite(test_accuracy), "model": reported_model}
     try:
         checkpoint.write_published(args.checkpoint_dir, {"runKey": key, "epochs": args.epochs,
@@ -263,6 +268,43 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
     except OSError as exc:
         log.warning("could not record the published version in %s: %s", args.checkpoint_dir, exc.strerror)
     reporter.final(**final)
+
+
+EVAL_FILE = "eval.npz"
+EVAL_MAX_SAMPLES = 2048
+"""A larger test split is subsampled (seeded) for the evaluation set that travels with the version."""
+
+
+def held_out_set(x: Any, y: Any, model: Any, device: Any) -> tuple[bytes, dict[str, Any]]:
+    """The evaluation set published next to model.pt (raw features: the model normalises itself) and what
+    metadata.json says of it, with the model's accuracy on exactly these rows."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from modelops.trainer import loop
+
+    if len(y) == 0:
+        return b"", {}
+    rows = np.arange(len(y))
+    if len(rows) > EVAL_MAX_SAMPLES:
+        rows = np.sort(np.random.default_rng(0).choice(rows, EVAL_MAX_SAMPLES, replace=False))
+    features, labels = np.asarray(x[rows], dtype=np.float32), np.asarray(y[rows], dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=features, y=labels)
+    raw = buffer.getvalue()
+    score = loop.accuracy(model, torch.as_tensor(features, device=device), torch.as_tensor(labels, device=device))
+    return raw, {"file": EVAL_FILE, "samples": int(len(labels)), "of": int(len(y)), "metric": "accuracy",
+                 "accuracy": loop.finite(score), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def lineage(env: Any) -> dict[str, Any]:
+    """Who made this version: the TrainingJob (the operator sets these on its pods) and the trainer image."""
+    job = {"namespace": env.get("POD_NAMESPACE"), "name": env.get("MODELOPS_JOB_NAME"),
+           "uid": env.get("MODELOPS_JOB_UID")}
+    found = {"trainingJob": {k: v for k, v in job.items() if v}, "image": env.get("MODELOPS_TRAINER_IMAGE")}
+    return {k: v for k, v in found.items() if v}
 
 
 def main(argv: list[str] | None = None) -> int:
