@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from support import eventually, get_json
 
@@ -105,7 +106,11 @@ def test_get_watch_and_logs_of_training_jobs(kube, operator, tmp_path) -> None: 
     assert [kube.namespace, "tj/digits", "Running"] in [line[:3] for line in everywhere]
     assert not any("ms/web" in line for line in everywhere)
     listed = json.loads(plugin(kube, "get", "ms", "web", "-o", "json").stdout)
-    assert [i["metadata"]["name"] for i in listed["items"]] == ["web"]
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["web"] and listed["kind"] == "List"
+    assert "managedFields" not in listed["items"][0]["metadata"]
+    same = subprocess.run([str(BIN / "modelops"), "get", "tj", "digits", "-n", kube.namespace], env=env(kube),
+                          capture_output=True, text=True, timeout=60)  # `modelops get` is the same command
+    assert same.stdout.splitlines()[1].split()[:6] == ["tj/digits", "Running", "epoch", "1/2", "step", "10"]
 
     # A context naming the namespace (kubectl's default for -n), from a kubeconfig only KUBECONFIG names.
     config = json.loads(kube.kubeconfig.read_text())
@@ -187,8 +192,10 @@ def test_describe_promote_abort_and_rollback_of_a_model_service(kube, operator) 
     assert [stable, "1", "stable", "50%"] == next(line for line in lines if line and line[0] == stable)[:4]
     assert [canary, "2", "canary", "50%", "0/1"] == next(line for line in lines if line and line[0] == canary)[:5]
     assert "CanaryStarted" in text and "Conditions:" in text and "ModelCheck" in text
-    data = json.loads(plugin(kube, "describe", "ms", "web", "-o", "json").stdout)
-    assert {r["name"]: r["role"] for r in data["revisions"]} == {stable: "stable", canary: "canary"}
+    data = yaml.safe_load(plugin(kube, "describe", "ms", "web", "-o", "yaml").stdout)
+    assert {r["name"]: (r["role"], r["weight"]) for r in data["revisions"]} == {stable: ("stable", 50),
+                                                                               canary: ("canary", 50)}
+    assert [e["reason"] for e in data["rollout"]] == ["Deploying", "CanaryStarted"]
 
     assert "rolls it back" in plugin(kube, "abort", "ms/web").stdout
     rolled = eventually(lambda: (s := get_json(kube, "ms", "web")["status"]).get("rejectedRevision") == canary and s,

@@ -202,7 +202,10 @@ def describe_inputs() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[s
               {"type": "Normal", "reason": "Scaled", "message": "3 -> 4 replicas: queue time", "lastTimestamp": ago(600)},
               {"type": "Normal", "reason": "CanaryStepped", "message": "step 2/2: canary at 50%",
                "lastTimestamp": ago(20)}]
-    return service(**CANARY_STATUS, evaluationGate={"verdict": "Passed", "accuracy": 0.97}), deployments, pods, events
+    status = {**CANARY_STATUS, "evaluationGate": {"verdict": "Passed", "accuracy": 0.97}, "conditions": [
+        *CANARY_STATUS["conditions"], {"type": "EvaluationGate", "status": "False", "reason": "Pending",
+                                       "message": "waiting for a pod", "lastTransitionTime": ago(5)}]}
+    return service(**status), deployments, pods, events
 
 
 def test_describe_data_has_revisions_with_roles_and_weights() -> None:
@@ -212,7 +215,8 @@ def test_describe_data_has_revisions_with_roles_and_weights() -> None:
     assert [e["reason"] for e in data["rollout"]] == ["CanaryStarted", "CanaryStepped"]
     assert [e["reason"] for e in data["scalingDecisions"]] == ["Scaled"]
     assert data["analysisHistory"] == [CANARY_STATUS["lastAnalysis"]]
-    assert data["gates"] == {"evaluationGate": {"verdict": "Passed", "accuracy": 0.97}}
+    assert data["gates"] == {"evaluationGate": {"verdict": "Passed", "accuracy": 0.97},
+                             "EvaluationGate": data["conditions"][-1]}
     assert data["modelChecks"][0]["reason"] == "ModelCheckFailed"
     json.dumps(data)  # what -o json prints
 
@@ -229,10 +233,12 @@ def test_describe_text_sections() -> None:
     assert "canary at step 2, step started 20s ago, rollout started 90s ago" in text
     assert "Passed 25s ago: error rate 0.0000, p99 12.5 ms, 140 requests (error rate 0.0000 <= 0.01)" in text
     assert 'evaluationGate: {"verdict": "Passed", "accuracy": 0.97}' in text
+    assert "EvaluationGate: False Pending: waiting for a pod" in text
     assert "digits-v3-bbbbb-x   digits-v3-bbbbb   False    ModelCheckFailed   version 3 not loaded" in text
     assert "queueTimeMicroseconds = 812.50 (target 500) -> 4 replicas; last scaled 10m ago" in text
     assert "10m ago: 3 -> 4 replicas: queue time" in text
-    assert "Ready   True     Serving   60m   3/4 replicas serving version 2" in text
+    assert ["Ready", "True", "Serving", "60m", "3/4", "replicas", "serving", "version", "2"] in \
+        [line.split() for line in lines]
 
 
 def test_describe_of_a_fresh_service_says_none() -> None:

@@ -187,6 +187,8 @@ def get_command(args: argparse.Namespace) -> int:
         where = "" if everywhere else f" in namespace {s.namespace}"
         raise CommandError(f'{" or ".join(PLURAL[k] for k in kinds)} "{args.name}" not found{where}')
     if args.output:
+        for obj in jobs + services:  # as kubectl prints them (--show-managed-fields=false)
+            obj.get("metadata", {}).pop("managedFields", None)
         dump({"apiVersion": "v1", "kind": "List", "items": jobs + services}, args.output)
     elif not jobs and not services:
         print("No resources found" + ("" if everywhere else f" in {s.namespace} namespace") + ".", file=sys.stderr)

@@ -251,10 +251,17 @@ def event_entries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "count": e.get("count", 1)} for e in sorted(events, key=_event_time)]
 
 
+def _is_gate(word: str) -> bool:
+    return any(part in word.lower() for part in ("gate", "evaluation", "approval"))
+
+
 def gate_results(status: dict[str, Any]) -> dict[str, Any]:
-    """Whatever the status reports about rollout gates (evaluation gate, approvals), as it reports it."""
-    return {k: v for k, v in status.items() if "gate" in k.lower() or "evaluation" in k.lower()
-            or "approval" in k.lower()}
+    """Whatever the status reports about rollout gates (evaluation gate, approvals), as it reports it:
+    status fields, and conditions, by name."""
+    fields = {k: v for k, v in status.items() if _is_gate(k)}
+    conditions = {str(c.get("type")): c for c in status.get("conditions") or []
+                  if isinstance(c, dict) and _is_gate(str(c.get("type")))}
+    return {**fields, **conditions}
 
 
 def describe_service_data(service: dict[str, Any], deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
@@ -290,6 +297,12 @@ def _analysis_text(analysis: dict[str, Any], now: datetime) -> str:
     measured = [f"error rate {error_rate}", f"p99 {p99} ms", f"{_number(analysis.get('requests'), 0)} requests"]
     text = f"{analysis.get('verdict')} {age(analysis.get('time'), now)} ago: {', '.join(measured)}"
     return text + (f" ({analysis['message']})" if analysis.get("message") else "")
+
+
+def _gate_text(value: Any) -> str:
+    if isinstance(value, dict) and {"type", "status"} <= value.keys():  # a condition
+        return f"{value['status']} {value.get('reason') or ''}: {value.get('message') or ''}".replace(" :", ":")
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _section(title: str, body: list[str]) -> list[str]:
@@ -333,7 +346,7 @@ def describe_service(data: dict[str, Any], now: datetime) -> str:
     conditions = [[str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""),
                    age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in data["conditions"]]
     checks = [[c["pod"], str(c["revision"]), str(c["passed"]), c["reason"], c["message"]] for c in data["modelChecks"]]
-    gates = [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in data["gates"].items()]
+    gates = [f"{k}: {_gate_text(v)}" for k, v in data["gates"].items()]
     if checks:
         gates += ["model check of each pod (readiness gate modelops.dev/model-ready):",
                   *table(["POD", "REVISION", "PASSED", "REASON", "MESSAGE"], checks).splitlines()]
