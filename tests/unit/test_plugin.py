@@ -410,3 +410,15 @@ def test_promote_and_abort_annotate_only_while_a_canary_runs(monkeypatch: pytest
     assert "the operator rolls it back" in capsys.readouterr().out
     assert kube.patches == [("ModelService", "rolling", {"metadata": {"annotations": {"modelops.dev/rollout": a}}})
                             for a in ("promote", "abort")]
+
+
+def test_an_unreachable_api_server_is_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "gone",
+              "clusters": [{"name": "gone", "cluster": {"server": "https://127.0.0.1:1"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}],
+              "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u", "namespace": "ml"}}]}
+    (tmp_path / "config").write_text(json.dumps(config))
+    assert commands.main(["get", "--kubeconfig", str(tmp_path / "config")]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot reach the API server: ")
+    assert commands.main(["get", "--kubeconfig", str(tmp_path / "config"), "--context", "other"]) == 1
+    assert "other" in capsys.readouterr().err

@@ -122,6 +122,10 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         print(f"error: {error}", file=sys.stderr)
     except ResourceNotFoundError as error:
         print(f"error: the cluster does not serve {error}: are the modelops CRDs installed?", file=sys.stderr)
+    except Exception as error:  # the client's discovery, before modelops.kube can wrap urllib3's errors
+        if not (isinstance(error, OSError) or type(error).__module__.startswith("urllib3")):
+            raise
+        print(f"error: cannot reach the API server: {getattr(error, 'reason', None) or error}", file=sys.stderr)
     return 1
 
 
