@@ -159,9 +159,8 @@ def test_describe_promote_abort_and_rollback_of_a_model_service(kube, operator) 
                                         "repository": REPOSITORY, "replicas": 2,
                                         "rollout": {"steps": [{"weight": 50, "pauseSeconds": 60}]}})
     [pod] = running_pods(kube, "trainer", 1)
-    annotate(kube, pod, **{PROGRESS: {"phase": "Succeeded", "model": {"name": "digits", "version": 1,
-                                                                     "uri": "/models/digits/1", "signature": SIGNATURE}},
-                           EXIT: "0"})
+    published = {"name": "digits", "version": 1, "uri": "/models/digits/1", "signature": SIGNATURE}
+    annotate(kube, pod, **{PROGRESS: {"phase": "Succeeded", "model": published}, EXIT: "0"})
     stable = eventually(lambda: get_json(kube, "ms", "web").get("status", {}).get("stable", {}).get("name"),
                         what="a stable revision")
 

@@ -47,10 +47,11 @@ def service(name: str = "digits", **status: Any) -> dict[str, Any]:
 
 CANARY_STATUS = {
     "phase": "Progressing", "modelVersion": 2, "ready": "3/4",
-    "stable": {"name": "digits-v2-aaaaa", "version": 2, "replicas": 3, "readyReplicas": 3},
+    "stable": {"name": "digits-v2-aaaaa", "version": 2, "replicas": 3, "readyReplicas": 3, "accuracy": 0.955},
     "canary": {"name": "digits-v3-bbbbb", "version": 3, "replicas": 1, "readyReplicas": 0, "step": 1, "weight": 50,
                "stepStartedAt": ago(20), "startedAt": ago(90)},
     "lastAnalysis": {"time": ago(25), "verdict": "Passed", "errorRate": 0.0, "p99LatencyMs": 12.5, "requests": 140,
+                     "stableErrorRate": 0.001, "stableP99LatencyMs": 10.0, "stableRequests": 420, "latencyRatio": 1.25,
                      "message": "error rate 0.0000 <= 0.01"},
     "autoscaling": {"metric": "queueTimeMicroseconds", "value": 812.5, "target": 500, "desiredReplicas": 4,
                     "lastScaleTime": ago(600), "reason": "812.5 over target 500"},
@@ -184,22 +185,26 @@ def test_line_view_redraws_in_place_on_a_terminal() -> None:
 # ---- describe ---------------------------------------------------------------------------------------
 
 
-def deployment(name: str, version: int, role: str, replicas: int, ready: int) -> dict[str, Any]:
+def deployment(name: str, version: int, role: str, replicas: int, ready: int, **annotations: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "creationTimestamp": ago(1000 - 100 * version),
                          "labels": {"modelops.dev/model-version": str(version)},
-                         "annotations": {"modelops.dev/rollout-role": role},
+                         "annotations": {"modelops.dev/rollout-role": role, **annotations},
                          "ownerReferences": [{"kind": "ModelService", "uid": "ms-uid", "controller": True}]},
             "spec": {"replicas": replicas}, "status": {"readyReplicas": ready}}
 
 
 def describe_inputs() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    deployments = [deployment("digits-v3-bbbbb", 3, "canary", 1, 0), deployment("digits-v2-aaaaa", 2, "stable", 3, 3)]
+    evaluated = {"modelops.dev/evaluation": json.dumps({"verdict": "Passed", "accuracy": 0.961, "stableAccuracy": 0.955,
+                                                        "samples": 180})}
+    deployments = [deployment("digits-v3-bbbbb", 3, "canary", 1, 0, **evaluated),
+                   deployment("digits-v2-aaaaa", 2, "stable", 3, 3)]
     pods = [{"metadata": {"name": "digits-v3-bbbbb-x", "labels": {"modelops.dev/revision": "digits-v3-bbbbb"}},
              "status": {"conditions": [{"type": "modelops.dev/model-ready", "status": "False",
                                         "reason": "ModelCheckFailed", "message": "version 3 not loaded"}]}}]
     events = [{"type": "Normal", "reason": "CanaryStarted", "message": "canary digits-v3-bbbbb (version 3) started",
                "lastTimestamp": ago(90)},
-              {"type": "Normal", "reason": "Scaled", "message": "3 -> 4 replicas: queue time", "lastTimestamp": ago(600)},
+              {"type": "Normal", "reason": "Scaled", "message": "3 -> 4 replicas: queue time",
+               "lastTimestamp": ago(600)},
               {"type": "Normal", "reason": "CanaryStepped", "message": "step 2/2: canary at 50%",
                "lastTimestamp": ago(20)}]
     status = {**CANARY_STATUS, "evaluationGate": {"verdict": "Passed", "accuracy": 0.97}, "conditions": [
@@ -215,6 +220,8 @@ def test_describe_data_has_revisions_with_roles_and_weights() -> None:
     assert [e["reason"] for e in data["rollout"]] == ["CanaryStarted", "CanaryStepped"]
     assert [e["reason"] for e in data["scalingDecisions"]] == ["Scaled"]
     assert data["analysisHistory"] == [CANARY_STATUS["lastAnalysis"]]
+    assert [(r["accuracy"], (r["evaluation"] or {}).get("verdict")) for r in data["revisions"]] == [
+        (0.955, None), (0.961, "Passed")]
     assert data["gates"] == {"evaluationGate": {"verdict": "Passed", "accuracy": 0.97},
                              "EvaluationGate": data["conditions"][-1]}
     assert data["modelChecks"][0]["reason"] == "ModelCheckFailed"
@@ -227,12 +234,14 @@ def test_describe_text_sections() -> None:
     assert "Serving:    version 2, 3/4 replicas ready" in text
     lines = text.splitlines()
     revisions = lines.index("Revisions:")
-    assert lines[revisions + 1].split() == ["REVISION", "VERSION", "ROLE", "WEIGHT", "READY", "AGE"]
-    assert lines[revisions + 2].split() == ["digits-v2-aaaaa", "2", "stable", "50%", "3/3", "13m"]
-    assert lines[revisions + 3].split() == ["digits-v3-bbbbb", "3", "canary", "50%", "0/1", "11m"]
+    assert lines[revisions + 1].split() == ["REVISION", "VERSION", "ROLE", "WEIGHT", "READY", "ACCURACY", "EVALUATION",
+                                            "AGE"]
+    assert lines[revisions + 2].split() == ["digits-v2-aaaaa", "2", "stable", "50%", "3/3", "0.955", "-", "13m"]
+    assert lines[revisions + 3].split() == ["digits-v3-bbbbb", "3", "canary", "50%", "0/1", "0.961", "Passed", "11m"]
     assert "canary at step 2, step started 20s ago, rollout started 90s ago" in text
-    assert "Passed 25s ago: error rate 0.0000, p99 12.5 ms, 140 requests (error rate 0.0000 <= 0.01)" in text
-    assert 'evaluationGate: {"verdict": "Passed", "accuracy": 0.97}' in text
+    assert ("Passed 25s ago: canary error rate 0.0000, p99 12.5 ms, 140 requests; "
+            "stable error rate 0.0010, p99 10.0 ms, 420 requests; p99 ratio 1.25 (error rate 0.0000 <= 0.01)") in text
+    assert "evaluationGate: Passed: accuracy 0.970" in text
     assert "EvaluationGate: False Pending: waiting for a pod" in text
     assert "digits-v3-bbbbb-x   digits-v3-bbbbb   False    ModelCheckFailed   version 3 not loaded" in text
     assert "queueTimeMicroseconds = 812.50 (target 500) -> 4 replicas; last scaled 10m ago" in text
@@ -324,6 +333,11 @@ class FakeKube:
         yield from stream
 
 
+def fake(*objects: dict[str, Any], watches: list[list[dict[str, Any]] | ApiError] | None = None) -> Any:
+    """A FakeKube where the commands take a Kube."""
+    return FakeKube(*objects, watches=watches)
+
+
 def configmap(revision: str, version: int, signature: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "ConfigMap", "metadata": {
         "name": revision, "namespace": "ml", "labels": {"modelops.dev/model-service": "digits"},
@@ -334,17 +348,17 @@ def configmap(revision: str, version: int, signature: dict[str, Any]) -> dict[st
 def test_rollback_signature_comes_from_the_revision_that_served_the_version() -> None:
     other = {"inputs": SIGNATURE["inputs"], "outputs": [{"name": "OUT", "datatype": "FP32", "dims": [3]}]}
     ms = service(stable={"name": "digits-v2-aaaaa", "version": 2})
-    kube = FakeKube(ms, configmap("digits-v1-ccccc", 1, other), configmap("digits-v2-aaaaa", 2, SIGNATURE))
-    assert commands.signature_for(kube, ms, 1) == (other, "revision digits-v1-ccccc, which served version 1")  # type: ignore[arg-type]
-    signature, source = commands.signature_for(kube, ms, 7)  # type: ignore[arg-type]
+    kube = fake(ms, configmap("digits-v1-ccccc", 1, other), configmap("digits-v2-aaaaa", 2, SIGNATURE))
+    assert commands.signature_for(kube, ms, 1) == (other, "revision digits-v1-ccccc, which served version 1")
+    signature, source = commands.signature_for(kube, ms, 7)
     assert signature == SIGNATURE and source.startswith("revision digits-v2-aaaaa (version 2)")
 
 
 def test_rollback_signature_falls_back_to_the_followed_jobs_report() -> None:
     ms = service()
     trained = job(model={"name": "digits", "version": 1, "uri": "/m/1", "signature": SIGNATURE})
-    assert commands.signature_for(FakeKube(ms, trained), ms, 1) == (SIGNATURE, "TrainingJob digits's report")  # type: ignore[arg-type]
-    assert commands.signature_for(FakeKube(ms), ms, 1) == (None, "")  # type: ignore[arg-type]
+    assert commands.signature_for(fake(ms, trained), ms, 1) == (SIGNATURE, "TrainingJob digits's report")
+    assert commands.signature_for(fake(ms), ms, 1) == (None, "")
 
 
 def pod(name: str, attempt: int, rank: int) -> dict[str, Any]:
@@ -353,13 +367,13 @@ def pod(name: str, attempt: int, rank: int) -> dict[str, Any]:
 
 
 def test_logs_read_the_worker_of_the_newest_attempt() -> None:
-    kube = FakeKube(pod("digits-a0-w0", 0, 0), pod("digits-a0-w1", 0, 1), pod("digits-a1-w0", 1, 0),
+    kube = fake(pod("digits-a0-w0", 0, 0), pod("digits-a0-w1", 0, 1), pod("digits-a1-w0", 1, 0),
                     pod("digits-a1-w1", 1, 1))
-    assert commands.worker_pod(kube, "ml", "digits", 1) == ("digits-a1-w1", 1)  # type: ignore[arg-type]
+    assert commands.worker_pod(kube, "ml", "digits", 1) == ("digits-a1-w1", 1)
     with pytest.raises(commands.CommandError, match="attempt 1 has no worker of rank 5 \\(ranks: 0, 1\\)"):
-        commands.worker_pod(kube, "ml", "digits", 5)  # type: ignore[arg-type]
+        commands.worker_pod(kube, "ml", "digits", 5)
     with pytest.raises(commands.CommandError, match="no worker pods"):
-        commands.worker_pod(FakeKube(), "ml", "digits", 0)  # type: ignore[arg-type]
+        commands.worker_pod(fake(), "ml", "digits", 0)
 
 
 def modified(obj: dict[str, Any], version: str) -> dict[str, Any]:
@@ -372,12 +386,12 @@ def test_job_states_follow_the_watch_and_list_again_after_410() -> None:
     start = job(progress={"epoch": 1, "epochs": 2, "step": 5})
     middle = job(progress={"epoch": 2, "epochs": 2, "step": 12})
     done = job(phase="Succeeded", progress={"epoch": 2, "epochs": 2, "step": 20})
-    kube = FakeKube(start, watches=[
+    kube = fake(start, watches=[
         [modified(middle, "11"), {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}],
         [{"type": "ERROR", "object": {"kind": "Status", "code": 410}}],
         [modified(done, "30"), modified(done, "31")],
     ])
-    states = list(job_states(kube, "ml", "digits"))  # type: ignore[arg-type]
+    states = list(job_states(kube, "ml", "digits"))
     assert [s["status"]["progress"]["step"] for s in states] == [5, 12, 5, 20]  # the re-list gives the first again
     assert kube.lists == 2 and kube.watches == []
 
@@ -386,22 +400,22 @@ def test_watch_job_exit_codes() -> None:
     failed = job(phase="Failed", conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                              "message": "too slow"}])
     out = io.StringIO()
-    assert watch_job(FakeKube(job(), watches=[[modified(failed, "2")]]), "ml", "digits", out, tty=False) == 1  # type: ignore[arg-type]
+    assert watch_job(fake(job(), watches=[[modified(failed, "2")]]), "ml", "digits", out, tty=False) == 1
     assert out.getvalue().splitlines()[-1] == "tj/digits failed: DeadlineExceeded: too slow"
-    gone = FakeKube(job(), watches=[[{"type": "DELETED", "object": job()}]])
-    assert watch_job(gone, "ml", "digits", io.StringIO(), tty=False) == 2  # type: ignore[arg-type]
-    assert watch_job(FakeKube(), "ml", "digits", io.StringIO(), tty=False) == 1  # type: ignore[arg-type]
-    unreachable = FakeKube(job(), watches=[ApiError(403, "Forbidden", "no watch for you")])
+    gone = fake(job(), watches=[[{"type": "DELETED", "object": job()}]])
+    assert watch_job(gone, "ml", "digits", io.StringIO(), tty=False) == 2
+    assert watch_job(fake(), "ml", "digits", io.StringIO(), tty=False) == 1
+    unreachable = fake(job(), watches=[ApiError(403, "Forbidden", "no watch for you")])
     with pytest.raises(ApiError):
-        watch_job(unreachable, "ml", "digits", io.StringIO(), tty=False)  # type: ignore[arg-type]
+        watch_job(unreachable, "ml", "digits", io.StringIO(), tty=False)
 
 
 def test_promote_and_abort_annotate_only_while_a_canary_runs(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     idle, rolling = service("idle"), service("rolling", **CANARY_STATUS)
     rolling["spec"]["rollout"]["steps"][1]["approval"] = True
-    kube = FakeKube(idle, rolling)
-    monkeypatch.setattr(commands, "session", lambda args: commands.Session(kube, "ml"))  # type: ignore[arg-type]
+    kube = fake(idle, rolling)
+    monkeypatch.setattr(commands, "session", lambda args: commands.Session(kube, "ml"))
     assert commands.main(["promote", "ms", "idle"]) == 1
     assert "has no canary in progress: nothing to promote" in capsys.readouterr().err
     assert commands.main(["promote", "ms/rolling"]) == 0

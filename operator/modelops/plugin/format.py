@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from modelops.clock import parse_rfc3339
+from modelops.rollout import evaluation
 
 TERMINAL = ("Succeeded", "Failed")
 BAR_WIDTH = 24
@@ -216,15 +217,26 @@ def _revision_role(name: str, status: dict[str, Any], annotations: dict[str, Any
     return ("rejected" if name == status.get("rejectedRevision") else role), 0
 
 
+def _accuracy(name: str, status: dict[str, Any], evaluated: dict[str, Any] | None) -> float | None:
+    """Held-out accuracy: what the status reports for the revision, else its evaluation record's."""
+    reported = next((r.get("accuracy") for r in (_dict(status.get("stable")), _dict(status.get("canary")))
+                     if r.get("name") == name), None)
+    return reported if reported is not None else (evaluated or {}).get("accuracy")
+
+
 def revisions(service: dict[str, Any], deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per revision Deployment: name, version, role, weight, replicas, ready, created."""
+    """One entry per revision Deployment: name, version, role, weight, replicas, ready, held-out accuracy,
+    the evaluation gate's record (annotation modelops.dev/evaluation), created."""
     status, result = _status(service), []
     for dep in sorted(deployments, key=lambda d: str(d["metadata"].get("creationTimestamp", ""))):
         meta = dep["metadata"]
-        role, weight = _revision_role(meta["name"], status, meta.get("annotations") or {})
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if isinstance(v, str)}
+        role, weight = _revision_role(meta["name"], status, annotations)
+        evaluated = evaluation.read(annotations)
         result.append({"name": meta["name"], "version": (meta.get("labels") or {}).get("modelops.dev/model-version"),
                        "role": role, "weight": weight, "replicas": int(_dict(dep.get("spec")).get("replicas") or 0),
                        "readyReplicas": int(_status(dep).get("readyReplicas") or 0),
+                       "accuracy": _accuracy(meta["name"], status, evaluated), "evaluation": evaluated,
                        "created": meta.get("creationTimestamp")})
     return result
 
@@ -292,16 +304,41 @@ def _model_line(model: dict[str, Any]) -> str:
     return f"{model.get('name')}, pinned to version {model.get('version')}"
 
 
+def _measured(analysis: dict[str, Any], prefix: str = "") -> str:
+    key = (lambda name: prefix + name[0].upper() + name[1:]) if prefix else (lambda name: name)
+    error_rate, p99 = _number(analysis.get(key("errorRate")), 4), _number(analysis.get(key("p99LatencyMs")), 1)
+    return f"error rate {error_rate}, p99 {p99} ms, {_number(analysis.get(key('requests')), 0)} requests"
+
+
 def _analysis_text(analysis: dict[str, Any], now: datetime) -> str:
-    error_rate, p99 = _number(analysis.get("errorRate"), 4), _number(analysis.get("p99LatencyMs"), 1)
-    measured = [f"error rate {error_rate}", f"p99 {p99} ms", f"{_number(analysis.get('requests'), 0)} requests"]
-    text = f"{analysis.get('verdict')} {age(analysis.get('time'), now)} ago: {', '.join(measured)}"
+    """One analysis: the canary's numbers, the stable revision's in the same window when measured."""
+    text = f"{analysis.get('verdict')} {age(analysis.get('time'), now)} ago: canary {_measured(analysis)}"
+    if any(k.startswith("stable") for k in analysis):
+        text += f"; stable {_measured(analysis, 'stable')}"
+    if analysis.get("latencyRatio") is not None:
+        text += f"; p99 ratio {_number(analysis['latencyRatio'], 2)}"
     return text + (f" ({analysis['message']})" if analysis.get("message") else "")
+
+
+def _evaluation_text(record: dict[str, Any]) -> str:
+    """An evaluation gate record: verdict, the two scores on the same held-out set, why."""
+    text = str(record.get("verdict"))
+    if record.get("revision"):
+        text = f"{record['revision']} (version {record.get('version', '?')}) {text}"
+    if record.get("accuracy") is not None:
+        text += f": accuracy {_number(record['accuracy'])}"
+        if record.get("stableAccuracy") is not None:
+            text += f" vs stable {_number(record['stableAccuracy'])}"
+        if record.get("samples"):
+            text += f" on {record['samples']} samples"
+    return text + (f" ({record['message']})" if record.get("message") else "")
 
 
 def _gate_text(value: Any) -> str:
     if isinstance(value, dict) and {"type", "status"} <= value.keys():  # a condition
         return f"{value['status']} {value.get('reason') or ''}: {value.get('message') or ''}".replace(" :", ":")
+    if isinstance(value, dict) and "verdict" in value:  # an evaluation record
+        return _evaluation_text(value)
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -317,8 +354,10 @@ def _event_rows(entries: list[dict[str, Any]], now: datetime) -> list[str]:
 def _revision_rows(data: dict[str, Any], now: datetime) -> list[str]:
     canary = _dict(data.get("canary"))
     rows = [[r["name"], str(r["version"]), r["role"], f"{r['weight']}%", f"{r['readyReplicas']}/{r['replicas']}",
+             _number(r.get("accuracy")), str((r.get("evaluation") or {}).get("verdict") or NONE),
              age(r["created"], now)] for r in data["revisions"]]
-    lines = table(["REVISION", "VERSION", "ROLE", "WEIGHT", "READY", "AGE"], rows).splitlines() if rows else []
+    headers = ["REVISION", "VERSION", "ROLE", "WEIGHT", "READY", "ACCURACY", "EVALUATION", "AGE"]
+    lines = table(headers, rows).splitlines() if rows else []
     if canary:
         lines.append(f"canary at step {int(canary.get('step', 0)) + 1}, step started "
                      f"{age(canary.get('stepStartedAt'), now)} ago, rollout started "
