@@ -13,9 +13,10 @@ PIP_LOCKED := PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(PY) -m pip
 
 .PHONY: demo test unit tools deps cluster-up cluster-down cluster-status crds clean lock
 
-# System packages the local world needs (Debian); skipped when already present.
+# System packages the local world needs (Debian); skipped when already present. lua5.4 runs the Argo CD
+# health scripts in docs/argocd/ in tests.
 deps:
-	@missing=""; for c in openssl:openssl iptables:iptables ip:iproute2 unshare:util-linux nsenter:util-linux prometheus:prometheus; do \
+	@missing=""; for c in openssl:openssl iptables:iptables ip:iproute2 unshare:util-linux nsenter:util-linux prometheus:prometheus lua5.4:lua5.4; do \
 	  command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
