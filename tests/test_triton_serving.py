@@ -97,7 +97,7 @@ def test_evaluation_pod_program_scores_the_published_held_out_set(served: tuple[
     assert (version_dir / "eval.npz").is_file() and described["samples"] > 0
     address = server.http_url.removeprefix("http://")
     report_file = tmp_path / "report.json"
-    run = subprocess.run([sys.executable, "-m", "modelops.triton.evaluate", "--version-dir", str(version_dir),
+    run = subprocess.run([sys.executable, "-m", "modelops.trainer.evaluate", "--version-dir", str(version_dir),
                           "--model", "digits", "--version", "1", "--candidate", address, "--stable", address,
                           "--stable-version", "1", "--batch-size", "16", "--report", str(report_file)],
                          capture_output=True, text=True, timeout=120)
@@ -113,13 +113,13 @@ def test_evaluation_pod_program_scores_the_published_held_out_set(served: tuple[
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "metadata.json").write_text(json.dumps({k: v for k, v in metadata.items() if k != "evaluation"}))
-    run = subprocess.run([sys.executable, "-m", "modelops.triton.evaluate", "--version-dir", str(bare), "--model",
+    run = subprocess.run([sys.executable, "-m", "modelops.trainer.evaluate", "--version-dir", str(bare), "--model",
                           "digits", "--version", "1", "--candidate", address, "--report", str(report_file)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "no evaluation set" in json.loads(report_file.read_text())["skipped"]
 
     # A candidate that cannot be reached: exit 1 and the reason in the report, for the operator to quote.
-    run = subprocess.run([sys.executable, "-m", "modelops.triton.evaluate", "--version-dir", str(version_dir),
+    run = subprocess.run([sys.executable, "-m", "modelops.trainer.evaluate", "--version-dir", str(version_dir),
                           "--model", "digits", "--version", "1", "--candidate", "127.0.0.1:9", "--report",
                           str(report_file)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "127.0.0.1:9" in json.loads(report_file.read_text())["error"]

@@ -4,7 +4,7 @@ evaluates, and what status and Events say."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -77,10 +77,14 @@ def test_a_version_without_an_evaluation_set_is_skipped_with_the_reason() -> Non
 def test_evaluation_pods_that_end_without_a_report_are_retried_then_fail() -> None:
     record = None
     for attempt in range(1, evaluation.MAX_ATTEMPTS):
-        record = evaluation.failed_attempt(record, "connection refused")
+        record = evaluation.failed_attempt(record, "connection refused", NOW)
         assert record["verdict"] == "Pending" and record["attempts"] == attempt
-    record = evaluation.failed_attempt(record, "connection refused")
+        # the next pod waits, longer after each failure
+        assert evaluation.retry_in(record, NOW) == evaluation.RETRY_SECONDS * attempt
+        assert evaluation.retry_in(record, NOW + timedelta(seconds=evaluation.RETRY_SECONDS * attempt)) == 0
+    record = evaluation.failed_attempt(record, "connection refused", NOW)
     assert record["verdict"] == "Failed" and "connection refused" in record["message"]
+    assert evaluation.retry_in(record, NOW) == 0
 
 
 def test_records_round_trip_through_the_deployment_annotation() -> None:
@@ -174,6 +178,7 @@ def test_a_verdict_is_written_on_the_deployment_shown_in_status_and_announced_on
     assert json.loads(deployment["metadata"]["annotations"][evaluation.ANNOTATION_EVALUATION]) == failed
     assert result.status["canary"]["evaluation"]["stableAccuracy"] == 0.95
     assert result.status["canary"]["accuracy"] == 0.61
+    assert result.status["lastEvaluation"]["revision"] == desired and result.status["lastEvaluation"]["version"] == 3
     assert [(e.type, e.reason) for e in result.events if e.reason.startswith("Evaluation")] == \
         [("Warning", "EvaluationFailed")]
     # the next pass sees the same record: no second Event
@@ -205,3 +210,10 @@ def test_the_published_held_out_set_travels_with_the_version(tmp_path: Any) -> N
            "MODELOPS_TRAINER_IMAGE": "trainer:1"}
     assert lineage(env) == {"trainingJob": {"namespace": "ml", "name": "digits", "uid": "u1"}, "image": "trainer:1"}
     assert lineage({}) == {}
+
+
+def test_a_model_that_answers_its_held_out_set_with_errors_fails_at_once() -> None:
+    parsed = evaluation.parse_report(json.dumps({"failed": "digits version 4 answered the held-out set with 500"}))
+    assert parsed is not None
+    record = evaluation.judge(parsed, EvaluationGate(), stable="digits-v3")
+    assert record == {"verdict": "Failed", "message": "digits version 4 answered the held-out set with 500"}

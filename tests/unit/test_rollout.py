@@ -109,7 +109,7 @@ APPROVAL = Rollout.model_validate({"steps": [{"weight": 20, "approval": True, "p
 
 def test_an_approval_step_waits_for_the_annotation_and_says_so() -> None:
     d = decide(CANARY, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, now=at(3600))
-    assert d.outcome == "Waiting" and d.weight == 20 and "waiting for approval" in d.message
+    assert d.outcome == "AwaitingApproval" and d.weight == 20 and "waiting for approval" in d.message
     assert "modelops.dev/rollout=promote" in d.message and not d.action_used
 
 
@@ -123,7 +123,7 @@ def test_an_approval_step_with_a_pause_analyses_first_then_holds() -> None:
     last = replace(CANARY, step=2, step_started_at=T0)
     assert decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, now=at(30)).analysis_due
     held = decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict="Passed", now=at(30))
-    assert held.outcome == "Waiting" and "waiting for approval" in held.message
+    assert held.outcome == "AwaitingApproval" and "waiting for approval" in held.message
     failed = decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict="Failed", now=at(30))
     assert failed.outcome == "RolledBack"
     approved = decide(last, "ms-v2-bbbbb", 2, APPROVAL, canary=READY, verdict=None, action="promote", now=at(31))

@@ -226,6 +226,11 @@ class EvaluationStatus(ApiModel):
     message: str = ""
 
 
+class LastEvaluation(EvaluationStatus):
+    revision: str
+    version: int | None = None
+
+
 class TrainingJobReference(ApiModel):
     namespace: str | None = None
     name: str | None = None
@@ -303,5 +308,7 @@ class ModelServiceStatus(ApiModel):
     last_analysis: AnalysisStatus | None = None
     rejected_revision: str | None = None
     """The last revision rolled back; it is not retried until the spec changes."""
+    last_evaluation: LastEvaluation | None = None
+    """The evaluation gate's last verdict (kept after a rejected revision is gone)."""
     autoscaling: AutoscalingStatus | None = None
     url: str | None = None

@@ -27,11 +27,12 @@ FAILED_REASON = "EvaluationFailed"
 
 def run_gate(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec, observed: dict[str, ObservedRevision],
              state: RolloutState, image: str | None, now: datetime) -> tuple[dict[str, dict[str, Any]],
-                                                                               dict[str, dict[str, Any]]]:
-    """(new evaluation records, lineage found) for the revisions whose record is Pending; the planner
-    records them and posts their Events."""
+                                                                               dict[str, dict[str, Any]], float | None]:
+    """(new evaluation records, lineage found, seconds until a pass is due) for the revisions whose record is
+    Pending; the planner records them and posts their Events."""
     records: dict[str, dict[str, Any]] = {}
     lineages: dict[str, dict[str, Any]] = {}
+    due: list[float] = []
     gate = spec.rollout.gates.evaluation
     for revision in filter(None, (state.canary, state.stable)):
         seen = observed.get(revision)
@@ -45,22 +46,28 @@ def run_gate(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec, obse
                 "the repository is an object-store URI (the evaluation pod needs it mounted)"
             records[revision] = {"verdict": "Skipped", "message": f"evaluation gate skipped: {why}"}
         elif pod is not None and _finished(pod):
-            record, lineage = _read(pod, seen.evaluation, gate, state.stable if revision != state.stable else None)
+            record, lineage = _read(pod, seen.evaluation, gate, state.stable if revision != state.stable else None, now)
             records[revision] = record
             if lineage:
                 lineages[revision] = lineage
         elif pod is not None and _age(pod, now) > gate.timeout_seconds:
             records[revision] = evaluation.failed_attempt(
-                seen.evaluation, f"the evaluation pod ran longer than timeoutSeconds={gate.timeout_seconds}")
+                seen.evaluation, f"the evaluation pod ran longer than timeoutSeconds={gate.timeout_seconds}", now)
+        elif pod is None and (wait := evaluation.retry_in(seen.evaluation, now)):
+            due.append(wait)
+            continue
         elif pod is None:
-            _start(ctx, meta, spec, revision, seen.version, observed, state, image or gate.image
+            _start(ctx, meta, spec, revision, seen.version, observed, state, gate.image or image
                    or DEFAULT_TRAINER_IMAGE)
             continue
-        else:
+        else:  # running: its end wakes us; the timeout needs a pass of its own
+            due.append(max(1.0, gate.timeout_seconds - _age(pod, now)))
             continue
         if pod is not None:
             ctx.children.delete(meta.uid, "v1", "Pod", meta.namespace, pod["metadata"]["name"])
-    return records, lineages
+        if records[revision].get("retryAfter"):
+            due.append(evaluation.retry_in(records[revision], now) or 1.0)
+    return records, lineages, min(due) if due else None
 
 
 def _start(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec, revision: str, version: int,
@@ -73,8 +80,9 @@ def _start(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec, revisi
         address = _serving_address(ctx, meta, state.stable, None)
         stable = (address, observed[state.stable].version) if address else None
     pod = build.evaluation_pod(meta, spec, revision, version, image, candidate=candidate, stable=stable)
-    ctx.children.ensure(meta.uid, pod, create_only=True)
-    log.info("ModelService %s/%s: evaluating revision %s through %s", meta.namespace, meta.name, revision, candidate)
+    if ctx.children.ensure(meta.uid, pod, create_only=True) == "created":
+        log.info("ModelService %s/%s: evaluating revision %s through %s", meta.namespace, meta.name, revision,
+                 candidate)
 
 
 def _serving_address(ctx: Context, meta: build.ServiceMeta, revision: str, reason: str | None) -> str | None:
@@ -103,8 +111,8 @@ def _age(pod: Obj, now: datetime) -> float:
         return 0.0
 
 
-def _read(pod: Obj, record: dict[str, Any] | None, gate: Any, stable: str | None) -> tuple[dict[str, Any],
-                                                                                           dict[str, Any]]:
+def _read(pod: Obj, record: dict[str, Any] | None, gate: Any, stable: str | None,
+          now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
     message, code = "", None
     for container in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated") or {}
@@ -112,7 +120,7 @@ def _read(pod: Obj, record: dict[str, Any] | None, gate: Any, stable: str | None
     report = evaluation.parse_report(message) if code == 0 else None
     if report is None:
         why = _error(message) or f"the evaluation pod ended with exit code {code} and no report"
-        return evaluation.failed_attempt(record, why), {}
+        return evaluation.failed_attempt(record, why, now), {}
     return evaluation.judge(report, gate, stable=stable), report.lineage or {}
 
 

@@ -92,8 +92,8 @@ class ModelServiceController:
         if contradiction:
             log.warning("ModelService %s/%s: %s", namespace, name, contradiction)
         recorded = {r: o.evaluation for r, o in observed.items()}
-        records, lineages = run_gate(ctx, meta, spec, observed, state, (target.lineage or {}).get("image")
-                                     if target else None, now)
+        records, lineages, gate_due = run_gate(ctx, meta, spec, observed, state, (target.lineage or {}).get("image")
+                                               if target else None, now)
         for revision, record in records.items():
             observed[revision] = with_evaluation(observed[revision], record, lineages.get(revision))
         action = (meta_in.get("annotations") or {}).get(ROLLOUT_ANNOTATION)
@@ -132,6 +132,8 @@ class ModelServiceController:
         delay = RESYNC_SECONDS if requeue is None else requeue
         if decision and decision.requeue_after is not None:
             delay = min(delay, decision.requeue_after)
+        if gate_due is not None:
+            delay = min(delay, gate_due)
         if spec.autoscaling and spec.autoscaling.provider == "builtin":
             delay = min(delay, AUTOSCALE_SECONDS)
         return delay

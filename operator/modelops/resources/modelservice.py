@@ -209,7 +209,7 @@ def evaluation_pod(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, versi
             "--batch-size", str(max(1, min(spec.triton.max_batch_size or 1, 64)))]
     if stable:
         args += ["--stable", stable[0], "--stable-version", str(stable[1])]
-    container = {"name": "evaluate", "image": image, "command": ["python", "-m", "modelops.triton.evaluate"],
+    container = {"name": "evaluate", "image": image, "command": ["python", "-m", "modelops.trainer.evaluate"],
                  "args": args, "terminationMessagePolicy": "FallbackToLogsOnError",
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
                  "volumeMounts": [{"name": "model-repository", "mountPath": folder, "subPath": f"{model}/{version}",

@@ -260,7 +260,9 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     conditions = [
         Cond("Ready", serving, ready_reason, ready_message),
         Cond("Progressing", bool(canary), outcome or "Waiting", message if canary else ""),
-        Cond("Reconciling", phase in ("Pending", "Progressing"), outcome or "Waiting", message),
+        # kstatus (Flux) reads whichever of Reconciling and Stalled is True first: never both.
+        Cond("Reconciling", phase in ("Pending", "Progressing") and not (rejected_now or stable_failure),
+             outcome or "Waiting", message),
         Cond("Stalled", rejected_now or bool(stable_failure), "RolledBack" if rejected_now else
              ("ModelCheckFailed" if stable_failure else ""), message if rejected_now else (stable_failure or "")),
         Cond("RolledBack", rejected_now, "RolledBack" if rejected_now else "", rollback_message if rejected_now else ""),
@@ -289,6 +291,7 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
         "canarySummary": f"v{state.canary_version} {weight}% (step {state.step + 1}/{len(spec.rollout.steps)})"
         if canary else None,
         "lastAnalysis": inputs.last_analysis or inputs.previous.get("lastAnalysis"),
+        "lastEvaluation": _last_evaluation(inputs) or inputs.previous.get("lastEvaluation"),
         "rejectedRevision": state.rejected, "autoscaling": inputs.autoscaling,
         "url": f"http://{build.service_name(meta)}.{meta.namespace}.svc:{build.HTTP_PORT}",
     }
@@ -322,6 +325,16 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
 
 def gate_record(inputs: PlanInputs, revision: str) -> dict[str, Any] | None:
     return evaluation.read({k: v for k, v in gate_annotations(inputs, revision).items() if v is not None})
+
+
+def _last_evaluation(inputs: PlanInputs) -> dict[str, Any] | None:
+    """The verdict reached in this pass, if any."""
+    for revision, before in inputs.recorded_evaluations.items():
+        seen = inputs.observed.get(revision)
+        after = seen.evaluation if seen else None
+        if after and after.get("verdict") in evaluation.FINAL and after.get("verdict") != (before or {}).get("verdict"):
+            return {"revision": revision, "version": seen.version, **(evaluation_status(after) or {})}  # type: ignore[union-attr]
+    return None
 
 
 def evaluation_status(record: dict[str, Any] | None) -> dict[str, Any] | None:

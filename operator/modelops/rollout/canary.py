@@ -16,7 +16,8 @@ ANNOTATION = "modelops.dev/rollout"  # "promote" or "abort", set by a person (ku
 
 Verdict = Literal["Passed", "Failed", "Inconclusive"]
 Action = Literal["promote", "abort"]
-Outcome = Literal["Initial", "Steady", "Started", "Waiting", "Stepped", "Promoted", "RolledBack", "Rejected"]
+Outcome = Literal["Initial", "Steady", "Started", "Waiting", "AwaitingApproval", "Stepped", "Promoted", "RolledBack",
+                  "Rejected"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rol
                                               f"({verdict_message}); holding at {weight}%", weight=weight,
                             requeue_after=5)
     if step.approval:
-        return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)} at {weight}%: waiting for approval "
+        return Decision(state, "AwaitingApproval", f"step {state.step + 1}/{len(steps)} at {weight}%: waiting for approval "
                                           f"(kubectl annotate ms NAME {ANNOTATION}=promote)", weight=weight)
     return _advance(state, steps, now, "")
 

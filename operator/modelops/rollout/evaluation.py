@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from modelops.clock import parse_rfc3339, rfc3339
 
 from modelops.api.modelservice import EvaluationGate
 
@@ -31,6 +34,8 @@ class Report:
     sha256: str = ""
     trained_accuracy: float | None = None
     skipped: str = ""
+    failed: str = ""
+    """The model answered the held-out set with errors."""
     lineage: dict[str, Any] | None = None
 
 
@@ -56,10 +61,11 @@ def parse_report(message: str) -> Report | None:
         report = Report(accuracy=score("accuracy"), stable_accuracy=score("stableAccuracy"),
                         samples=int(data.get("samples") or 0), sha256=str(data.get("sha256") or "")[:64],
                         trained_accuracy=score("trainedAccuracy"), skipped=str(data.get("skipped") or "")[:500],
+                        failed=str(data.get("failed") or "")[:500],
                         lineage=data["lineage"] if isinstance(data.get("lineage"), dict) else None)
     except (ValueError, TypeError):
         return None
-    if not report.skipped and (report.accuracy is None or report.samples < 1):
+    if not (report.skipped or report.failed) and (report.accuracy is None or report.samples < 1):
         return None
     return report
 
@@ -68,6 +74,8 @@ def judge(report: Report, gate: EvaluationGate, *, stable: str | None) -> dict[s
     """The record of a finished evaluation: verdict, both scores and why."""
     if report.skipped:
         return {"verdict": "Skipped", "message": f"evaluation gate skipped: {report.skipped}"}
+    if report.failed:
+        return {"verdict": "Failed", "message": report.failed}
     assert report.accuracy is not None
     record: dict[str, Any] = {"accuracy": round(report.accuracy, 6), "samples": report.samples,
                               "sha256": report.sha256, "metric": "accuracy"}
@@ -87,13 +95,27 @@ def judge(report: Report, gate: EvaluationGate, *, stable: str | None) -> dict[s
     return record | {"verdict": "Passed", "message": scores}
 
 
-def failed_attempt(record: dict[str, Any] | None, why: str) -> dict[str, Any]:
-    """An evaluation pod ended without a report: try again, until MAX_ATTEMPTS."""
+RETRY_SECONDS = 10.0
+"""Wait before the next evaluation pod: this much times the attempts so far."""
+
+
+def failed_attempt(record: dict[str, Any] | None, why: str, now: datetime) -> dict[str, Any]:
+    """An evaluation pod ended without a report: try again after a pause, until MAX_ATTEMPTS."""
     attempts = int((record or {}).get("attempts") or 0) + 1
     if attempts >= MAX_ATTEMPTS:
         return {"verdict": "Failed", "attempts": attempts,
                 "message": f"evaluation failed {attempts} times; last: {why}"}
-    return {"verdict": "Pending", "attempts": attempts, "message": f"evaluation attempt {attempts} failed: {why}"}
+    return {"verdict": "Pending", "attempts": attempts, "message": f"evaluation attempt {attempts} failed: {why}",
+            "retryAfter": rfc3339(now + timedelta(seconds=RETRY_SECONDS * attempts))}
+
+
+def retry_in(record: dict[str, Any] | None, now: datetime) -> float:
+    """Seconds until the next evaluation pod may start (0: now)."""
+    try:
+        moment = parse_rfc3339(str((record or {}).get("retryAfter") or ""))
+    except ValueError:
+        return 0.0
+    return max(0.0, (moment - now).total_seconds())
 
 
 def read(annotations: dict[str, str]) -> dict[str, Any] | None:

@@ -73,6 +73,13 @@ if is_true(stalled) or status.phase == "Degraded" then
 end
 
 local canary = find(conditions, "Progressing")
+-- A rollout step that waits for `kubectl annotate ms NAME modelops.dev/rollout=promote` (as Argo Rollouts'
+-- paused rollouts are): nothing moves until a person acts.
+if canary ~= nil and canary.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = explain(canary, "The canary waits for approval")
+  return hs
+end
 if status.canary ~= nil or is_true(canary) then
   hs.status = "Progressing"
   local summary = status.canarySummary

@@ -1,12 +1,13 @@
 """The evaluation pod's program: send a version's held-out set through a candidate Triton (and the stable one)
 and report both accuracies as JSON on the termination message.
 
-`python -m modelops.triton.evaluate --version-dir /models/m/3 --model m --version 3 --candidate IP:8000
+`python -m modelops.trainer.evaluate --version-dir /models/m/3 --model m --version 3 --candidate IP:8000
  [--stable IP:8000 --stable-version 2]`
 
-It runs in the ModelService's namespace with the repository mounted read-only, so the operator never reads a
-tenant's volume; it needs numpy (the trainer image has it), never torch. Exit 0 with a report (also when the
-version has no evaluation set: the report says skipped), 1 with a one-line reason otherwise.
+It runs in the trainer image, in the ModelService's namespace, with the repository mounted read-only, so the
+operator never reads a tenant's volume; it needs numpy, never torch. Exit 0 with a report (also when the
+version has no evaluation set: the report says skipped; or when Triton answers it with errors: the report says
+failed), 1 with a one-line reason when the evaluation could not run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import argparse
 import hashlib
 import http.client
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +29,11 @@ TERMINATION_LOG = "/dev/termination-log"
 
 
 class EvaluationError(Exception):
-    pass
+    """The evaluation could not run (unreachable Triton, unreadable files): worth another attempt."""
+
+
+class ModelAnsweredError(Exception):
+    """Triton answered the held-out set with an error: the version fails its evaluation, definitely."""
 
 
 def infer_batches(address: str, model: str, version: int, signature: dict[str, Any], features: Any,
@@ -35,6 +42,7 @@ def infer_batches(address: str, model: str, version: int, signature: dict[str, A
     import numpy as np
 
     host, _, port = address.rpartition(":")
+    _wait_reachable(host.strip("[]"), int(port))
     conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     tensor_in = signature["inputs"][0]
     tensor_out = signature["outputs"][0]["name"]
@@ -50,7 +58,8 @@ def infer_batches(address: str, model: str, version: int, signature: dict[str, A
             response = conn.getresponse()
             payload = response.read()
             if response.status != 200:
-                raise EvaluationError(f"{address} answered {response.status}: {payload[:200].decode(errors='replace')}")
+                raise ModelAnsweredError(f"{model} version {version} at {address} answered the held-out set with "
+                                         f"{response.status}: {payload[:300].decode(errors='replace')}")
             answer = json.loads(payload)
             out = next(o for o in answer["outputs"] if o["name"] == tensor_out)
             outputs.append(np.asarray(out["data"], dtype=np.float64).reshape(out["shape"]))
@@ -59,6 +68,18 @@ def infer_batches(address: str, model: str, version: int, signature: dict[str, A
     finally:
         conn.close()
     return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+
+
+def _wait_reachable(host: str, port: int, attempts: int = 8, pause: float = 2.0) -> None:
+    """A pod's network may still be coming up when this one starts: retry connecting for a while."""
+    for attempt in range(attempts):
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return
+        except OSError as error:
+            if attempt == attempts - 1:
+                raise EvaluationError(f"cannot connect to {host}:{port}: {error}") from None
+            time.sleep(pause)
 
 
 def accuracy(logits: Any, labels: Any) -> float:
@@ -101,7 +122,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelops.triton.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m modelops.trainer.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--version-dir", required=True, help="the version's folder (metadata.json, eval.npz)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", type=int, required=True)
@@ -113,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = evaluate(args)
+    except ModelAnsweredError as error:
+        print(f"evaluate: failed: {error}", file=sys.stderr)
+        _write(args.report, json.dumps({"failed": str(error)[:2000]}))
+        return 0
     except EvaluationError as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         _write(args.report, json.dumps({"error": str(error)[:2000]}))
