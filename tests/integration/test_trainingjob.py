@@ -280,3 +280,45 @@ def test_a_job_no_node_can_hold_explains_itself(kube, operator) -> None:  # type
     running_pods(kube, "huge", 2)
     assert condition(phase_is(kube, "huge", "Running"), "Ready")["reason"] == "WorkersRunning"
     assert events(kube, "huge").count("Unschedulable") == 1
+
+
+def attempt_running(kube, name: str, attempt: int, count: int) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return eventually(lambda: [p for p in running_pods(kube, name, count)
+                               if p["metadata"]["labels"]["modelops.dev/attempt"] == str(attempt)],
+                      what=f"attempt {attempt} of {name} running")
+
+
+def test_a_deleted_worker_restarts_the_whole_group_as_a_preemption(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("drained", workers=2, backoffLimit=0))
+    first = running_pods(kube, "drained", 2)
+    kube.kubectl("delete", "pod", first[1]["metadata"]["name"], "--wait=false")
+    second = attempt_running(kube, "drained", 1, 2)
+    # no worker of attempt 0 is left to talk to a rendezvous its peers left: the whole group is new
+    assert {p["metadata"]["name"] for p in pods_of(kube, "drained")} == {p["metadata"]["name"] for p in second}
+    status = phase_is(kube, "drained", "Running")["status"]
+    assert (status["restarts"], status["preemptions"], status["attempt"]) == (0, 1, 1)
+    assert status["endedAttempts"] == {"0": "Preempted"}
+    assert "WorkerPreempted" in events(kube, "drained") and "WorkerFailed" not in events(kube, "drained")
+    # backoffLimit 0 and still alive: a failure now ends it, the preemption did not count
+    end_pod(kube, second[0], 1)
+    failed = phase_is(kube, "drained", "Failed")
+    assert condition(failed, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert (failed["status"]["restarts"], failed["status"]["preemptions"]) == (0, 1)
+
+
+def test_an_evicted_worker_is_not_a_failure(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    kube.kubectl("apply", "-f", "-", stdin=job("evicted", workers=2, backoffLimit=0))
+    first = running_pods(kube, "evicted", 2)
+    victim = first[0]["metadata"]["name"]
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": victim, "namespace": kube.namespace}}
+    kube.kubectl("create", "--raw", f"/api/v1/namespaces/{kube.namespace}/pods/{victim}/eviction", "-f", "-",
+                 stdin=json.dumps(eviction))
+    attempt_running(kube, "evicted", 1, 2)
+    status = phase_is(kube, "evicted", "Running")["status"]
+    assert (status["restarts"], status["preemptions"]) == (0, 1)
+    preempted = condition(get_json(kube, "tj", "evicted"), "Preempted")
+    assert preempted["status"] == "False"  # the new group runs
+    warning = [e for e in get_json(kube, "events", "--field-selector", "involvedObject.name=evicted")["items"]
+               if e["reason"] == "WorkerPreempted"]
+    assert warning and victim in warning[0]["message"]

@@ -199,9 +199,12 @@ def test_suspend_removes_workers_and_resume_starts_fresh() -> None:
     assert suspended.delete_pods == ["digits-a0-w0", "digits-a0-w1"]
     assert suspended.status["phase"] == "Suspended" and "startTime" not in suspended.status
     assert condition(suspended.status, "Suspended")["status"] == "True"
+    assert suspended.status["endedAttempts"] == {"0": "Suspended"}
     resumed = tj.plan(JOB, spec(workers=2), [], suspended.status, NOW)
-    assert kinds(resumed.apply)[1:] == ["Pod/digits-a0-w0", "Pod/digits-a0-w1"]
+    # a fresh attempt (never the names of the pods still terminating), and neither a failure nor a preemption
+    assert kinds(resumed.apply)[1:] == ["Pod/digits-a1-w0", "Pod/digits-a1-w1"]
     assert "Resumed" in [e.reason for e in resumed.events]
+    assert (resumed.status["restarts"], resumed.status["preemptions"]) == (0, 0)
 
 
 def test_finished_job_is_final_and_ttl_deletes_it() -> None:
@@ -513,3 +516,93 @@ def test_a_very_long_scheduler_message_is_cut_and_still_said_once() -> None:
     first = tj.plan(JOB, spec(resources={"gpus": 16}), pods, {"conditions": []}, NOW)
     assert len(condition(first.status, "Ready")["message"]) <= tj.WAIT_MESSAGE_LIMIT and len(first.events) == 1
     assert tj.plan(JOB, spec(resources={"gpus": 16}), pods, first.status, NOW).events == []
+
+
+# ---- a group restarts as a group; preemption is not failure -------------------------------------------
+
+
+def chain(job_spec: TrainingJobSpec, steps: list[list[tj.ObservedPod]]) -> tj.Plan:
+    """Plan pass after pass, each seeing the world of its step and the status the previous pass wrote."""
+    status: dict[str, Any] = {}
+    result = None
+    for pods in steps:
+        result = tj.plan(JOB, job_spec, pods, status, NOW)
+        status = result.status
+    assert result is not None
+    return result
+
+
+def test_a_deleted_worker_restarts_the_whole_group_without_consuming_the_backoff_limit() -> None:
+    s = spec(workers=2, backoffLimit=0)
+    started = tj.plan(JOB, s, [], {}, NOW)
+    assert started.status["attempt"] == 0
+    running = tj.plan(JOB, s, [pod(0), pod(1)], started.status, NOW)
+    # worker 1's pod is deleted (a person, a drain): never re-created alone into the old rendezvous
+    lost = tj.plan(JOB, s, [pod(0)], running.status, NOW)
+    assert lost.apply == [] and lost.delete_pods == ["digits-a0-w0"]
+    assert lost.status["phase"] == "Pending" and condition(lost.status, "Preempted")["status"] == "True"
+    assert (lost.status["restarts"], lost.status["preemptions"]) == (0, 1)
+    [event] = [e for e in lost.events if e.type == "Warning"]
+    assert event.reason == "WorkerPreempted" and "worker 1 disappeared" in event.message
+    # the survivor is gone: attempt 1 starts whole, carrying the record; said once
+    fresh = tj.plan(JOB, s, [], lost.status, NOW)
+    assert kinds(fresh.apply) == ["Service/digits-workers", "Pod/digits-a1-w0", "Pod/digits-a1-w1"]
+    assert json.loads(fresh.apply[1]["metadata"]["annotations"][tj.ANNOTATION_ENDED_ATTEMPTS]) == {"0": "Preempted"}
+    assert "WorkerPreempted" not in [e.reason for e in fresh.events]
+    again = tj.plan(JOB, s, [pod(0, attempt=1), pod(1, attempt=1)], fresh.status, NOW)
+    assert again.status["phase"] == "Running" and again.status["attempt"] == 1
+    assert condition(again.status, "Preempted")["status"] == "False"
+    assert (again.status["restarts"], again.status["preemptions"]) == (0, 1)
+
+
+@pytest.mark.parametrize("worker", [
+    pod(1, "Running", deleting=True, disruption="EvictionByEvictionAPI", disruption_message="Eviction API: evicting"),
+    pod(1, "Running", disruption="PreemptionByScheduler", disruption_message="preempted by ml/serving"),
+    pod(1, "Failed", exit_code=137, disruption="TerminationByKubelet", disruption_message="node pressure"),
+    pod(1, "Failed", exit_code=143, deleting=True),
+])
+def test_a_preempted_or_evicted_worker_is_not_a_failure(worker: tj.ObservedPod) -> None:
+    s = spec(workers=2, backoffLimit=0)
+    result = chain(s, [[], [pod(0), pod(1)], [pod(0), worker]])
+    assert result.status["phase"] == "Pending" and result.status["preemptions"] == 1
+    assert result.status["restarts"] == 0 and result.status["endedAttempts"] == {"0": "Preempted"}
+    assert result.delete_pods == ["digits-a0-w0"] + ([worker.name] if worker.active and not worker.deleting else [])
+    preempted = condition(result.status, "Preempted")
+    assert preempted["status"] == "True" and (worker.disruption or "deleted") in preempted["message"]
+
+
+def test_a_failed_worker_still_consumes_the_backoff_limit_after_preemptions() -> None:
+    s = spec(workers=1, backoffLimit=0)
+    gone = chain(s, [[], [pod(0)], []])  # attempt 0 preempted (its pod vanished): attempt 1 starts at once
+    assert gone.status["preemptions"] == 1 and kinds(gone.apply) == ["Pod/digits-a1-w0"]
+    failed = tj.plan(JOB, s, [pod(0, "Failed", attempt=1, exit_code=2)], gone.status, NOW)
+    assert failed.status["phase"] == "Failed" and condition(failed.status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert (failed.status["restarts"], failed.status["preemptions"]) == (0, 1)
+
+
+def test_the_record_is_rebuilt_from_the_pods_when_the_status_is_lost() -> None:
+    record = ((0, "Failed"), (1, "Preempted"))
+    pods = [pod(0, "Failed", attempt=0, exit_code=1), pod(0, attempt=2, ended_attempts=record),
+            pod(1, attempt=2, ended_attempts=record)]
+    result = tj.plan(JOB, spec(workers=2), pods, {}, NOW)
+    assert result.status["attempt"] == 2 and result.status["phase"] == "Running"
+    assert (result.status["restarts"], result.status["preemptions"]) == (1, 1)
+
+
+def test_a_disruption_target_is_read_from_the_pod() -> None:
+    observed = tj.ObservedPod.from_pod({
+        "metadata": {"name": "digits-a0-w1", "labels": {tj.LABEL_RANK: "1", tj.LABEL_ATTEMPT: "0"},
+                     "annotations": {tj.ANNOTATION_ENDED_ATTEMPTS: '{"0": "Failed", "x": "y", "3": "Lost"}'},
+                     "deletionTimestamp": "2026-01-01T12:00:00Z"},
+        "status": {"phase": "Running", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+             "message": "Eviction API: evicting"}]}})
+    assert (observed.disruption, observed.disruption_message) == ("EvictionByEvictionAPI", "Eviction API: evicting")
+    assert observed.deleting and observed.ended_attempts == ((0, "Failed"),)
+
+
+def test_more_workers_asked_of_a_running_group_is_an_edit_not_a_missing_worker() -> None:
+    pod_spec = json.dumps(tj.pod_shaping_spec(spec(workers=2)), sort_keys=True)
+    result = chain(spec(workers=3), [[pod(0, pod_spec=pod_spec), pod(1, pod_spec=pod_spec)]] * 2)
+    assert result.status["preemptions"] == 0 and result.delete_pods == [] and result.apply == []
+    assert condition(result.status, "UpdateRefused")["status"] == "True"

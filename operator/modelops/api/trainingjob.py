@@ -18,7 +18,7 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/modelops/trainer:0.1.0"
 RESERVED_PREFIX = "modelops.dev/"
 MAX_NPROC_PER_NODE = 64
 NPROC_WORDS = f"nprocPerNode must be 'auto' or an integer from 1 to {MAX_NPROC_PER_NODE}"
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Queued", "Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 
 def _nproc(value: object) -> object:
@@ -239,6 +239,20 @@ class PublishedModel(ApiModel):
     """The training data's fingerprint (lineage of the version)."""
 
 
+class QueueStatus(ApiModel):
+    """Where the job stands in Kueue (its Workload's state)."""
+
+    name: str
+    """The LocalQueue (label kueue.x-k8s.io/queue-name)."""
+    workload: str | None = None
+    cluster_queue: str | None = None
+    """The ClusterQueue that admitted the workload."""
+    state: Literal["Queued", "Admitted", "Evicted"] | None = None
+    reason: str | None = None
+    message: str | None = None
+    """What Kueue says (why it waits, or why it evicted the workload)."""
+
+
 class TrainingJobStatus(ApiModel):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -247,7 +261,15 @@ class TrainingJobStatus(ApiModel):
     workers_ready: str | None = None
     """running/desired, for `kubectl get`."""
     restarts: int = 0
-    """Group restarts so far."""
+    """Group restarts after a worker failed (counted against backoffLimit)."""
+    preemptions: int = 0
+    """Group restarts after a worker was preempted, evicted or deleted, or Kueue evicted the job: not failures."""
+    attempt: int | None = None
+    """The attempt whose worker group was started last (pods <job>-a<attempt>-w<rank>)."""
+    ended_attempts: dict[str, Literal["Failed", "Preempted", "Suspended"]] | None = None
+    """How each earlier attempt ended (the record behind restarts and preemptions)."""
+    queue: QueueStatus | None = None
+    """The Kueue workload of a job labelled kueue.x-k8s.io/queue-name."""
     start_time: str | None = None
     completion_time: str | None = None
     progress: Progress | None = None

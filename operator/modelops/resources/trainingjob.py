@@ -1,9 +1,16 @@
 """Pure planning for TrainingJobs: from the spec and the observed worker pods to desired objects and status.
 
-The worker group of one attempt is `workers` pods named <job>-a<attempt>-w<rank>. A failed worker fails
-the attempt (a DDP group cannot continue short a rank): the rest are deleted and attempt+1 starts, until
-`backoffLimit` failed attempts. Failed pods are kept (they hold no resources) so the attempt count is
-rebuilt from the world after an operator restart. No I/O here: the controller applies the Plan.
+The worker group of one attempt is `workers` pods named <job>-a<attempt>-w<rank>. A DDP group cannot
+continue short a rank, so any worker that ends or disappears without succeeding ends the attempt: the rest
+are deleted and attempt+1 starts (resuming from the checkpoint). How an attempt ended is recorded:
+- Failed: a worker failed on its own (its container exited non-zero). Counts against `backoffLimit`.
+- Preempted: Kubernetes or a person took a worker away: preempted by the scheduler, evicted (Eviction API,
+  node drain, node pressure), its node lost, or deleted (pod condition DisruptionTarget, or a deletion
+  while it ran). Not a failure: `backoffLimit` is not consumed; status.preemptions counts them.
+- Suspended: spec.suspend removed the group.
+The record lives in status.endedAttempts and on every pod of the next attempt (annotation
+modelops.dev/ended-attempts); failed pods are kept (they hold no resources) so failures are also rebuilt
+from the world after an operator restart. No I/O here: the controller applies the Plan.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ LABEL_RANK = "modelops.dev/rank"
 LABEL_ATTEMPT = "modelops.dev/attempt"
 ANNOTATION_PROGRESS = "modelops.dev/progress"
 ANNOTATION_POD_SPEC = "modelops.dev/pod-spec"
+ANNOTATION_ENDED_ATTEMPTS = "modelops.dev/ended-attempts"
+# How an attempt ended (status.endedAttempts values).
+FAILED, PREEMPTED, SUSPENDED = "Failed", "Preempted", "Suspended"
 RENDEZVOUS_PORT = 29500
 TRAINER_CONTAINER = "trainer"
 REPOSITORY_VOLUME = "model-repository"
@@ -73,6 +83,12 @@ class ObservedPod:
     waiting_reason: str = ""
     """Why a pending worker cannot start: the scheduler's (Unschedulable) or the kubelet's (ImagePullBackOff...)."""
     waiting_message: str = ""
+    disruption: str = ""
+    """Why Kubernetes is taking the pod away: the reason of its DisruptionTarget condition
+    (PreemptionByScheduler, EvictionByEvictionAPI, TerminationByKubelet, DeletionByTaintManager...)."""
+    disruption_message: str = ""
+    ended_attempts: tuple[tuple[int, str], ...] = ()
+    """How the attempts before this pod's ended, as recorded when its attempt started."""
 
     @property
     def active(self) -> bool:
@@ -93,6 +109,8 @@ class ObservedPod:
             progress = final
         phase = status.get("phase") or "Pending"
         waiting_reason, waiting_message = _waiting(status) if phase == "Pending" else ("", "")
+        disruption = next((c for c in status.get("conditions") or [] if isinstance(c, dict)
+                           and c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
         return cls(
             name=meta["name"], rank=_int_label(labels, LABEL_RANK), attempt=_int_label(labels, LABEL_ATTEMPT),
             phase=phase, deleting=bool(meta.get("deletionTimestamp")),
@@ -102,6 +120,9 @@ class ObservedPod:
             progress=progress,
             finished=terminated.get("finishedAt") if isinstance(terminated.get("finishedAt"), str) else None,
             waiting_reason=waiting_reason, waiting_message=waiting_message,
+            disruption=str(disruption.get("reason") or "DisruptionTarget") if disruption else "",
+            disruption_message=str(disruption.get("message") or "") if disruption else "",
+            ended_attempts=tuple(sorted(ended_attempts_of(_json_object(annotations.get(ANNOTATION_ENDED_ATTEMPTS))).items())),
         )
 
 
@@ -116,6 +137,20 @@ def _waiting(status: dict[str, Any]) -> tuple[str, str]:
         if isinstance(waiting, dict) and waiting.get("reason") in STUCK_REASONS:
             return str(waiting["reason"]), str(waiting.get("message") or "")
     return "", ""
+
+
+def ended_attempts_of(record: Any) -> dict[int, str]:
+    """A recorded {attempt: how it ended} map (status.endedAttempts or the pod annotation), whatever was
+    written there: entries that are not (number, known outcome) are ignored."""
+    ended: dict[int, str] = {}
+    for key, value in (record.items() if isinstance(record, dict) else ()):
+        try:
+            attempt = int(key)
+        except (TypeError, ValueError):
+            continue
+        if attempt >= 0 and value in (FAILED, PREEMPTED, SUSPENDED):
+            ended[attempt] = value
+    return ended
 
 
 def _int_label(labels: dict[str, Any], key: str) -> int:
@@ -208,7 +243,8 @@ def rendezvous_env(job: JobMeta, spec: TrainingJobSpec, rank: int) -> list[dict[
     return [{"name": k, "value": str(v)} for k, v in env.items()]
 
 
-def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> dict[str, Any]:
+def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int,
+               ended: dict[int, str] | None = None) -> dict[str, Any]:
     repository = spec.output.repository
     env = [e.wire() for e in spec.env] + rendezvous_env(job, spec, rank) + [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -261,7 +297,9 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int) -> 
                        "app.kubernetes.io/name": "modelops-trainer", "app.kubernetes.io/managed-by": "modelops",
                        LABEL_JOB: job_label(job.name), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
             "annotations": {**spec.pod_annotations,
-                            ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True)},
+                            ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True),
+                            **({ANNOTATION_ENDED_ATTEMPTS: json.dumps({str(a): o for a, o in sorted(ended.items())})}
+                               if ended else {})},
             "ownerReferences": [owner_reference(job)],
         },
         "spec": pod_spec,
@@ -292,20 +330,20 @@ def owner_reference(job: JobMeta) -> dict[str, Any]:
 def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],
          now: datetime) -> Plan:
     """Decide everything for one reconcile pass. `previous` is the last written status: only its recorded
-    facts (start/completion time, a terminal phase, the last progress) are read from it."""
+    facts (start/completion time, a terminal phase, the last progress, the attempts started and how they
+    ended) are read from it."""
     result = Plan()
     stamp = rfc3339(now)
-    attempts = sorted({p.attempt for p in pods})
-    current = max(attempts, default=0)
-    failed_attempts = {p.attempt for p in pods if p.phase == "Failed"}
-    group = {p.rank: p for p in pods if p.attempt == current}
-    active_stale = [p for p in pods if p.active and p.attempt != current]
+    ended = _ended_attempts(previous, pods)
+    started = previous.get("attempt") if _count(previous.get("attempt")) else None
+    current = max([*(p.attempt for p in pods), *([started] if started is not None else []),
+                   *(a + 1 for a in ended)], default=0)
     # The last status is an observation, used only where the world does not contradict it.
     start_time = _bounded_time(previous.get("startTime"), job.created, now)
     finished = [p.finished for p in pods if p.finished]
     completion_time = _bounded_time(previous.get("completionTime"), max(finished, default=job.created), now)
     phase = previous.get("phase") if previous.get("phase") in TERMINAL else None
-    live = [p for p in group.values() if p.active and not p.deleting]
+    live = [p for p in pods if p.attempt == current and p.active and not p.deleting]
     if phase and live:
         result.warnings.append(f"status.phase {phase} ignored: {len(live)} worker(s) of attempt {current} "
                                "are still running")
@@ -314,23 +352,38 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     waiting_for = ""  # what the first stuck worker's scheduler or kubelet says (an Event when it changes)
     model = previous.get("model")
     refused = ""
+    ending: Ending | None = None  # the current attempt ends in this pass
 
     progress = previous.get("progress")
-    rank0 = group.get(0)
+    rank0 = next((p for p in pods if p.attempt == current and p.rank == 0), None)
     if rank0 and rank0.progress:
         progress = _progress(rank0.progress, result.warnings) or progress
+
+    if phase is None and not spec.suspend:
+        ending = _ending(spec, [p for p in pods if p.attempt == current], started == current)
+        if ending and current not in ended:
+            ended[current] = ending.outcome
+            current += 1
+        else:
+            ending = None
+    group = {p.rank: p for p in pods if p.attempt == current}
+    active_stale = [p for p in pods if p.active and p.attempt != current]
+    failures = sorted(a for a, outcome in ended.items() if outcome == FAILED)
+    last = max(ended, default=None)
+    restarting = last is not None and last == current - 1 and ended[last] != SUSPENDED and not group
 
     if phase is None and spec.suspend:
         phase, reason, message = "Suspended", "Suspended", "spec.suspend is true: workers removed"
         result.delete_pods = [p.name for p in pods if p.active and not p.deleting]
         start_time = None
+        if group:
+            ended[current] = SUSPENDED
     elif phase is None:
-        failed = [p for p in group.values() if p.phase == "Failed"]
         deadline = spec.active_deadline_seconds
         elapsed = (now - parse_rfc3339(start_time)).total_seconds() if start_time else 0.0
-        if failed and len(failed_attempts) > spec.backoff_limit:
+        if restarting and ended[current - 1] == FAILED and len(failures) > spec.backoff_limit:
             phase, reason = "Failed", "BackoffLimitExceeded"
-            message = f"{_describe_failure(failed[0])}; {len(failed_attempts)} failed attempt(s), " \
+            message = f"{_ended_message(ending, pods, current - 1)}; {len(failures)} failed attempt(s), " \
                       f"backoffLimit is {spec.backoff_limit}"
         elif deadline and start_time and elapsed >= deadline:
             phase, reason = "Failed", "DeadlineExceeded"
@@ -340,28 +393,24 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
             model = _published_model(rank0.progress if rank0 else None, result.warnings) or model
             message = f"published {model['name']} version {model['version']} at {model['uri']}" if model else \
                 "all workers succeeded; the trainer reported no published model"
-        elif failed:
-            # Restart the whole group: remove the survivors, then start the next attempt.
-            survivors = [p for p in group.values() if p.active]
-            result.delete_pods = [p.name for p in survivors if not p.deleting]
-            if not survivors and not active_stale:
-                result.apply = _group_objects(job, spec, current + 1, existing=set())
-                result.events.append(Event("Warning", "WorkerFailed",
-                                           f"{_describe_failure(failed[0])}; restarting the group "
-                                           f"(restart {len(failed_attempts)} of {spec.backoff_limit})"))
-            phase, reason = "Pending", "Restarting"
-            message = f"restarting after: {_describe_failure(failed[0])}"
         else:
             refused = _refused_change(spec, list(group.values()))
             if active_stale:
+                # A new attempt starts only once no worker of an earlier one is left.
                 result.delete_pods = [p.name for p in active_stale if not p.deleting]
             elif not refused:
-                result.apply = _group_objects(job, spec, current, existing=set(group))
+                result.apply = _group_objects(job, spec, current, existing=set(group), ended=ended)
                 if any(obj["kind"] == "Pod" for obj in result.apply):
                     start_time = start_time or stamp
             running = sum(p.phase == "Running" for p in group.values())
             stuck = sorted((p for p in group.values() if p.waiting_reason and not p.deleting), key=lambda p: p.rank)
-            if running == spec.workers:
+            if restarting and ended[current - 1] == FAILED:
+                phase, reason = "Pending", "Restarting"
+                message = f"restarting after: {_ended_message(ending, pods, current - 1)}"
+            elif restarting:
+                phase, reason = "Pending", "Preempted"
+                message = f"restarting from the checkpoint after: {_ended_message(ending, pods, current - 1)}"
+            elif running == spec.workers:
                 phase, reason, message = "Running", "WorkersRunning", f"{running}/{spec.workers} workers running"
             elif stuck:
                 phase, reason, message = "Pending", stuck[0].waiting_reason, _describe_wait(stuck, spec.workers)
@@ -370,6 +419,15 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
             else:
                 phase, reason = "Pending", "WorkersStarting"
                 message = f"{running}/{spec.workers} workers running"
+            if ending and phase == "Pending":
+                preemptions = sum(outcome == PREEMPTED for outcome in ended.values())
+                result.events.append(
+                    Event("Warning", "WorkerFailed", f"{ending.message}; restarting the group "
+                                                     f"(restart {len(failures)} of {spec.backoff_limit})")
+                    if ending.outcome == FAILED else
+                    Event("Warning", "WorkerPreempted", f"{ending.message}; restarting the group from its "
+                                                        f"checkpoint (preemption {preemptions}, not counted "
+                                                        "against backoffLimit)"))
         if deadline and start_time and phase not in TERMINAL:
             result.requeue_after = max(0.0, deadline - elapsed)
         if phase in TERMINAL:
@@ -394,6 +452,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         "succeeded": sum(p.phase == "Succeeded" for p in group.values()),
         "failed": sum(p.phase == "Failed" for p in group.values()),
     }
+    preempted = _preempted_condition(previous, phase, reason, message)
     # While workers wait, Ready and Reconciling quote why; the other conditions just say Pending (so
     # `kubectl describe` shows the scheduler's words twice, not seven times).
     other = ("WorkersPending", f"{counts_running(group)}/{spec.workers} workers running") if waiting_for \
@@ -407,11 +466,16 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         Cond("Reconciling", phase in ("Pending", "Running"), reason, message),
         Cond("Stalled", phase == "Failed", *other),
         Cond("UpdateRefused", bool(refused), "ImmutableWhileRunning" if refused else "", refused),
+        preempted,
     ], now=stamp, generation=job.generation)
+    pods_started = bool(group) or any(obj["kind"] == "Pod" for obj in result.apply)
     status: dict[str, Any] = {
         "observedGeneration": job.generation, "phase": phase, "conditions": conditions,
         "workers": counts, "workersReady": f"{counts['running']}/{spec.workers}",
-        "restarts": len(failed_attempts - ({current} if phase == "Failed" else set())),
+        "restarts": len([a for a in failures if not (phase == "Failed" and a == max(failures))]),
+        "preemptions": sum(outcome == PREEMPTED for outcome in ended.values()),
+        "attempt": current if pods_started else started,
+        "endedAttempts": {str(a): outcome for a, outcome in sorted(ended.items())} or None,
         "startTime": start_time, "completionTime": completion_time if phase in TERMINAL else None,
         "progress": progress, "progressSummary": _summary(progress), "model": model,
     }
@@ -420,15 +484,98 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     return result
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why the current attempt is over: a worker ended or disappeared without succeeding."""
+
+    outcome: str  # FAILED or PREEMPTED
+    message: str
+
+
+def _ending(spec: TrainingJobSpec, attempt: list[ObservedPod], started: bool) -> Ending | None:
+    """Whether the attempt's group is over (a DDP group cannot go on short a rank), and why. A worker that
+    failed on its own ends it as a failure; one taken away (DisruptionTarget, a deletion, gone after it
+    started) as a preemption."""
+    failed = sorted((p for p in attempt if p.phase == "Failed" and not p.disruption and not p.deleting),
+                    key=lambda p: p.rank)
+    if failed:
+        return Ending(FAILED, _describe_failure(failed[0]))
+    taken = sorted((p for p in attempt if p.phase != "Succeeded" and (p.disruption or p.deleting
+                                                                      or p.phase == "Failed")),
+                   key=lambda p: p.rank)
+    if taken:
+        p = taken[0]
+        if p.disruption:
+            why = f"{p.disruption}: {p.disruption_message}" if p.disruption_message else p.disruption
+            return Ending(PREEMPTED, f"worker {p.rank} (pod {p.name}) was preempted ({why})")
+        return Ending(PREEMPTED, f"worker {p.rank} (pod {p.name}) was deleted while it ran")
+    ranks = {p.rank for p in attempt}
+    missing = [rank for rank in range(_group_size(spec, attempt)) if rank not in ranks]
+    if started and missing:
+        return Ending(PREEMPTED, f"worker {missing[0]} disappeared (its pod was deleted)")
+    return None
+
+
+def _group_size(spec: TrainingJobSpec, attempt: list[ObservedPod]) -> int:
+    """How many workers the attempt's group was started with (its pods record the spec they were made
+    from; an edit of spec.workers since then is refused, not a missing worker)."""
+    for p in attempt:
+        recorded = _json_object(p.pod_spec)
+        if recorded and _count(recorded.get("workers")):
+            return int(recorded["workers"])
+    return spec.workers
+
+
+def _ended_attempts(previous: dict[str, Any], pods: list[ObservedPod]) -> dict[int, str]:
+    """How the earlier attempts ended: as recorded (the status, the pods' annotation), and failed workers
+    still there (a record lost with the status is rebuilt from them)."""
+    ended: dict[int, str] = {}
+    for p in sorted(pods, key=lambda p: p.attempt):
+        ended |= dict(p.ended_attempts)
+    ended |= ended_attempts_of(previous.get("endedAttempts"))
+    newest = max((p.attempt for p in pods), default=-1)
+    for p in pods:
+        if p.attempt < newest and p.attempt not in ended and p.phase == "Failed" and not p.disruption \
+                and not p.deleting:
+            ended[p.attempt] = FAILED
+    return ended
+
+
+def _ended_message(ending: Ending | None, pods: list[ObservedPod], attempt: int) -> str:
+    """What ended `attempt`: the decision of this pass, else its failed worker if still there."""
+    if ending:
+        return ending.message
+    failed = sorted((p for p in pods if p.attempt == attempt and p.phase == "Failed"), key=lambda p: p.rank)
+    return _describe_failure(failed[0]) if failed else f"attempt {attempt} ended"
+
+
+def _preempted_condition(previous: dict[str, Any], phase: str | None, reason: str, message: str) -> Cond:
+    """Preempted: from the moment a group is taken away until a new group runs (or the job ends)."""
+    if reason == "Preempted":
+        return Cond("Preempted", True, reason, message)
+    old = next((c for c in previous.get("conditions", []) if c.get("type") == "Preempted"), {})
+    if old.get("status") == "True" and phase == "Pending":
+        return Cond("Preempted", True, old.get("reason", "Preempted"), old.get("message", ""))
+    return Cond("Preempted", False, "Running" if phase == "Running" else (reason or "NotPreempted"),
+                "the group runs" if phase == "Running" else message)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def counts_running(group: dict[int, ObservedPod]) -> int:
     return sum(p.phase == "Running" for p in group.values())
 
 
-def _group_objects(job: JobMeta, spec: TrainingJobSpec, attempt: int, existing: set[int]) -> list[dict[str, Any]]:
+def _group_objects(job: JobMeta, spec: TrainingJobSpec, attempt: int, existing: set[int],
+                   ended: dict[int, str]) -> list[dict[str, Any]]:
     """The group's desired objects: its rendezvous Service (always, so a deleted one comes back) and the
-    pods of missing ranks. The controller writes only what differs from what exists."""
+    pods of missing ranks (only while none was created: a group is started whole, once). The controller
+    writes only what differs from what exists."""
     objects = [rendezvous_service(job)] if spec.workers > 1 else []
-    return objects + [worker_pod(job, spec, attempt, rank) for rank in range(spec.workers) if rank not in existing]
+    return objects + [worker_pod(job, spec, attempt, rank, ended) for rank in range(spec.workers)
+                      if rank not in existing]
 
 
 def _refused_change(spec: TrainingJobSpec, group: list[ObservedPod]) -> str:
