@@ -1,4 +1,5 @@
-"""End-to-end fixtures: the cluster fixtures of tests/conftest.py, kube-proxy, and the kubelet stand-in.
+"""End-to-end fixtures: the cluster fixtures of tests/conftest.py, kube-proxy, the kubelet stand-in, and a real
+Prometheus scraping Triton pods and an operator that reads it (serving_operator).
 
 pytest shows a conftest's fixtures only to tests below its own folder, so tests/conftest.py's `local_cluster`,
 `kube`, `crds_installed` and `operator` are loaded here too. A session that runs both tests/ and e2e/ then
@@ -36,7 +37,9 @@ crds_installed = _shared.crds_installed  # type: ignore[attr-defined]
 operator = _shared.operator  # type: ignore[attr-defined]
 
 from kubelet import ProcessKubelet  # noqa: E402  (e2e/ is on sys.path, as pytest puts it there)
-from modelops.dev.cluster import ClusterError, LocalCluster  # noqa: E402
+from modelops.dev.cluster import ClusterError, LocalCluster, free_port  # noqa: E402
+from prometheus import PrometheusServer  # noqa: E402
+from support import OperatorProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +66,30 @@ def kubelet(kube, kube_proxy: LocalCluster, tmp_path: Path) -> Iterator[ProcessK
         stand_in.stop()
         for log in sorted((tmp_path / "kubelet" / "pods").glob("*/*.log")):
             print(f"--- {log.parent.name}/{log.name} ---\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def operator_metrics_port() -> int:
+    """Where serving_operator serves its /metrics (Prometheus scrapes it there)."""
+    return free_port()
+
+
+@pytest.fixture
+def prometheus(kube, tmp_path: Path, operator_metrics_port: int) -> Iterator[PrometheusServer]:  # type: ignore[no-untyped-def]
+    """Debian's Prometheus scraping the test namespace's annotated pods (Triton) and the operator."""
+    with PrometheusServer(tmp_path / "prometheus", kube.kubeconfig, [kube.namespace],
+                          operator=f"127.0.0.1:{operator_metrics_port}") as server:
+        yield server
+
+
+@pytest.fixture
+def serving_operator(kube, crds_installed, prometheus: PrometheusServer, operator_metrics_port: int,  # type: ignore[no-untyped-def]
+                     tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator reading Triton's metrics from that Prometheus, and scraped by it."""
+    process = OperatorProcess(kube.kubeconfig, kube.namespace, tmp_path / "operator.log",
+                              extra_args=("--prometheus-url", prometheus.url,
+                                          "--metrics-port", str(operator_metrics_port)))
+    process.start()
+    yield process
+    process.stop()
+    print(f"--- operator log ---\n{process.log()[-6000:]}")

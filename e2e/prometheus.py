@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's package) scraping the Triton metrics port of every pod annotated for scraping,
-found through the local cluster's API as kubernetes_sd would find them."""
+found through the local cluster's API as kubernetes_sd would find them, and optionally the operator's /metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -18,13 +19,16 @@ import yaml
 from modelops.dev.cluster import free_port
 
 
-def scrape_config(targets_file: Path, interval: str = "2s") -> dict[str, Any]:
-    """Scrape whatever the pod discovery below writes (Debian's Prometheus is built without kubernetes_sd)."""
-    return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "scrape_configs": [{"job_name": "kubernetes-pods",
-                            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "2s"}]}],
-    }
+def scrape_config(targets_file: Path, interval: str = "2s", operator: str | None = None) -> dict[str, Any]:
+    """Scrape whatever the pod discovery below writes (Debian's Prometheus is built without kubernetes_sd),
+    and the operator at `operator` (host:port) as the chart's ServiceMonitor does: honoring its labels, so
+    its per-resource series keep the resource's `namespace`."""
+    jobs: list[dict[str, Any]] = [{"job_name": "kubernetes-pods",
+                                   "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "2s"}]}]
+    if operator:
+        jobs.append({"job_name": "modelops-operator", "honor_labels": True,
+                     "static_configs": [{"targets": [operator]}]})
+    return {"global": {"scrape_interval": interval, "evaluation_interval": interval}, "scrape_configs": jobs}
 
 
 def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,11 +51,15 @@ def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return targets
 
 
+class PrometheusError(RuntimeError):
+    """Prometheus answered a query with an error."""
+
+
 class PrometheusServer:
     """`prometheus` on a free loopback port with its own data directory; stopped by its pid."""
 
-    def __init__(self, work_dir: Path, kubeconfig: Path, namespaces: list[str]) -> None:
-        self.work_dir, self.kubeconfig, self.namespaces = work_dir, kubeconfig, namespaces
+    def __init__(self, work_dir: Path, kubeconfig: Path, namespaces: list[str], operator: str | None = None) -> None:
+        self.work_dir, self.kubeconfig, self.namespaces, self.operator = work_dir, kubeconfig, namespaces, operator
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.targets_file = work_dir / "targets.json"
@@ -86,7 +94,7 @@ class PrometheusServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "prometheus.yml"
         self.targets_file.write_text("[]")
-        config.write_text(yaml.safe_dump(scrape_config(self.targets_file)))
+        config.write_text(yaml.safe_dump(scrape_config(self.targets_file, operator=self.operator)))
         self._discovery = threading.Thread(target=self._discover, name="prometheus-discovery", daemon=True)
         self._discovery.start()
         log = open(self.work_dir / "prometheus.log", "ab")
@@ -111,9 +119,19 @@ class PrometheusServer:
             return False
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}),
-                                    timeout=5) as r:
-            return list(json.load(r)["data"]["result"])
+        return list(self.api("query", query=promql)["result"])
+
+    def api(self, endpoint: str, **params: str | float | list[str]) -> Any:
+        """GET /api/v1/<endpoint>: its `data`; PrometheusError with Prometheus' own message otherwise."""
+        query = urllib.parse.urlencode(params, doseq=True)
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{endpoint}?{query}", timeout=10) as r:
+                body = json.load(r)
+        except urllib.error.HTTPError as error:  # 400/422: a query it cannot parse or run
+            body = json.load(error)
+        if body.get("status") != "success":
+            raise PrometheusError(f"{endpoint} {params}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
 
     def active_targets(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"{self.url}/api/v1/targets?state=active", timeout=5) as r:

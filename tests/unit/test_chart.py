@@ -108,6 +108,7 @@ VALUE_SETS = {
     "peering": ["--set", "peering.enabled=true", "--set", "replicaCount=2"],
     "peering-namespaced": ["--set", "peering.enabled=true", "--set", "replicaCount=3",
                            "--set-json", 'watchNamespaces=["team-a"]'],
+    "dashboards": ["--set", "dashboards.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"],
 }
 
 
@@ -261,6 +262,61 @@ def test_metrics_service_and_optional_service_monitor(render) -> None:  # type: 
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # the per-resource series' `namespace` is the resource's, not the operator's (no exported_namespace)
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+GRAFANA_BUILTINS = {"__rate_interval", "__range", "__interval"}
+
+
+def test_dashboards_are_config_maps_for_the_grafana_sidecar(render) -> None:  # type: ignore[no-untyped-def]
+    assert not find(render(), "ConfigMap")  # off by default
+    shipped = {p.stem: json.loads(p.read_text()) for p in sorted((CHART / "dashboards").glob("*.json"))}
+    assert set(shipped) == {"operator", "training", "serving"}
+    maps = find(render("--set", "dashboards.enabled=true"), "ConfigMap")
+    assert sorted(m["metadata"]["name"] for m in maps) == [f"{RELEASE}-modelops-dashboard-{n}" for n in sorted(shipped)]
+    for config_map in maps:
+        assert config_map["metadata"]["namespace"] == NAMESPACE
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["labels"]["app.kubernetes.io/part-of"] == "modelops"
+        [(key, text)] = config_map["data"].items()
+        name = config_map["metadata"]["name"].rsplit("-", 1)[1]
+        assert key == f"modelops-{name}.json" and json.loads(text) == shipped[name]  # the file, as valid JSON
+    assert len({board["uid"] for board in shipped.values()}) == 3
+
+    docs = render("--set", "dashboards.enabled=true", "--set", "dashboards.label=dashboards.example.com/load",
+                  "--set", "dashboards.labelValue=yes", "--set", "dashboards.namespace=monitoring",
+                  "--set", "dashboards.annotations.grafana_folder=MLOps")
+    for config_map in find(docs, "ConfigMap"):
+        meta = config_map["metadata"]
+        assert meta["namespace"] == "monitoring" and meta["annotations"] == {"grafana_folder": "MLOps"}
+        assert meta["labels"]["dashboards.example.com/load"] == "yes" and "grafana_dashboard" not in meta["labels"]
+    [config_map, *_] = find(render("--set", "dashboards.enabled=true", "--set", "dashboards.labelValue=1"), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # a number is quoted
+
+
+@pytest.mark.parametrize("name", ["operator", "training", "serving"])
+def test_dashboard_json_is_complete(name: str) -> None:
+    """Panels Grafana can place, every query on the dashboard's data source variable, only variables it defines."""
+    board = json.loads((CHART / "dashboards" / f"{name}.json").read_text())
+    assert board["uid"] == f"modelops-{name}" and "modelops" in board["tags"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    assert panels and len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    for panel in panels:
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["title"] and panel["description"] and panel["targets"], panel
+        assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        for target in [*panel["targets"], panel]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\$\{?(\w+)", target["expr"]))
+            assert used <= set(variables) | GRAFANA_BUILTINS, (panel["title"], used)
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert variable["query"]["query"].startswith("label_values(")
 
 
 def test_trainer_identity_in_configured_namespaces(render) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from modelops.engine.children import ChildRejected, NameConflict
 from modelops.engine.engine import Context
 from modelops.engine.queue import Backoff, Failure
 from modelops.kube import ApiError, status_patch
+from modelops.metrics import record_status
 from modelops.resources.conditions import Cond, Event, merge_conditions
 
 log = logging.getLogger(__name__)
@@ -23,20 +24,21 @@ refusal_backoff = Backoff(base=5.0, cap=600.0)
 
 
 def write_status(ctx: Context, obj: dict[str, Any], status: dict[str, Any]) -> bool:
-    """Patch the status subresource with what changed (nothing when nothing did); True if written."""
+    """Patch the status subresource with what changed (nothing when nothing did); True if written. The
+    per-resource metrics mirror the status as published (unchanged: one cheap comparison)."""
     previous = obj.get("status") or {}
     patch = status_patch(previous, status)
-    if not patch:
-        return False
     meta = obj["metadata"]
-    try:
-        written = ctx.kube.patch_status(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], patch)
-    except ApiError as error:
-        if error.not_found:  # deleted meanwhile: its DELETED event will follow
-            return False
-        raise
-    ctx.caches.remember(written)
-    return True
+    if patch:
+        try:
+            written = ctx.kube.patch_status(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], patch)
+        except ApiError as error:
+            if error.not_found:  # deleted meanwhile: its DELETED event will follow
+                return False
+            raise
+        ctx.caches.remember(written)
+    record_status(obj["kind"], meta["namespace"], meta["name"], status)
+    return bool(patch)
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -163,6 +163,8 @@ class Engine:
                                         namespace, version):
                     log.info("%s %s/%s was deleted meanwhile", kind, gone["metadata"].get("namespace"),
                              gone["metadata"].get("name"))
+                    # its pass finds it gone and forgets it (backoffs, the by-phase count, its series)
+                    self.queue.add((kind, gone["metadata"].get("namespace", ""), gone["metadata"]["name"]))
             for namespace, name in store.keys():
                 self.queue.add((kind, namespace, name))
 

@@ -84,6 +84,7 @@ class WorkQueue:
         self._seq = itertools.count()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        QUEUE_RETRIES.labels(name)  # 0 until the first retry, not "no data"
         gate.listen(lambda _: self._wake())
 
     # ---- adding ------------------------------------------------------------
