@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Builds the local cluster's tools (Kubernetes control plane, etcd, kwok, helm) and kstatus (Flux's
-# health reader, for tests) from the Go modules pinned beside this script into a cache outside git.
+# health reader, for tests) from the Go modules pinned beside this script into a cache outside git;
+# with --kueue also Kueue's manager (and a copy of its CRDs from the same module), which only clusters
+# started with Kueue need (`modelops dev cluster up --kueue`).
 # Idempotent: each group of tools has its own cache directory, keyed by what its binaries are built
 # from (its modules' pins and code, versions and build flags), and reused when complete; so adding or
 # changing one group never rebuilds another, and an edit of this script's words rebuilds nothing.
-# Prints the binary directory as the last line of stdout (kstatus is linked into it); progress goes to
-# stderr.
+# Prints the binary directory as the last line of stdout (kstatus, and kueue and kueue-crds when built, are
+# linked into it); progress goes to stderr.
 set -euo pipefail
+with_kueue=false
+for arg in "$@"; do
+  case $arg in
+    --kueue) with_kueue=true ;;
+    *) echo "usage: $0 [--kueue]" >&2; exit 2 ;;
+  esac
+done
 here=$(cd "$(dirname "$0")" && pwd)
 K8S_VERSION=v1.33.13
 HELM_VERSION=v3.16.4
 ETCD_VERSION=v3.5.21
 KWOK_VERSION=v0.7.0
 CLI_UTILS_VERSION=v0.37.2
+KUEUE_VERSION=v0.17.0
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd kwok helm)
 
 cache=${MODELOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelops}
@@ -68,5 +78,22 @@ if ! complete "$kbin" kstatus; then
   complete "$kbin" kstatus || { echo "tools: build incomplete in $kbin" >&2; exit 1; }
 fi
 ln -sfn "$kbin/kstatus" "$bin/kstatus"
+
+# Kueue (sigs.k8s.io/kueue), on request, in a directory of its own: the manager, and the CRDs its module
+# ships (config/components/crd/bases), copied so that starting a cluster needs no Go.
+if $with_kueue; then
+  qv="-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+  qbin="$cache/bin/kueue-$KUEUE_VERSION-$(key "$qv" kueue/go.mod kueue/go.sum)"
+  if ! complete "$qbin" kueue || [ ! -s "$qbin/crds/kueue.x-k8s.io_workloads.yaml" ]; then
+    mkdir -p "$qbin/crds"
+    build "$qbin" kueue "$qv" sigs.k8s.io/kueue/cmd/kueue
+    module=$(go list -C "$here/kueue" -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+    cp "$module"/config/components/crd/bases/*.yaml "$qbin/crds/"
+    chmod u+w "$qbin"/crds/*.yaml
+    complete "$qbin" kueue || { echo "tools: build incomplete in $qbin" >&2; exit 1; }
+  fi
+  ln -sfn "$qbin/kueue" "$bin/kueue"
+  ln -sfn "$qbin/crds" "$bin/kueue-crds"
+fi
 
 echo "$bin"

@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--dir", type=Path, default=Path(".cluster"), help="where the cluster keeps its state")
     cluster.add_argument("--kube-proxy", action="store_true",
                          help="also run kube-proxy (iptables mode) so Service ClusterIPs route; needs root")
+    cluster.add_argument("--kueue", action="store_true",
+                         help="also run Kueue (built from its pinned module): ResourceFlavor gpu, ClusterQueue gpu "
+                              "with the GPU nodes' nvidia.com/gpu as quota, LocalQueue training in default")
+    cluster.add_argument("--kueue-gpus", type=int, default=None, help="the ClusterQueue's nvidia.com/gpu quota")
     cluster.set_defaults(handler=_cluster)
 
     from modelops.plugin.commands import add_commands
@@ -91,7 +95,7 @@ def _cluster(args: argparse.Namespace) -> int:
         if args.action == "status":
             print(json.dumps(LocalCluster.existing(root).status(), indent=2))
             return 0
-        cluster = LocalCluster(root, build_tools())
+        cluster = LocalCluster(root, build_tools(kueue=args.kueue), kueue=args.kueue, kueue_gpu_quota=args.kueue_gpus)
         seconds = cluster.up(kube_proxy=args.kube_proxy)
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)

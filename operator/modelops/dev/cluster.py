@@ -57,12 +57,14 @@ class ClusterError(RuntimeError):
     """The local cluster could not be started or reached."""
 
 
-def build_tools() -> Path:
-    """Build (or find already built) the pinned binaries; return their directory."""
+def build_tools(*, kueue: bool = False) -> Path:
+    """Build (or find already built) the pinned binaries (with Kueue's manager and CRDs when asked); return
+    their directory."""
     override = os.environ.get("MODELOPS_BIN_DIR")
     if override:
         return Path(override)
-    result = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    result = subprocess.run([str(BUILD_SCRIPT), *(["--kueue"] if kueue else [])], stdout=subprocess.PIPE, text=True,
+                            check=False)
     if result.returncode != 0:
         raise ClusterError(f"building the cluster tools failed (exit {result.returncode}); see the output above")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -101,6 +103,26 @@ class NodeSpec:
         }
 
 
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+
+
+def kueue_queues(gpus: int) -> list[dict]:
+    """ResourceFlavor `gpu` (GPU nodes: their label, a toleration of their taint) and ClusterQueue `gpu`
+    taking workloads from every namespace, with `gpus` nvidia.com/gpu and ample cpu and memory; a workload
+    of a higher priority preempts lower ones in the same ClusterQueue."""
+    return [
+        {"apiVersion": KUEUE_API, "kind": "ResourceFlavor", "metadata": {"name": "gpu"},
+         "spec": {"nodeLabels": {"nvidia.com/gpu.present": "true"},
+                  "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]}},
+        {"apiVersion": KUEUE_API, "kind": "ClusterQueue", "metadata": {"name": "gpu"},
+         "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
+                  "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU_RESOURCE], "flavors": [
+                      {"name": "gpu", "resources": [{"name": "cpu", "nominalQuota": "1000"},
+                                                    {"name": "memory", "nominalQuota": "4Ti"},
+                                                    {"name": GPU_RESOURCE, "nominalQuota": str(gpus)}]}]}]}},
+    ]
+
+
 def default_nodes(cpu_nodes: int = 2, gpu_nodes: int = 2) -> list[NodeSpec]:
     return [NodeSpec(f"cpu-{i}") for i in range(cpu_nodes)] + [NodeSpec(f"gpu-{i}", gpus=8) for i in range(gpu_nodes)]
 
@@ -116,6 +138,10 @@ class LocalCluster:
     kube_proxy: bool = False
     # The API server writes an audit log (Metadata level, JSON) to logs/audit.log: who made which request.
     audit_log: bool = False
+    # Kueue's manager (built with `build.sh --kueue`), its CRDs, a ResourceFlavor for the GPU nodes and a
+    # ClusterQueue with an nvidia.com/gpu quota (default: every GPU of the nodes); see start_kueue().
+    kueue: bool = False
+    kueue_gpu_quota: int | None = None
 
     @property
     def audit_log_path(self) -> Path:
@@ -167,6 +193,8 @@ class LocalCluster:
                        "the default ServiceAccount", started + timeout)
             if self.kube_proxy if kube_proxy is None else kube_proxy:
                 self.start_kube_proxy(die_with_parent=die_with_parent, timeout=max(1.0, started + timeout - time.monotonic()))
+            if self.kueue:
+                self.start_kueue(die_with_parent=die_with_parent, timeout=max(1.0, started + timeout - time.monotonic()))
         except BaseException:
             self.down()
             raise
@@ -225,6 +253,84 @@ class LocalCluster:
         except BaseException:
             self.stop_kube_proxy()
             raise
+
+    def start_kueue(self, *, die_with_parent: bool = False, timeout: float = 60.0) -> None:
+        """Install Kueue's CRDs, start its manager against this cluster and create the queues: ResourceFlavor
+        `gpu` (the GPU nodes' label and taint), ClusterQueue `gpu` (every namespace; quotas for cpu, memory and
+        nvidia.com/gpu, lower priorities preempted) and LocalQueue `training` in `default` (more with
+        local_queue()).
+
+        Without its webhooks: no Mutating/ValidatingWebhookConfiguration is registered, so the API server never
+        calls Kueue. They default and validate Kueue's own objects and gate the Jobs and Pods of Kueue's built-in
+        integrations; modelops writes its Workloads complete (podSet names, priority resolved from the
+        PriorityClass, queue name) and holds its own pods until admission, so nothing here needs them, and
+        registering them would take a CA bundle and the API server calling a host process over TLS. Kueue still
+        serves its webhook port (it cannot start without), with a self-signed certificate nobody asks for.
+        Kueue also insists on metrics certificates at /etc/kueue/metrics/certs: the manager runs in a mount
+        namespace of its own where /etc is an overlay holding them, so the host's /etc is never written."""
+        state = self._read_state()
+        if not state.get("pids"):
+            raise ClusterError(f"no cluster is running in {self.root}")
+        crds, binary = self.bin_dir / "kueue-crds", self.bin_dir / "kueue"
+        if not binary.exists() or not crds.is_dir():
+            raise ClusterError(f"Kueue is not built in {self.bin_dir}: run e2e/tools/build.sh --kueue")
+        deadline = time.monotonic() + timeout
+        self.kubectl("apply", "--server-side", "-f", os.path.realpath(crds))  # kubectl reads no linked folder
+        self.kubectl("wait", "--for=condition=Established", "crd", "--all", f"--timeout={int(timeout)}s")
+        home = self.root / "kueue"
+        certs, upper = home / "certs", home / "etc" / "kueue" / "metrics" / "certs"
+        for folder in (certs, upper, home / "etc-work"):
+            folder.mkdir(parents=True, exist_ok=True)
+        if not (certs / "tls.crt").exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key",
+                            "-out", "tls.crt", "-days", "3650", "-subj", "/CN=kueue", "-addext",
+                            "subjectAltName=IP:127.0.0.1"], cwd=certs, check=True, capture_output=True)
+        for name in ("tls.crt", "tls.key"):
+            shutil.copyfile(certs / name, upper / name)
+        ports = {"kueue-health": free_port(), "kueue-metrics": free_port(), "kueue-webhook": free_port(),
+                 "kueue-visibility": free_port()}
+        state["ports"].update(ports)
+        config = home / "config.yaml"
+        config.write_text(json.dumps({
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration", "namespace": "kube-system",
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{ports['kueue-health']}"},
+            "metrics": {"bindAddress": f"127.0.0.1:{ports['kueue-metrics']}"},
+            "webhook": {"host": "127.0.0.1", "port": ports["kueue-webhook"], "certDir": str(certs)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            # the one integration it must run; modelops manages its own Workloads, not through Kueue's jobs
+            "integrations": {"frameworks": ["batch/job"]},
+        }, indent=2))
+        overlay = f"lowerdir=/etc,upperdir={home / 'etc'},workdir={home / 'etc-work'}"
+        self._spawn(state, "kueue", [f"--config={config}", f"--kubeconfig={self.kubeconfig}",
+                                     f"--visibility-server-port={ports['kueue-visibility']}",
+                                     "--feature-gates=VisibilityOnDemand=false"], die_with_parent,
+                    wrapper=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             f'mount -t overlay overlay -o "{overlay}" /etc && exec "$0" "$@"'])
+        # the wrapper execs the manager at once: from then on the pid is this cluster's kueue
+        pid = state["pids"]["kueue"]
+        until = time.monotonic() + 10
+        while not self.owns_process(pid, state) and _alive(pid) and time.monotonic() < until:
+            time.sleep(0.05)
+
+        def ready() -> bool:
+            try:
+                url = f"http://127.0.0.1:{ports['kueue-health']}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        self._wait(ready, "Kueue's manager /readyz", deadline)
+        gpus = self.kueue_gpu_quota if self.kueue_gpu_quota is not None else sum(n.gpus for n in self.nodes)
+        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in kueue_queues(gpus)))
+        self.local_queue("default")
+
+    def local_queue(self, namespace: str, name: str = "training", cluster_queue: str = "gpu") -> None:
+        """A Kueue LocalQueue in `namespace` feeding the ClusterQueue (what a team's namespace gets)."""
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": KUEUE_API, "kind": "LocalQueue", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterQueue": cluster_queue}}))
 
     def stop_kube_proxy(self) -> bool:
         """Stop kube-proxy and remove its iptables rules; False when it was not running."""
@@ -298,9 +404,11 @@ class LocalCluster:
 
     # ---- processes ---------------------------------------------------------
 
-    def _spawn(self, state: dict, name: str, args: list[str], die_with_parent: bool) -> None:
+    def _spawn(self, state: dict, name: str, args: list[str], die_with_parent: bool, *,
+               wrapper: list[str] | None = None) -> None:
+        """Start bin_dir/name; a `wrapper` command execs it (as "$0" "$@") after preparing its namespace."""
         log = open(self.root / "logs" / f"{name}.log", "ab")
-        process = subprocess.Popen([str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen([*(wrapper or []), str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                    preexec_fn=_die_with_parent if die_with_parent else None)
         log.close()
@@ -315,12 +423,17 @@ class LocalCluster:
 
     @staticmethod
     def owns_process(pid: int, state: dict) -> bool:
-        """A pid counts only while it still runs one of this cluster's binaries (pids get reused)."""
+        """A pid counts only while it still runs one of this cluster's binaries (pids get reused): one in its
+        bin_dir, or one linked there from a tool group of its own (kueue)."""
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             return False
-        return exe.startswith(state.get("bin_dir", "\0"))
+        bin_dir = state.get("bin_dir", "\0")
+        if exe.startswith(bin_dir):
+            return True
+        linked = Path(bin_dir) / Path(exe).name
+        return linked.is_symlink() and os.path.realpath(linked) == exe
 
     def _wait(self, ready, what: str, deadline: float) -> None:  # type: ignore[no-untyped-def]
         while not ready():
