@@ -274,11 +274,15 @@ class Kube:
             raise
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> dict[str, Any]:
-        """JSON merge patch of the status subresource (None values remove fields); the patched object."""
+                     status: dict[str, Any], *, resource_version: str | None = None) -> dict[str, Any]:
+        """JSON merge patch of the status subresource (None values remove fields); the patched object. With
+        `resource_version` only that version is patched (409 Conflict otherwise): for a status that another
+        controller writes too (a Kueue Workload's conditions are replaced whole)."""
         path = self.path(api_version, kind, namespace, name, "status")
-        return dict(self._call("patch", kind, "PATCH", path, body={"status": status},
-                               content_type="application/merge-patch+json"))
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return dict(self._call("patch", kind, "PATCH", path, body=body, content_type="application/merge-patch+json"))
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch of the object itself (e.g. the scale of a child, an annotation)."""

@@ -18,6 +18,7 @@ from modelops.engine.engine import ChildKind, Context
 from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
+from modelops.resources.kueue import KUEUE_API, QUEUE_LABEL, ObservedWorkload, Queue, placement_of_flavor, workload_name
 from modelops.resources.trainingjob import TERMINAL, JobMeta, ObservedPod, plan
 
 KIND = "TrainingJob"
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 class TrainingJobController:
     kind = KIND
     child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid}),
-                   ChildKind("v1", "Service", indexes={"owner": by_controller_uid})]
+                   ChildKind("v1", "Service", indexes={"owner": by_controller_uid}),
+                   # Kueue, where installed: the jobs' Workloads, and what admissions and priorities name
+                   ChildKind(KUEUE_API, "Workload", indexes={"owner": by_controller_uid}, optional=True),
+                   ChildKind(KUEUE_API, "ResourceFlavor", optional=True, labels=None, cluster_scoped=True),
+                   ChildKind("scheduling.k8s.io/v1", "PriorityClass", optional=True, labels=None, cluster_scoped=True)]
     resource_indexes: dict[str, Any] = {}
 
     def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None:
@@ -56,12 +61,13 @@ class TrainingJobController:
         previous: dict[str, Any] = job.get("status") or {}
         job_meta = JobMeta(name=name, namespace=namespace, uid=uid, generation=meta.get("generation"),
                            created=meta.get("creationTimestamp"))
-        result = plan(job_meta, spec, pods, previous, datetime.now(timezone.utc))
+        queue = queue_of(ctx, job, spec.priority_class_name)
+        result = plan(job_meta, spec, pods, previous, datetime.now(timezone.utc), queue)
         for warning in result.warnings:
             log.warning("TrainingJob %s/%s: %s", namespace, name, warning)
 
         status, requeue = result.status, result.requeue_after
-        refusal = write_children(ctx, uid, result.apply, create_only_kinds=frozenset({"Pod"}))
+        refusal = write_children(ctx, uid, result.apply, create_only_kinds=frozenset({"Pod", "Workload"}))
         if refusal:
             status = with_refusal(status, refusal, generation=meta.get("generation"))
             requeue = refusal_backoff.next_delay(key)
@@ -69,6 +75,12 @@ class TrainingJobController:
             refusal_backoff.forget(key)
             for pod in result.delete_pods:
                 ctx.children.delete(uid, "v1", "Pod", namespace, pod)
+        if result.delete_workload:
+            ctx.children.delete(uid, KUEUE_API, "Workload", namespace, result.delete_workload)
+        if result.workload_status and queue and queue.workload:
+            written = ctx.kube.patch_status(KUEUE_API, "Workload", namespace, queue.workload.name,
+                                            result.workload_status, resource_version=queue.workload.resource_version)
+            ctx.caches.remember(written)
         events = result.events + refusal_event(previous, refusal)
         write_status(ctx, job, status)
         for event in events:
@@ -85,7 +97,7 @@ class TrainingJobController:
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
         owner = controller_owner(new or old or {}, KIND)
-        if owner and kind in ("Pod", "Service"):
+        if owner and kind in ("Pod", "Service", "Workload"):
             yield KIND, (new or old or {})["metadata"].get("namespace", ""), owner.get("name", "")
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
@@ -93,6 +105,27 @@ class TrainingJobController:
 
     def failed(self, ctx: Context, failure: Failure) -> None:
         report_failure(ctx, KIND, failure)
+
+
+def queue_of(ctx: Context, job: Obj, priority_class: str | None) -> Queue | None:
+    """The job's Kueue queue as the planner sees it (None when the job carries no queue-name label): its
+    Workload, its PriorityClass's value and the ResourceFlavors, from the caches."""
+    name = ((job["metadata"].get("labels") or {}).get(QUEUE_LABEL) or "").strip()
+    if not name:
+        return None
+    if not ctx.serves(KUEUE_API, "Workload"):
+        return Queue(name, served=False)
+    meta = job["metadata"]
+    expected = workload_name(meta["name"], meta["uid"])
+    owned = [w for w in ctx.caches.store("Workload").by_index("owner", meta["uid"])]
+    workload = next((w for w in owned if w["metadata"]["name"] == expected), owned[0] if owned else None)
+    priority = None
+    if priority_class and ctx.serves("scheduling.k8s.io/v1", "PriorityClass"):
+        found = ctx.caches.store("PriorityClass").get("", priority_class)
+        priority = found.get("value") if found and isinstance(found.get("value"), int) else None
+    flavors = {f["metadata"]["name"]: placement_of_flavor(f) for f in ctx.caches.store("ResourceFlavor").items()} \
+        if ctx.serves(KUEUE_API, "ResourceFlavor") else {}
+    return Queue(name, ObservedWorkload.from_obj(workload) if workload else None, priority, flavors)
 
 
 def observed_pods(pods: list[Obj]) -> list[ObservedPod]:

@@ -41,13 +41,16 @@ class Context:
 
 @dataclass(frozen=True)
 class ChildKind:
-    """A kind of child to cache (all objects carrying our managed-by label), and how to trim it."""
+    """A kind of child to cache (all objects carrying our managed-by label), and how to trim it. A kind the
+    controllers only read (a Kueue ResourceFlavor, a PriorityClass) is cached whole: labels=None."""
 
     api_version: str
     kind: str
     transform: Callable[[Obj], Obj] = trim
     indexes: dict[str, Callable[[Obj], Iterable[str]]] = field(default_factory=dict)
     optional: bool = False  # a CRD that may not be installed (ServiceMonitor)
+    labels: str | None = MANAGED_BY
+    cluster_scoped: bool = False  # watched cluster-wide even when the operator watches some namespaces
 
 
 class Controller(Protocol):
@@ -109,16 +112,16 @@ class Engine:
                 merged = kinds.get(child.kind)
                 kinds[child.kind] = child if merged is None else \
                     ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
-                              child.optional)
+                              child.optional, child.labels, child.cluster_scoped)
         for child in kinds.values():
             if child.optional and not self.kube.has_kind(child.api_version, child.kind):
                 log.info("%s is not served by this cluster: not watched", child.kind)
                 continue
             self._served.add((child.api_version, child.kind))
             store = Store(child.indexes)
-            for namespace in self.options.namespaces or [None]:
+            for namespace in [None] if child.cluster_scoped else self.options.namespaces or [None]:
                 self.caches.add(Informer(self.kube, child.api_version, child.kind, namespace, store,
-                                         self._child_listener(child.kind), labels=MANAGED_BY,
+                                         self._child_listener(child.kind), labels=child.labels,
                                          transform=child.transform))
 
     def _serves(self, api_version: str, kind: str) -> bool:

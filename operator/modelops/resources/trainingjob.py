@@ -28,6 +28,8 @@ from modelops import API_VERSION
 from modelops.api.base import MODEL_NAME
 from modelops.api.trainingjob import Progress, PublishedModel, TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.resources.kueue import (ANNOTATION_SPEC_HASH as ANNOTATION_WORKLOAD_SPEC, QUEUE_LABEL, Placement, Queue,
+                                      desired_workload, finish, release)
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.clock import parse_rfc3339, rfc3339
@@ -179,6 +181,11 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    workload_status: dict[str, Any] | None = None
+    """A status patch for the job's Kueue Workload (quota handed back, finished), written with its
+    resourceVersion."""
+    delete_workload: str | None = None
+    """The job's Workload to delete (it no longer matches the job, or the job is suspended)."""
     requeue_after: float | None = None
     warnings: list[str] = field(default_factory=list)
     """What the world said that made no sense (ignored); the controller logs it."""
@@ -244,7 +251,9 @@ def rendezvous_env(job: JobMeta, spec: TrainingJobSpec, rank: int) -> list[dict[
 
 
 def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int,
-               ended: dict[int, str] | None = None) -> dict[str, Any]:
+               ended: dict[int, str] | None = None, placement: Placement | None = None) -> dict[str, Any]:
+    """Worker `rank` of `attempt`; `placement`: where a Kueue admission puts it (its flavors' node labels and
+    tolerations, added to the spec's)."""
     repository = spec.output.repository
     env = [e.wire() for e in spec.env] + rendezvous_env(job, spec, rank) + [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -274,10 +283,13 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int,
         volume = {"name": REPOSITORY_VOLUME, "hostPath": {"path": repository.host_path.path,
                                                          "type": "DirectoryOrCreate"}}
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": [volume]}
+    if placement:
+        pod_tolerations += [t for t in placement.tolerations if t not in pod_tolerations]
     if pod_tolerations:
         pod_spec["tolerations"] = pod_tolerations
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = spec.node_selector
+    node_selector = {**spec.node_selector, **(placement.node_selector if placement else {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     if spec.service_account_name:
@@ -328,10 +340,11 @@ def owner_reference(job: JobMeta) -> dict[str, Any]:
 
 
 def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],
-         now: datetime) -> Plan:
+         now: datetime, queue: Queue | None = None) -> Plan:
     """Decide everything for one reconcile pass. `previous` is the last written status: only its recorded
     facts (start/completion time, a terminal phase, the last progress, the attempts started and how they
-    ended) are read from it."""
+    ended) are read from it. `queue`: the job's Kueue queue (label kueue.x-k8s.io/queue-name), None for a job
+    that is not queued: then no group starts before its Workload is admitted, and an evicted one is removed."""
     result = Plan()
     stamp = rfc3339(now)
     ended = _ended_attempts(previous, pods)
@@ -359,8 +372,10 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     if rank0 and rank0.progress:
         progress = _progress(rank0.progress, result.warnings) or progress
 
+    workload = queue.workload if queue else None
     if phase is None and not spec.suspend:
-        ending = _ending(spec, [p for p in pods if p.attempt == current], started == current)
+        ending = _ending(spec, [p for p in pods if p.attempt == current], started == current,
+                         evicted=workload.evicted if workload else None)
         if ending and current not in ended:
             ended[current] = ending.outcome
             current += 1
@@ -398,13 +413,18 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
             if active_stale:
                 # A new attempt starts only once no worker of an earlier one is left.
                 result.delete_pods = [p.name for p in active_stale if not p.deleting]
-            elif not refused:
-                result.apply = _group_objects(job, spec, current, existing=set(group), ended=ended)
+            elif not refused and (queue is None or (workload is not None and workload.admitted)):
+                result.apply = _group_objects(job, spec, current, existing=set(group), ended=ended,
+                                              placement=queue.placement() if queue else None)
                 if any(obj["kind"] == "Pod" for obj in result.apply):
                     start_time = start_time or stamp
             running = sum(p.phase == "Running" for p in group.values())
             stuck = sorted((p for p in group.values() if p.waiting_reason and not p.deleting), key=lambda p: p.rank)
-            if restarting and ended[current - 1] == FAILED:
+            queued = queue is not None and not group and not (workload is not None and workload.admitted)
+            if queued and queue is not None:
+                phase, reason, message = "Queued", *_queued(queue)
+                start_time = None if not started and not ended else start_time
+            elif restarting and ended[current - 1] == FAILED:
                 phase, reason = "Pending", "Restarting"
                 message = f"restarting after: {_ended_message(ending, pods, current - 1)}"
             elif restarting:
@@ -419,15 +439,17 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
             else:
                 phase, reason = "Pending", "WorkersStarting"
                 message = f"{running}/{spec.workers} workers running"
-            if ending and phase == "Pending":
+            if ending and phase in ("Pending", "Queued"):
                 preemptions = sum(outcome == PREEMPTED for outcome in ended.values())
                 result.events.append(
                     Event("Warning", "WorkerFailed", f"{ending.message}; restarting the group "
                                                      f"(restart {len(failures)} of {spec.backoff_limit})")
                     if ending.outcome == FAILED else
-                    Event("Warning", "WorkerPreempted", f"{ending.message}; restarting the group from its "
-                                                        f"checkpoint (preemption {preemptions}, not counted "
-                                                        "against backoffLimit)"))
+                    Event("Warning", "Preempted" if ending.by_queue else "WorkerPreempted",
+                          f"{ending.message}; " + ("the group is removed and the job queued again, to resume from "
+                                                   "its checkpoint" if ending.by_queue else
+                                                   "restarting the group from its checkpoint") +
+                          f" (preemption {preemptions}, not counted against backoffLimit)"))
         if deadline and start_time and phase not in TERMINAL:
             result.requeue_after = max(0.0, deadline - elapsed)
         if phase in TERMINAL:
@@ -438,6 +460,9 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         # Finished jobs stay finished; make sure no worker lingers (e.g. a delete lost to a restart).
         result.delete_pods = [p.name for p in pods if p.active and not p.deleting]
         reason, message = _terminal_reason(previous)
+
+    if queue is not None and queue.served:
+        _queue_writes(result, job, spec, queue, phase, message, pods, stamp)
 
     if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and completion_time:
         remaining = spec.ttl_seconds_after_finished - (now - parse_rfc3339(completion_time)).total_seconds()
@@ -452,7 +477,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         "succeeded": sum(p.phase == "Succeeded" for p in group.values()),
         "failed": sum(p.phase == "Failed" for p in group.values()),
     }
-    preempted = _preempted_condition(previous, phase, reason, message)
+    preempted = _preempted_condition(previous, phase, ending)
     # While workers wait, Ready and Reconciling quote why; the other conditions just say Pending (so
     # `kubectl describe` shows the scheduler's words twice, not seven times).
     other = ("WorkersPending", f"{counts_running(group)}/{spec.workers} workers running") if waiting_for \
@@ -463,10 +488,11 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         Cond("Succeeded", phase == "Succeeded", *other),
         Cond("Failed", phase == "Failed", *other),
         Cond("Suspended", phase == "Suspended", *other),
-        Cond("Reconciling", phase in ("Pending", "Running"), reason, message),
+        Cond("Reconciling", phase in ("Queued", "Pending", "Running"), reason, message),
         Cond("Stalled", phase == "Failed", *other),
         Cond("UpdateRefused", bool(refused), "ImmutableWhileRunning" if refused else "", refused),
         preempted,
+        *(_queue_conditions(queue, phase, reason, message) if queue else []),
     ], now=stamp, generation=job.generation)
     pods_started = bool(group) or any(obj["kind"] == "Pod" for obj in result.apply)
     status: dict[str, Any] = {
@@ -476,6 +502,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
         "preemptions": sum(outcome == PREEMPTED for outcome in ended.values()),
         "attempt": current if pods_started else started,
         "endedAttempts": {str(a): outcome for a, outcome in sorted(ended.items())} or None,
+        "queue": _queue_status(queue, phase, reason, message) if queue else None,
         "startTime": start_time, "completionTime": completion_time if phase in TERMINAL else None,
         "progress": progress, "progressSummary": _summary(progress), "model": model,
     }
@@ -490,12 +517,18 @@ class Ending:
 
     outcome: str  # FAILED or PREEMPTED
     message: str
+    by_queue: bool = False
+    """Kueue evicted the job's workload (preempted it in its ClusterQueue, deactivated it...)."""
 
 
-def _ending(spec: TrainingJobSpec, attempt: list[ObservedPod], started: bool) -> Ending | None:
+def _ending(spec: TrainingJobSpec, attempt: list[ObservedPod], started: bool,
+            evicted: dict[str, Any] | None = None) -> Ending | None:
     """Whether the attempt's group is over (a DDP group cannot go on short a rank), and why. A worker that
     failed on its own ends it as a failure; one taken away (DisruptionTarget, a deletion, gone after it
-    started) as a preemption."""
+    started) as a preemption, and so does Kueue evicting the job's workload."""
+    if evicted is not None and (started or attempt) and any(p.phase != "Succeeded" for p in attempt):
+        why = f"{evicted.get('reason') or 'Evicted'}: {evicted.get('message') or ''}".rstrip(": ")
+        return Ending(PREEMPTED, f"Kueue evicted the job's workload ({why})", by_queue=True)
     failed = sorted((p for p in attempt if p.phase == "Failed" and not p.disruption and not p.deleting),
                     key=lambda p: p.rank)
     if failed:
@@ -549,15 +582,77 @@ def _ended_message(ending: Ending | None, pods: list[ObservedPod], attempt: int)
     return _describe_failure(failed[0]) if failed else f"attempt {attempt} ended"
 
 
-def _preempted_condition(previous: dict[str, Any], phase: str | None, reason: str, message: str) -> Cond:
+def _preempted_condition(previous: dict[str, Any], phase: str | None, ending: Ending | None) -> Cond:
     """Preempted: from the moment a group is taken away until a new group runs (or the job ends)."""
-    if reason == "Preempted":
-        return Cond("Preempted", True, reason, message)
+    if ending and ending.outcome == PREEMPTED:
+        return Cond("Preempted", True, "EvictedByKueue" if ending.by_queue else "WorkerPreempted", ending.message)
     old = next((c for c in previous.get("conditions", []) if c.get("type") == "Preempted"), {})
-    if old.get("status") == "True" and phase == "Pending":
-        return Cond("Preempted", True, old.get("reason", "Preempted"), old.get("message", ""))
-    return Cond("Preempted", False, "Running" if phase == "Running" else (reason or "NotPreempted"),
-                "the group runs" if phase == "Running" else message)
+    if old.get("status") == "True" and phase in ("Pending", "Queued"):
+        return Cond("Preempted", True, old.get("reason", "WorkerPreempted"), old.get("message", ""))
+    return Cond("Preempted", False, "NotPreempted", "the group runs" if phase == "Running" else
+                "no worker group was taken away since the last one started")
+
+
+def _queued(queue: Queue) -> tuple[str, str]:
+    """(reason, message) of a job waiting for Kueue: what Kueue says of its workload."""
+    if not queue.served:
+        return "QueueUnavailable", (f"the job asks for Kueue's LocalQueue {queue.name} (label {QUEUE_LABEL}), but this "
+                                    "cluster serves no kueue.x-k8s.io Workload: is Kueue installed?")
+    if queue.workload is None:
+        return "WorkloadCreated", f"queued in LocalQueue {queue.name}: waiting for Kueue to look at the workload"
+    if queue.workload.evicted is not None:
+        return "Evicted", "Kueue evicted the workload: removing the workers before the quota is handed back"
+    kueue_reason, kueue_message = queue.workload.pending()
+    if kueue_reason:
+        return "Queued", f"queued in LocalQueue {queue.name}: Kueue says {kueue_reason}: {kueue_message}"[:1024]
+    return "Queued", f"queued in LocalQueue {queue.name}: waiting for Kueue to admit the workload"
+
+
+def _queue_writes(result: Plan, job: JobMeta, spec: TrainingJobSpec, queue: Queue, phase: str | None,
+                  message: str, pods: list[ObservedPod], stamp: str) -> None:
+    """The Workload's side of the plan: create it (or replace one that no longer matches the job while not
+    admitted), delete it while suspended, hand the quota back once an evicted group is gone, mark it finished
+    with the job."""
+    workload = queue.workload
+    template = worker_pod(job, spec, 0, 0)["spec"]
+    desired = desired_workload(job.name, job.namespace, job.uid, queue, spec.workers, template)
+    if phase in TERMINAL:
+        if workload is not None and not workload.finished:
+            result.workload_status = finish(workload, phase == "Succeeded", message, stamp)
+        return
+    if phase == "Suspended":
+        if workload is not None:
+            result.delete_workload = workload.name
+        return
+    if workload is None:
+        result.apply.insert(0, desired)
+    elif workload.admission is None and workload.spec_hash != desired["metadata"]["annotations"][ANNOTATION_WORKLOAD_SPEC]:
+        result.delete_workload = workload.name  # Kueue's podSets are set at creation: a new one follows
+    elif workload.evicted is not None and not any(p.active for p in pods):
+        result.workload_status = release(workload, stamp)
+
+
+def _queue_conditions(queue: Queue, phase: str | None, reason: str, message: str) -> list[Cond]:
+    admitted = queue.workload is not None and queue.workload.admitted
+    return [Cond("Queued", phase == "Queued", reason if phase == "Queued" else "NotQueued",
+                 message if phase == "Queued" else f"not waiting in LocalQueue {queue.name}"),
+            Cond("Admitted", admitted, "Admitted" if admitted else "NotAdmitted",
+                 f"Kueue admitted the workload in ClusterQueue {queue.workload.cluster_queue}"
+                 if admitted and queue.workload else f"the workload holds no quota of LocalQueue {queue.name}")]
+
+
+def _queue_status(queue: Queue, phase: str | None, reason: str, message: str) -> dict[str, Any]:
+    workload = queue.workload
+    state = "Evicted" if workload and workload.evicted is not None else \
+        "Admitted" if workload and workload.admitted else "Queued"
+    kueue_reason, kueue_message = workload.pending() if workload else ("", "")
+    if workload and workload.evicted is not None:
+        kueue_reason = str(workload.evicted.get("reason") or "")
+        kueue_message = str(workload.evicted.get("message") or "")
+    # every key, empty when unknown: status is written as a merge patch, which would keep a stale nested key
+    return {"name": queue.name, "workload": workload.name if workload else "",
+            "clusterQueue": (workload.cluster_queue if workload else None) or "", "state": state,
+            "reason": kueue_reason, "message": kueue_message[:1024]}
 
 
 def _count(value: Any) -> bool:
@@ -569,12 +664,12 @@ def counts_running(group: dict[int, ObservedPod]) -> int:
 
 
 def _group_objects(job: JobMeta, spec: TrainingJobSpec, attempt: int, existing: set[int],
-                   ended: dict[int, str]) -> list[dict[str, Any]]:
+                   ended: dict[int, str], placement: Placement | None = None) -> list[dict[str, Any]]:
     """The group's desired objects: its rendezvous Service (always, so a deleted one comes back) and the
     pods of missing ranks (only while none was created: a group is started whole, once). The controller
     writes only what differs from what exists."""
     objects = [rendezvous_service(job)] if spec.workers > 1 else []
-    return objects + [worker_pod(job, spec, attempt, rank, ended) for rank in range(spec.workers)
+    return objects + [worker_pod(job, spec, attempt, rank, ended, placement) for rank in range(spec.workers)
                       if rank not in existing]
 
 
@@ -691,7 +786,8 @@ def _transition_events(previous: dict[str, Any], status: dict[str, Any], waiting
     events = []
     old, new = previous.get("conditions", []), status["conditions"]
     for cond_type, kind in (("Running", "Normal"), ("Succeeded", "Normal"), ("Failed", "Warning"),
-                            ("Suspended", "Normal"), ("UpdateRefused", "Warning")):
+                            ("Suspended", "Normal"), ("UpdateRefused", "Warning"), ("Queued", "Normal"),
+                            ("Admitted", "Normal")):
         cond = became_true(old, new, cond_type)
         if cond:
             events.append(Event(kind, cond["reason"], cond["message"]))  # type: ignore[arg-type]
