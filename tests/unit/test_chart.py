@@ -43,7 +43,12 @@ NAMESPACED_RULES: Rules = {
     ("apps", "deployments"): CRUD,
     ("autoscaling", "horizontalpodautoscalers"): CRUD,
     ("monitoring.coreos.com", "servicemonitors"): CRUD,
+    ("kueue.x-k8s.io", "workloads"): verbs("get", "list", "watch", "create", "delete"),
+    ("kueue.x-k8s.io", "workloads/status"): verbs("patch"),
 }
+# Cluster-scoped kinds read whole in both modes (a PriorityClass's value, Kueue's ResourceFlavors).
+CLUSTER_READ: Rules = {("scheduling.k8s.io", "priorityclasses"): verbs("list", "watch"),
+                       ("kueue.x-k8s.io", "resourceflavors"): verbs("list", "watch")}
 CRD_DISCOVERY: Rules = {("apiextensions.k8s.io", "customresourcedefinitions"): verbs("list", "watch")}
 NAMESPACE_WATCH: Rules = {("", "namespaces"): verbs("list", "watch")}
 CLUSTER_PEERING: Rules = {("kopf.dev", "clusterkopfpeerings"): verbs("get", "list", "watch", "patch")}
@@ -123,7 +128,7 @@ def test_chart_lints_and_renders(helm, render, values: list[str]) -> None:  # ty
 def test_cluster_wide_rbac_is_exactly_the_operators_calls(render) -> None:  # type: ignore[no-untyped-def]
     docs = render()
     [role] = find(docs, "ClusterRole")
-    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY  # cluster-wide, kopf never lists namespaces
+    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY | CLUSTER_READ  # cluster-wide, kopf never lists namespaces
     [binding] = find(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
@@ -137,7 +142,7 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render) -> None:  # typ
     docs = render(*VALUE_SETS["namespaced"])
     [cluster_role] = find(docs, "ClusterRole")
     # CRDs and namespaces are cluster-scoped: kopf's discovery of them is all that stays cluster-wide.
-    assert rules_of(cluster_role) == CRD_DISCOVERY | NAMESPACE_WATCH
+    assert rules_of(cluster_role) == CRD_DISCOVERY | NAMESPACE_WATCH | CLUSTER_READ
     for namespace in ("team-a", "team-b"):
         [role] = find(docs, "Role", f"{RELEASE}-modelops", namespace)
         assert rules_of(role) == NAMESPACED_RULES
@@ -151,7 +156,7 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render) -> None:  # typ
 def test_peering_cluster_wide(render) -> None:  # type: ignore[no-untyped-def]
     docs = render(*VALUE_SETS["peering"])
     [role] = find(docs, "ClusterRole")
-    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY | CLUSTER_PEERING
+    assert rules_of(role) == NAMESPACED_RULES | CRD_DISCOVERY | CLUSTER_READ | CLUSTER_PEERING
     [peering] = find(docs, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "modelops"
     # Its CRD is created by this same release: the object must be a hook that runs after it exists.
@@ -182,7 +187,7 @@ def test_peering_namespaced(render) -> None:  # type: ignore[no-untyped-def]
     [role] = find(docs, "Role", f"{RELEASE}-modelops", "team-a")
     assert rules_of(role) == NAMESPACED_RULES | NAMESPACED_PEERING
     [cluster_role] = find(docs, "ClusterRole")
-    assert rules_of(cluster_role) == CRD_DISCOVERY | NAMESPACE_WATCH
+    assert rules_of(cluster_role) == CRD_DISCOVERY | NAMESPACE_WATCH | CLUSTER_READ
     [peering] = find(docs, "KopfPeering")
     assert (peering["metadata"]["namespace"], peering["metadata"]["name"]) == ("team-a", "modelops")
     # Without installing the CRDs the peering objects are ordinary release objects (removed on uninstall).

@@ -100,6 +100,25 @@ resource added or removed here fails until that table is updated too.
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
+# TrainingJob with Kueue (label kueue.x-k8s.io/queue-name): its Workload, when Kueue is installed; the
+# status write hands an evicted workload's quota back and marks it finished with its job.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
+{{- end }}
+
+{{/* Cluster-scoped kinds the operator only reads, in both modes: the PriorityClass value a Kueue Workload
+     carries, and the ResourceFlavors whose node labels and tolerations an admission puts on the pods. */}}
+{{- define "modelops.rules.clusterread" -}}
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [list, watch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [list, watch]
 {{- end }}
 
 {{/* kopf's peering object(s): cluster-scoped when cluster-wide, one per watched namespace otherwise. */}}
