@@ -606,3 +606,106 @@ def test_more_workers_asked_of_a_running_group_is_an_edit_not_a_missing_worker()
     result = chain(spec(workers=3), [[pod(0, pod_spec=pod_spec), pod(1, pod_spec=pod_spec)]] * 2)
     assert result.status["preemptions"] == 0 and result.delete_pods == [] and result.apply == []
     assert condition(result.status, "UpdateRefused")["status"] == "True"
+
+
+# ---- Kueue ---------------------------------------------------------------------------------------------
+
+from modelops.resources import kueue  # noqa: E402
+
+GPU_FLAVOR = kueue.Placement({"nvidia.com/gpu.present": "true"},
+                             [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+
+
+def wl(*conditions: tuple[str, str, str, str], admitted_in: str | None = None, spec_hash: str = "") -> kueue.ObservedWorkload:
+    admission = {"clusterQueue": admitted_in, "podSetAssignments": [
+        {"name": "workers", "count": 2, "flavors": {"nvidia.com/gpu": "gpu"}}]} if admitted_in else None
+    return kueue.ObservedWorkload(
+        name=kueue.workload_name("digits", "uid-1"), resource_version="7", admission=admission, spec_hash=spec_hash,
+        conditions=[{"type": t, "status": s, "reason": r, "message": m, "lastTransitionTime": stamp(NOW)}
+                    for t, s, r, m in conditions])
+
+
+ADMITTED = (("QuotaReserved", "True", "QuotaReserved", "Quota reserved in ClusterQueue gpu"),
+            ("Admitted", "True", "Admitted", "The workload is admitted"))
+
+
+def queue(workload: kueue.ObservedWorkload | None, **kw: Any) -> kueue.Queue:
+    return kueue.Queue("training", workload, flavors={"gpu": GPU_FLAVOR}, **kw)
+
+
+def test_a_queued_job_creates_its_workload_and_no_pod_until_admitted() -> None:
+    s = spec(workers=2, resources={"gpus": 4}, priorityClassName="batch")
+    result = tj.plan(JOB, s, [], {}, NOW, queue(None, priority=100))
+    [workload] = result.apply
+    assert workload["kind"] == "Workload" and workload["metadata"]["ownerReferences"][0]["controller"] is True
+    assert workload["spec"]["queueName"] == "training" and workload["spec"]["priority"] == 100
+    assert workload["spec"]["priorityClassRef"] == {"group": "scheduling.k8s.io", "kind": "PriorityClass",
+                                                    "name": "batch"}
+    [podset] = workload["spec"]["podSets"]
+    assert (podset["name"], podset["count"]) == ("workers", 2)
+    assert podset["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert result.status["phase"] == "Queued" and "startTime" not in result.status
+    assert condition(result.status, "Queued")["status"] == "True"
+    assert result.status["queue"]["state"] == "Queued"
+    pending = wl(("QuotaReserved", "False", "Pending", "insufficient unused quota for nvidia.com/gpu"),
+                 spec_hash=workload["metadata"]["annotations"][kueue.ANNOTATION_SPEC_HASH])
+    waiting = tj.plan(JOB, s, [], result.status, NOW, queue(pending, priority=100))
+    assert waiting.apply == [] and waiting.status["phase"] == "Queued"
+    assert "Kueue says Pending: insufficient unused quota" in condition(waiting.status, "Ready")["message"]
+    assert (waiting.status["queue"]["reason"], waiting.status["queue"]["workload"]) == ("Pending", pending.name)
+
+
+def test_an_admitted_job_starts_its_whole_group_where_the_admission_says() -> None:
+    result = tj.plan(JOB, spec(workers=2, resources={"gpus": 4}), [], {}, NOW, queue(wl(*ADMITTED, admitted_in="gpu")))
+    assert kinds(result.apply) == ["Service/digits-workers", "Pod/digits-a0-w0", "Pod/digits-a0-w1"]
+    for pod_obj in result.apply[1:]:
+        assert pod_obj["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert pod_obj["spec"]["tolerations"] == GPU_FLAVOR.tolerations  # the GPU toleration, once
+    assert result.status["queue"] == {"name": "training", "workload": "trainingjob-digits-uid-1", "clusterQueue": "gpu",
+                                      "state": "Admitted", "reason": "", "message": ""}
+    assert condition(result.status, "Admitted")["status"] == "True"
+    assert "Admitted" in [e.reason for e in result.events]
+
+
+def test_an_evicted_job_removes_its_group_hands_the_quota_back_and_is_queued_again() -> None:
+    s = spec(workers=2, resources={"gpus": 4}, backoffLimit=0)
+    evicted = wl(*ADMITTED, ("Evicted", "True", "Preempted", "Preempted to accommodate a workload"), admitted_in="gpu")
+    running = tj.plan(JOB, s, [pod(0), pod(1)], {}, NOW, queue(wl(*ADMITTED, admitted_in="gpu")))
+    result = tj.plan(JOB, s, [pod(0), pod(1)], running.status, NOW, queue(evicted))
+    assert result.delete_pods == ["digits-a0-w0", "digits-a0-w1"] and result.workload_status is None
+    assert result.status["phase"] == "Queued" and result.status["queue"]["state"] == "Evicted"
+    assert (result.status["restarts"], result.status["preemptions"]) == (0, 1)
+    preempted = condition(result.status, "Preempted")
+    assert preempted["status"] == "True" and "Preempted to accommodate" in preempted["message"]
+    assert "Preempted" in [e.reason for e in result.events]
+    # the pods are gone: the quota goes back (as Kueue's own job integrations do)
+    gone = tj.plan(JOB, s, [], result.status, NOW, queue(evicted))
+    patch = gone.workload_status
+    assert patch is not None and patch["admission"] is None and gone.apply == []
+    states = {c["type"]: (c["status"], c["reason"]) for c in patch["conditions"]}
+    assert states["QuotaReserved"] == ("False", "Pending") and states["Admitted"] == ("False", "NoReservation")
+    assert states["Requeued"] == ("True", "Preempted") and states["Evicted"][0] == "True"
+    # re-admitted: a fresh attempt, from the checkpoint; the preemption did not consume backoffLimit 0
+    again = tj.plan(JOB, s, [], gone.status, NOW, queue(wl(*ADMITTED, admitted_in="gpu")))
+    assert kinds(again.apply)[1:] == ["Pod/digits-a1-w0", "Pod/digits-a1-w1"]
+    assert condition(again.status, "Preempted")["status"] == "True" and again.status["phase"] == "Pending"
+
+
+def test_the_workload_finishes_with_the_job_goes_while_suspended_and_is_replaced_when_stale() -> None:
+    s = spec(workers=1)
+    final = {"model": {"name": "digits", "version": 1, "uri": "/models/digits/1"}}
+    done = tj.plan(JOB, s, [pod(0, "Succeeded", exit_code=0, progress=final)], {"startTime": stamp(NOW)}, NOW,
+                   queue(wl(*ADMITTED, admitted_in="gpu")))
+    assert done.status["phase"] == "Succeeded" and done.workload_status is not None
+    assert {c["type"]: c["status"] for c in done.workload_status["conditions"]}["Finished"] == "True"
+    paused = tj.plan(JOB, spec(workers=1, suspend=True), [], {}, NOW, queue(wl(*ADMITTED, admitted_in="gpu")))
+    assert paused.delete_workload == "trainingjob-digits-uid-1"
+    stale = tj.plan(JOB, s, [], {}, NOW, queue(wl(spec_hash="old")))
+    assert stale.delete_workload == "trainingjob-digits-uid-1" and stale.apply == []
+
+
+def test_a_queued_job_on_a_cluster_without_kueue_waits_and_says_why() -> None:
+    result = tj.plan(JOB, spec(), [], {}, NOW, kueue.Queue("training", served=False))
+    assert result.apply == [] and result.status["phase"] == "Queued"
+    assert condition(result.status, "Ready")["reason"] == "QueueUnavailable"
+    assert "is Kueue installed?" in condition(result.status, "Ready")["message"]
