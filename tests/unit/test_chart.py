@@ -111,6 +111,7 @@ VALUE_SETS = {
     "default": [],
     "namespaced": ["--set-json", 'watchNamespaces=["team-a","team-b"]'],
     "peering": ["--set", "peering.enabled=true", "--set", "replicaCount=2"],
+    "priority-classes": ["--set", "priorityClasses.create=true"],
     "peering-namespaced": ["--set", "peering.enabled=true", "--set", "replicaCount=3",
                            "--set-json", 'watchNamespaces=["team-a"]'],
     "dashboards": ["--set", "dashboards.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"],
@@ -123,6 +124,14 @@ def test_chart_lints_and_renders(helm, render, values: list[str]) -> None:  # ty
     assert "0 chart(s) failed" in lint.stdout
     kinds = {d["kind"] for d in render(*values)}
     assert {"ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding"} <= kinds
+
+
+def test_priority_classes_recipe_puts_serving_above_training(render) -> None:  # type: ignore[no-untyped-def]
+    assert not find(render(), "PriorityClass")  # cluster-wide objects: only when asked for
+    classes = {c["metadata"]["name"]: c for c in find(render("--set", "priorityClasses.create=true"), "PriorityClass")}
+    serving, training = classes["modelops-serving"], classes["modelops-training"]
+    assert serving["value"] > training["value"] and training["preemptionPolicy"] == "Never"
+    assert "preemptionPolicy" not in serving and not serving["globalDefault"]
 
 
 def test_cluster_wide_rbac_is_exactly_the_operators_calls(render) -> None:  # type: ignore[no-untyped-def]

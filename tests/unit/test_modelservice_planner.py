@@ -203,3 +203,11 @@ def test_the_revision_name_follows_what_shapes_the_pods_not_the_spec_fields() ->
                       spec(resources={"cpu": "2"})):
         assert build.revision_name(MS, different, target) != base
     assert build.revision_name(MS, spec(), build.Target(4, SIGNATURE)).startswith("digits-v4-")
+
+
+def test_serving_pods_carry_their_priority_class_to_preempt_training() -> None:
+    pod_spec = build.deployment(MS, spec(priorityClassName="modelops-serving"), "r", build.Target(3, SIGNATURE),
+                                1)["spec"]["template"]["spec"]
+    assert pod_spec["priorityClassName"] == "modelops-serving"
+    # unset: no field, so revisions rendered before the field existed keep their names
+    assert "priorityClassName" not in build.deployment(MS, spec(), "r", build.Target(3, SIGNATURE), 1)["spec"]["template"]["spec"]

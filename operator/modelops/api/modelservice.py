@@ -208,6 +208,10 @@ class ModelServiceSpec(ApiModel):
     node_selector: dict[LabelKey, LabelValue] = node_selector_field()  # type: ignore[valid-type]
     """Label keys and values the serving pods' nodes must carry, as a Pod's nodeSelector."""
     tolerations: list[Toleration] = Field([], max_length=64)
+    priority_class_name: object_name("priorityClassName", "PriorityClass",  # type: ignore[valid-type]
+                                     namespaced=False) | None = None
+    """The serving pods' PriorityClass (it must exist). Higher than the TrainingJobs' so that serving, scaling
+    out onto full GPU nodes, preempts training workers (their job resumes from its checkpoint)."""
 
 
 class EvaluationStatus(ApiModel):

@@ -173,6 +173,8 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
         pod_spec["tolerations"] = pod_tolerations
     if spec.node_selector:
         pod_spec["nodeSelector"] = spec.node_selector
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}),
