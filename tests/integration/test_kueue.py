@@ -1,7 +1,8 @@
 """TrainingJobs queued by real Kueue (v0.17.0, built from its pinned module) on the real local API server, in
 a cluster of their own (two 8-GPU nodes, a ClusterQueue with an 8-GPU quota): gang admission one job after
 the other, a higher priority preempting a running job that is queued again and resumes, the Workload's life
-with its job. Pods are ended with the exit-code annotation, as in test_trainingjob."""
+with its job; and, without Kueue, the chart's priority classes: serving preempting a training worker. Pods
+are ended with the exit-code annotation, as in test_trainingjob."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ pytestmark = pytest.mark.cluster
 QUEUE = {"kueue.x-k8s.io/queue-name": "training"}
 URGENT = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "urgent"},
           "value": 1000, "description": "serving and urgent training: preempts queued training in Kueue"}
+# The chart's recipe (values priorityClasses): serving above training, training never preempting.
+SERVING = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "modelops-serving"},
+           "value": 100000}
+TRAINING = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "modelops-training"},
+            "value": 1000, "preemptionPolicy": "Never"}
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
 
 
 def job(name: str, labels: dict[str, str] | None = None, **spec: Any) -> str:
@@ -49,7 +57,7 @@ def kueue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(URGENT))
+        cluster.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(c) for c in (URGENT, SERVING, TRAINING)))
         yield cluster
     finally:
         cluster.down()
@@ -190,3 +198,40 @@ def test_the_workload_lives_and_dies_with_its_job_and_unlabelled_jobs_skip_the_q
     assert not workload_of(kube, "direct") and "queue" not in get_json(kube, "tj", "direct")["status"]
     kube.kubectl("delete", "tj", "big", "--wait=true", "--timeout=30s")
     eventually(lambda: not workload_of(kube, "big"), what="the Workload garbage-collected with its job")
+
+
+def test_serving_preempts_a_training_worker_and_the_job_restarts_its_group(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    """Without Kueue: the scheduler preempts a worker for a ModelService pod of a higher PriorityClass; the
+    job's group restarts as a group, as a preemption (backoffLimit 0 is not consumed), and waits for GPUs."""
+    def gpu_pods_left() -> bool:
+        pods = json.loads(kube.cluster.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
+        return not [p for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")
+                    and any(c["resources"].get("limits", {}).get("nvidia.com/gpu") for c in p["spec"]["containers"])]
+
+    eventually(gpu_pods_left, what="no GPU held by an earlier test")
+    kube.kubectl("apply", "-f", "-", stdin=job("filler", labels={}, workers=2, resources={"gpus": 8},
+                                              priorityClassName="modelops-training", backoffLimit=0))
+    running_pods(kube, "filler", 2)  # every GPU of the cluster
+    serving = {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": "serving"},
+               "spec": {"model": {"name": "digits", "version": 1, "signature": SIGNATURE},
+                        "repository": {"hostPath": {"path": "/tmp/models"}}, "resources": {"gpus": 1},
+                        "priorityClassName": "modelops-serving"}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(serving))
+    preempted = eventually(lambda: (j := get_json(kube, "tj", "filler"))["status"].get("preemptions") == 1 and j,
+                           what="a training worker preempted by the serving pod")
+    assert preempted["status"]["restarts"] == 0 and preempted["status"]["phase"] == "Pending"
+    assert "WorkerPreempted" in events(kube, "filler")
+    server = eventually(lambda: [p for p in get_json(kube, "pods", "-l", "modelops.dev/model-service=serving")["items"]
+                                 if p["spec"].get("nodeName")], what="the serving pod placed on a GPU node")
+    assert server[0]["spec"]["priorityClassName"] == "modelops-serving"
+    # the new group (attempt 1) waits for a whole node's GPUs: training never preempts serving
+    waiting = eventually(lambda: condition(j := get_json(kube, "tj", "filler"), "Ready").get("reason") == "Unschedulable"
+                         and j, what="the restarted group waiting for GPUs")
+    assert {p["metadata"]["labels"]["modelops.dev/attempt"] for p in pods_of(kube, "filler")} == {"1"}
+    assert waiting["status"]["phase"] == "Pending"
+    kube.kubectl("delete", "ms", "serving")
+    group = running_pods(kube, "filler", 2, timeout=30)
+    for pod in group:
+        end_pod(kube, pod, 0)
+    done = phase_is(kube, "filler", "Succeeded")
+    assert (done["status"]["restarts"], done["status"]["preemptions"]) == (0, 1)
