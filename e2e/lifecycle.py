@@ -271,8 +271,8 @@ class Lifecycle:
         if after.stats.ok == 0 or after.stats.failed:
             raise StepFailed(f"after the rollback: {after.stats.ok} ok, {after.stats.failed} failed "
                              f"{after.stats.errors}")
-        analysis = status.get("lastAnalysis", {})
-        return (f"version {broken} rolled back ({analysis.get('message', '')}); version {stable} answered "
+        why = next(c for c in status["conditions"] if c["type"] == "RolledBack")["message"]
+        return (f"version {broken} rolled back ({why}); version {stable} answered "
                 f"{during[0]} requests during the canary and {after.stats.ok}/{after.stats.ok} after")
 
     # ---- helpers ---------------------------------------------------------------

@@ -17,4 +17,5 @@ def test_train_serve_scale_canary_rollback(kube, kubelet, serving_operator, tmp_
     ok = lifecycle.run_all()
     print(lifecycle.table())
     assert ok, lifecycle.table()
-    assert [r.name.split(":")[0] for r in lifecycle.results] == ["train", "serve", "scale", "canary", "rollback"]
+    steps = [r.name.split(":")[0] for r in lifecycle.results]
+    assert steps == ["train", "serve", "scale", "canary", "gate", "rollback"]

@@ -186,7 +186,9 @@ def capture(kube: Kube, start_operator: Callable[[], None], stop_operator: Calla
 
     # Before the operator runs: objects with no status yet; and a pod that takes a worker's name.
     d.create(trainingjob("digits"), modelservice("digits"))
-    kube.kubectl("run", "squat-a0-w0", "--image=busybox", "--restart=Never")
+    # someone else's Service where the job's headless Service goes (a squatted worker pod name is simply
+    # skipped: the group starts as the next attempt)
+    kube.kubectl("create", "service", "clusterip", "squat-workers", "--clusterip=None")
     take("TrainingJob", "progressing_new", d.get("tj", "digits"))
     take("ModelService", "progressing_new", d.get("ms", "digits"))
 
@@ -198,7 +200,7 @@ def capture(kube: Kube, start_operator: Callable[[], None], stop_operator: Calla
         trainingjob("trained"),
         trainingjob("broken", backoffLimit=0),
         trainingjob("paused", suspend=True),
-        trainingjob("squat"),
+        trainingjob("squat", workers=2),
         modelservice("follower", model={"name": "digits", "fromTrainingJob": "digits"}),
         modelservice("starting"),
         modelservice("canary", replicas=2, rollout=canary_rollout),

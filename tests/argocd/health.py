@@ -31,7 +31,7 @@ KSTATUS: dict[tuple[str, str], str] = {
     ("TrainingJob", "progressing_unschedulable"): "InProgress",
     ("TrainingJob", "progressing_update_refused"): "InProgress",
     ("TrainingJob", "degraded_failed"): "Failed",
-    ("TrainingJob", "degraded_name_conflict"): "InProgress",
+    ("TrainingJob", "degraded_name_conflict"): "Failed",
     ("TrainingJob", "suspended"): "InProgress",
     ("ModelService", "healthy"): "Current",
     ("ModelService", "progressing_canary"): "InProgress",
@@ -39,7 +39,7 @@ KSTATUS: dict[tuple[str, str], str] = {
     ("ModelService", "progressing_replicas_not_ready"): "InProgress",
     ("ModelService", "progressing_stale"): "InProgress",
     ("ModelService", "progressing_waiting_for_job"): "InProgress",
-    ("ModelService", "degraded_model_check_failed"): "InProgress",
+    ("ModelService", "degraded_model_check_failed"): "Failed",
     ("ModelService", "degraded_rolled_back"): "Failed",
     ("ModelService", "suspended_scaled_to_zero"): "InProgress",
 }
@@ -50,15 +50,11 @@ NO_STATUS_YET = ("no status yet: kstatus has nothing to read (no observedGenerat
                  "the object Current before the operator has seen it")
 SUSPENDED = ("kstatus has no Suspended: with Reconciling and Stalled False it falls back on Ready, which is False, "
              "and reads InProgress")
-STALLED_WHILE_RECONCILING = ("the operator sets Stalled=True but leaves Reconciling=True (listed first), and "
-                             "kstatus takes whichever of the two comes first: InProgress, not Failed")
 KSTATUS_DIFFERS = {
     ("TrainingJob", "progressing_new"): NO_STATUS_YET,
     ("ModelService", "progressing_new"): NO_STATUS_YET,
     ("TrainingJob", "suspended"): SUSPENDED,
     ("ModelService", "suspended_scaled_to_zero"): SUSPENDED,
-    ("TrainingJob", "degraded_name_conflict"): STALLED_WHILE_RECONCILING,
-    ("ModelService", "degraded_model_check_failed"): STALLED_WHILE_RECONCILING,
 }
 
 

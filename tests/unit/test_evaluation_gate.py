@@ -144,7 +144,7 @@ def test_a_new_revision_starts_pending_with_its_lineage_and_status_says_so() -> 
     # the old stable predates the gate: it is not gated, and nothing is written about it
     assert evaluation.ANNOTATION_EVALUATION not in json.dumps(result.patch)
     canary = result.status["canary"]
-    assert canary["evaluation"] == {"verdict": "Pending"} and canary["lineage"] == LINEAGE
+    assert canary["evaluation"] == {"verdict": "Pending", "message": ""} and canary["lineage"] == LINEAGE
     assert canary["accuracy"] == 0.95  # the trainer's, until the gate measures it
     gate = next(c for c in result.status["conditions"] if c["type"] == "EvaluationGate")
     assert (gate["status"], gate["reason"]) == ("False", "Pending")
@@ -217,3 +217,22 @@ def test_a_model_that_answers_its_held_out_set_with_errors_fails_at_once() -> No
     assert parsed is not None
     record = evaluation.judge(parsed, EvaluationGate(), stable="digits-v3")
     assert record == {"verdict": "Failed", "message": "digits version 4 answered the held-out set with 500"}
+
+
+def test_statuses_are_what_the_api_server_stores_so_a_converged_pass_writes_nothing() -> None:
+    """The API server fills in schema defaults; a status lacking one would differ from the stored one and be
+    written again on every pass."""
+    from modelops.api.modelservice import ModelServiceStatus
+
+    s = spec()
+    desired = build.revision_name(MS, s, build.Target(3, SIGNATURE))
+    state = RolloutState(stable="digits-v2-old00", stable_version=2, canary=desired, canary_version=3,
+                         step_started_at=NOW, started_at=NOW)
+    failed = {"verdict": "Failed", "accuracy": 0.61, "stableAccuracy": 0.95, "samples": 360}
+    canary = ObservedRevision(desired, 3, 1, 0, evaluation={"verdict": "Pending"}, lineage=LINEAGE)
+    observed = {"digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 3, 3, evaluation={"verdict": "Passed"}),
+                desired: with_evaluation(canary, failed, None)}
+    _, result = plan(s, observed, state, recorded={desired: {"verdict": "Pending"}})
+    status = result.status
+    stored = ModelServiceStatus.model_validate(status).model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert stored == status

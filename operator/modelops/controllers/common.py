@@ -69,18 +69,23 @@ def refuse_invalid_spec(ctx: Context, obj: dict[str, Any], error: ValidationErro
     refuse(ctx, obj, "InvalidSpec", describe_validation_error(error))
 
 
-def with_refusal(status: dict[str, Any], refusal: tuple[str, str], *, generation: int | None) -> dict[str, Any]:
-    """The planner's status, overridden where a child could not be written: Ready=False, Stalled=True."""
+def with_refusal(status: dict[str, Any], refusal: tuple[str, str], *, generation: int | None,
+                 stored: list[dict[str, Any]]) -> dict[str, Any]:
+    """The planner's status, overridden where a child could not be written: Ready=False, Stalled=True, and
+    Reconciling=False (kstatus, Flux's reader, takes whichever of the two is True first). Transition times
+    come from the `stored` conditions, so a refusal that persists writes nothing new."""
     reason, message = refusal
     return {**status, "conditions": _override(status.get("conditions", []), [
-        Cond("Ready", False, reason, message), Cond("Stalled", True, reason, message)], generation)}
+        Cond("Ready", False, reason, message), Cond("Reconciling", False, reason, message),
+        Cond("Stalled", True, reason, message)], generation, stored)}
 
 
-def _override(conditions: list[dict[str, Any]], replacing: list[Cond], generation: int | None) -> list[dict[str, Any]]:
+def _override(conditions: list[dict[str, Any]], replacing: list[Cond], generation: int | None,
+              stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`conditions` with those of `replacing`'s types replaced (transition times kept where unchanged)."""
     types = {c.type for c in replacing}
     return [c for c in conditions if c.get("type") not in types] + \
-        merge_conditions(conditions, replacing, now=rfc3339(), generation=generation)
+        merge_conditions(stored, replacing, now=rfc3339(), generation=generation)
 
 
 def write_children(ctx: Context, owner_uid: str, objects: list[dict[str, Any]], *,
@@ -119,7 +124,7 @@ def report_failure(ctx: Context, kind: str, failure: Failure) -> None:
     if old.get("reason") == "ReconcileError" and str(failure.error) in old.get("message", ""):
         return  # already said; do not rewrite it on every retry
     conditions = _override(previous.get("conditions", []), [Cond("Ready", False, "ReconcileError", message)],
-                           obj["metadata"].get("generation"))
+                           obj["metadata"].get("generation"), previous.get("conditions", []))
     try:
         write_status(ctx, obj, {**previous, "conditions": conditions})
         ctx.kube.post_event(obj, Event("Warning", "ReconcileError", message))

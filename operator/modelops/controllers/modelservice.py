@@ -114,7 +114,7 @@ class ModelServiceController:
         status, requeue = plan.status, None
         refusal = write_children(ctx, meta.uid, plan.apply)
         if refusal:
-            status = with_refusal(status, refusal, generation=meta.generation)
+            status = with_refusal(status, refusal, generation=meta.generation, stored=previous.get("conditions", []))
             requeue = refusal_backoff.next_delay(key)
         else:
             refusal_backoff.forget(key)
@@ -122,6 +122,7 @@ class ModelServiceController:
                 ctx.caches.remember(ctx.kube.patch("apps/v1", "Deployment", namespace, revision, patch))
             for api_version, kind, child in plan.delete:
                 ctx.children.delete(meta.uid, api_version, kind, namespace, child)
+            recheck_held_pods(ctx, meta, [r for r, record in records.items() if record["verdict"] in evaluation.FINAL])
         write_status(ctx, obj, status)
         for event in plan.events + refusal_event(previous, refusal):
             ctx.kube.post_event(obj, event)
@@ -157,12 +158,6 @@ class ModelServiceController:
         owner_ref = controller_owner(obj, KIND)
         if owner_ref:
             yield KIND, namespace, owner_ref.get("name", "")
-        if kind == "Deployment" and new is not None and _gate_verdict(new) != _gate_verdict(old):
-            # the evaluation record changed: the revision's waiting pods get their model-ready gate now
-            for pod in ctx.caches.store("Pod").by_index("service", f"{namespace}/"
-                                                        f"{(new['metadata'].get('labels') or {}).get(build.LABEL_SERVICE)}"):
-                if (pod["metadata"].get("labels") or {}).get(build.LABEL_REVISION) == new["metadata"]["name"]:
-                    ctx.enqueue_check((namespace, pod["metadata"]["name"]))
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         """A TrainingJob that changed: every ModelService following it looks again (a new model version)."""
@@ -384,6 +379,14 @@ def _check_inputs(pod: Obj) -> tuple[Any, ...]:
     return status.get("phase"), status.get("podIP"), containers, _check_target(pod) is not None
 
 
+def recheck_held_pods(ctx: Context, meta: build.ServiceMeta, revisions: list[str]) -> None:
+    """Pods held out of the Service while their revision was evaluated: check them again now that the verdict
+    is on the Deployment (in the cache: this pass wrote it), so they join or stay out."""
+    for pod in ctx.caches.store("Pod").by_index("service", f"{meta.namespace}/{meta.label}") if revisions else []:
+        if (pod["metadata"].get("labels") or {}).get(build.LABEL_REVISION) in revisions:
+            ctx.enqueue_check((meta.namespace, pod["metadata"]["name"]))
+
+
 def _set_gate(ctx: Context, namespace: str, name: str, passed: bool, reason: str, message: str) -> None:
     written = ctx.kube.patch_pod_condition(namespace, name, build.MODEL_READY_GATE, passed, reason, message)
     if written:
@@ -393,11 +396,6 @@ def _set_gate(ctx: Context, namespace: str, name: str, passed: bool, reason: str
 def _gate(pod: Obj) -> dict[str, Any] | None:
     return next((c for c in (pod.get("status") or {}).get("conditions") or []
                  if c.get("type") == build.MODEL_READY_GATE), None)
-
-
-def _gate_verdict(deployment: Obj | None) -> str | None:
-    record = evaluation.read(((deployment or {}).get("metadata") or {}).get("annotations") or {})
-    return record.get("verdict") if record else None
 
 
 def _forget(namespace: str, name: str) -> None:

@@ -69,7 +69,8 @@ class TrainingJobController:
         status, requeue = result.status, result.requeue_after
         refusal = write_children(ctx, uid, result.apply, create_only_kinds=frozenset({"Pod", "Workload"}))
         if refusal:
-            status = with_refusal(status, refusal, generation=meta.get("generation"))
+            status = with_refusal(status, refusal, generation=meta.get("generation"),
+                                  stored=previous.get("conditions", []))
             requeue = refusal_backoff.next_delay(key)
         else:
             refusal_backoff.forget(key)

@@ -341,9 +341,10 @@ def evaluation_status(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """The record as status shows it (what the API's EvaluationStatus knows)."""
     if not record:
         return None
-    keys = ("verdict", "metric", "accuracy", "stableAccuracy", "stableRevision", "samples", "sha256", "attempts",
-            "message")
-    return {k: record[k] for k in keys if record.get(k) is not None}
+    keys = ("verdict", "metric", "accuracy", "stableAccuracy", "stableRevision", "samples", "sha256", "attempts")
+    # message always set: the schema defaults it to "", and a status that differs from what the API server
+    # stores would be written again on every pass
+    return {k: record[k] for k in keys if record.get(k) is not None} | {"message": str(record.get("message") or "")}
 
 
 def _stamp(moment: datetime | None) -> str | None:
