@@ -84,11 +84,11 @@ def test_canary_split_then_rollback_leaves_stable_untouched(kube, operator) -> N
     before = deployments(kube, "canary")[stable]
     kube.kubectl("apply", "-f", "-", stdin=model_service("canary", version=2, replicas=2, rollout=rollout))
 
-    def split() -> dict[str, int]:
+    def split() -> dict[str, int]:  # the canary pod never serves on kwok: the stable keeps both (surge)
         current = replicas(kube, "canary")
-        return current if len(current) == 2 and current[stable] == 1 else {}
+        return current if len(current) == 2 and current[stable] == 2 else {}
 
-    current = eventually(split, what="1+1 replica split")
+    current = eventually(split, what="2+1 replicas: the canary's surge")
     canary = next(n for n in current if n != stable)
     assert canary.startswith("canary-v2-") and current[canary] == 1
     progressing = status(kube, "canary")

@@ -111,13 +111,17 @@ def test_canary_pass_applies_desired_and_scales_the_old_stable() -> None:
     assert kinds(plan.apply) == ["Service/digits", f"ConfigMap/{desired}", f"Deployment/{desired}"]
     assert plan.apply[2]["spec"]["replicas"] == 1
     assert plan.apply[2]["metadata"]["annotations"][ANNOTATION_ROLE] == "canary"
-    assert plan.patch == {"digits-v2-old00": {"spec": {"replicas": 3},
-                                              "metadata": {"annotations": {ANNOTATION_ROLE: "stable"}}}}
+    # surge: while the canary pod does not serve, the stable keeps all 4 replicas
+    assert plan.patch == {"digits-v2-old00": {"metadata": {"annotations": {ANNOTATION_ROLE: "stable"}}}}
     assert plan.delete == []
     status = plan.status
     assert status["phase"] == "Progressing" and status["canarySummary"] == "v3 20% (step 1/2)"
     assert status["stable"]["version"] == 2 and status["modelVersion"] == 2
-    assert status["selector"] == "modelops.dev/model-service=digits" and status["replicas"] == 4
+    assert status["selector"] == "modelops.dev/model-service=digits" and status["replicas"] == 5
+    # once it serves, the stable gives up one replica for it
+    observed[desired] = ObservedRevision(desired, 3, 1, 1)
+    plan = plan_service(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    assert plan.patch["digits-v2-old00"]["spec"] == {"replicas": 3} and plan.status["replicas"] == 4
 
 
 def test_rollback_deletes_the_canary_and_leaves_stable_serving() -> None:

@@ -165,6 +165,9 @@ def plan_service(inputs: PlanInputs) -> ServicePlan:
     stable_replicas, canary_replicas = build.split_replicas(inputs.total, weight)
     if state.stable and not state.canary:
         stable_replicas = inputs.total
+    elif state.canary:  # surge: stable gives up a replica only for a canary replica that serves
+        seen = inputs.observed.get(state.canary)
+        stable_replicas = max(stable_replicas, inputs.total - min(seen.ready_replicas if seen else 0, canary_replicas))
 
     plan.apply.append(build.service(meta))
     if inputs.service_monitor:
