@@ -130,6 +130,8 @@ def test_two_8_gpu_jobs_on_an_8_gpu_quota_run_one_after_the_other(kube, operator
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
         running = phase_is(kube, running_name, "Running")
         assert running["status"]["queue"]["state"] == "Admitted" and condition(running, "Admitted")["status"] == "True"
+        eventually(lambda: condition(workload_of(kube, running_name), "PodsReady").get("status") == "True",
+                   what="Kueue told the group runs (PodsReady)")
         waiting = eventually(lambda: (j := get_json(kube, "tj", waiting_name))["status"].get("queue", {}).get("reason")
                              == "Pending" and j, what="the second job queued with Kueue's reason")
         assert waiting["status"]["phase"] == "Queued" and condition(waiting, "Queued")["status"] == "True"

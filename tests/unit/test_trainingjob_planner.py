@@ -665,6 +665,14 @@ def test_an_admitted_job_starts_its_whole_group_where_the_admission_says() -> No
                                       "state": "Admitted", "reason": "", "message": ""}
     assert condition(result.status, "Admitted")["status"] == "True"
     assert "Admitted" in [e.reason for e in result.events]
+    # Kueue hears whether the group runs (PodsReady, what its waitForPodsReady waits for), once per change
+    assert {c["type"]: c["status"] for c in result.workload_status["conditions"]}["PodsReady"] == "False"
+    admitted = wl(*ADMITTED, ("PodsReady", "False", "WaitForStart", "m"), admitted_in="gpu")
+    running = tj.plan(JOB, spec(workers=2, resources={"gpus": 4}), [pod(0), pod(1)], result.status, NOW, queue(admitted))
+    assert {c["type"]: c["status"] for c in running.workload_status["conditions"]}["PodsReady"] == "True"
+    ready = wl(*ADMITTED, ("PodsReady", "True", "Started", "m"), admitted_in="gpu")
+    assert tj.plan(JOB, spec(workers=2, resources={"gpus": 4}), [pod(0), pod(1)], running.status, NOW,
+                   queue(ready)).workload_status is None
 
 
 def test_an_evicted_job_removes_its_group_hands_the_quota_back_and_is_queued_again() -> None:

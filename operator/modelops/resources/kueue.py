@@ -170,6 +170,19 @@ def release(workload: ObservedWorkload, stamp: str) -> dict[str, Any]:
     return {"conditions": conditions, "admission": None}
 
 
+def pods_ready(workload: ObservedWorkload, ready: bool, stamp: str) -> dict[str, Any] | None:
+    """The status patch saying whether the admitted group runs (PodsReady: what Kueue's waitForPodsReady
+    waits for), or None when the workload already says so."""
+    old = next((c for c in workload.conditions if c.get("type") == "PodsReady"), None)
+    status = "True" if ready else "False"
+    if old is not None and old.get("status") == status:
+        return None
+    cond = {"type": "PodsReady", "status": status, "reason": "Started" if ready else "WaitForStart",
+            "message": "All pods reached readiness and the workload is running" if ready else
+            "Not all pods are ready or succeeded", "lastTransitionTime": stamp}
+    return {"conditions": _set(list(workload.conditions), cond)}
+
+
 def finish(workload: ObservedWorkload, succeeded: bool, message: str, stamp: str) -> dict[str, Any]:
     """The status patch marking the workload Finished with its job (Kueue releases its quota)."""
     cond = {"type": "Finished", "status": "True", "reason": "Succeeded" if succeeded else "Failed",

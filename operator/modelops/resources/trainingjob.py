@@ -29,7 +29,7 @@ from modelops.api.base import MODEL_NAME
 from modelops.api.trainingjob import Progress, PublishedModel, TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.kueue import (ANNOTATION_SPEC_HASH as ANNOTATION_WORKLOAD_SPEC, QUEUE_LABEL, Placement, Queue,
-                                      desired_workload, finish, release)
+                                      desired_workload, finish, pods_ready, release)
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.clock import parse_rfc3339, rfc3339
@@ -630,6 +630,8 @@ def _queue_writes(result: Plan, job: JobMeta, spec: TrainingJobSpec, queue: Queu
         result.delete_workload = workload.name  # Kueue's podSets are set at creation: a new one follows
     elif workload.evicted is not None and not any(p.active for p in pods):
         result.workload_status = release(workload, stamp)
+    elif workload.admitted:
+        result.workload_status = pods_ready(workload, phase == "Running", stamp)
 
 
 def _queue_conditions(queue: Queue, phase: str | None, reason: str, message: str) -> list[Cond]:
