@@ -117,38 +117,40 @@ def workload_of(kube: Kube, name: str) -> dict[str, Any]:
     return items[0] if items else {}
 
 
-def test_two_8_gpu_jobs_on_an_8_gpu_quota_run_one_after_the_other(kube, operator) -> None:  # type: ignore[no-untyped-def]
+def test_three_8_gpu_jobs_on_an_8_gpu_quota_run_one_after_the_other(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    names = ["first", "second", "third"]
     with GpuWatch(kube) as watch:
-        for name in ("first", "second"):
+        for name in names:  # applied at once
             kube.kubectl("apply", "-f", "-", stdin=job(name, workers=2, resources={"gpus": 4}))
-        pods = eventually(lambda: get_json(kube, "pods")["items"], what="a group admitted")
-        running_name = pods[0]["metadata"]["labels"]["modelops.dev/training-job"]
-        waiting_name = "second" if running_name == "first" else "first"
-        group = running_pods(kube, running_name, 2)
-        for pod in group:  # the admission's flavor: the GPU nodes' label and taint
-            assert pod["spec"]["nodeSelector"]["nvidia.com/gpu.present"] == "true"
-            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
-        running = phase_is(kube, running_name, "Running")
-        assert running["status"]["queue"]["state"] == "Admitted" and condition(running, "Admitted")["status"] == "True"
-        eventually(lambda: condition(workload_of(kube, running_name), "PodsReady").get("status") == "True",
-                   what="Kueue told the group runs (PodsReady)")
-        waiting = eventually(lambda: (j := get_json(kube, "tj", waiting_name))["status"].get("queue", {}).get("reason")
-                             == "Pending" and j, what="the second job queued with Kueue's reason")
-        assert waiting["status"]["phase"] == "Queued" and condition(waiting, "Queued")["status"] == "True"
-        assert "insufficient unused quota for nvidia.com/gpu" in condition(waiting, "Ready")["message"]
-        assert not pods_of(kube, waiting_name)
-        for pod in group:
-            end_pod(kube, pod, 0)
-        assert phase_is(kube, running_name, "Succeeded")
-        eventually(lambda: condition(workload_of(kube, running_name), "Finished").get("status") == "True",
-                   what="the finished job's Workload Finished (quota released)")
-        second = running_pods(kube, waiting_name, 2, timeout=30)
-        assert phase_is(kube, waiting_name, "Running")["status"]["queue"]["state"] == "Admitted"
-        for pod in second:
-            end_pod(kube, pod, 0)
-        phase_is(kube, waiting_name, "Succeeded")
-    assert watch.samples > 10 and watch.most == 8  # never more than the quota, never a partial second group
-    said = set(events(kube, waiting_name))  # queued (the condition's reason: WorkloadCreated), then admitted
+        order = []
+        while len(order) < len(names):
+            pods = eventually(lambda: [p for p in get_json(kube, "pods")["items"]
+                                       if p["status"].get("phase") not in ("Succeeded", "Failed")],
+                              30, "the next group admitted")
+            running_name = pods[0]["metadata"]["labels"]["modelops.dev/training-job"]
+            group = running_pods(kube, running_name, 2)
+            for pod in group:  # the admission's flavor: the GPU nodes' label and taint
+                assert pod["spec"]["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+                assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+            running = phase_is(kube, running_name, "Running")
+            assert running["status"]["queue"]["state"] == "Admitted" and condition(running, "Admitted")["status"] == "True"
+            eventually(lambda: condition(workload_of(kube, running_name), "PodsReady").get("status") == "True",
+                       what="Kueue told the group runs (PodsReady)")
+            for waiting_name in set(names) - set(order) - {running_name}:
+                waiting = eventually(lambda: (j := get_json(kube, "tj", waiting_name))["status"].get("queue", {})
+                                     .get("reason") == "Pending" and j, what=f"{waiting_name} queued with Kueue's reason")
+                assert waiting["status"]["phase"] == "Queued" and condition(waiting, "Queued")["status"] == "True"
+                assert "insufficient unused quota for nvidia.com/gpu" in condition(waiting, "Ready")["message"]
+                assert not pods_of(kube, waiting_name)
+            for pod in group:
+                end_pod(kube, pod, 0)
+            phase_is(kube, running_name, "Succeeded")
+            eventually(lambda: condition(workload_of(kube, running_name), "Finished").get("status") == "True",
+                       what="the finished job's Workload Finished (quota released)")
+            order.append(running_name)
+    assert sorted(order) == sorted(names)
+    assert watch.samples > 10 and watch.most == 8  # never more than the quota, never a partial group on top
+    said = set(events(kube, order[-1]))  # queued (the condition's reason: WorkloadCreated), then admitted
     assert "Admitted" in said and said & {"WorkloadCreated", "Queued"}
 
 
