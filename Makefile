@@ -33,9 +33,10 @@ venv: $(STAMP)
 lock:
 	$(PYTHON) requirements/lock.py $(if $(UPGRADE),--upgrade)
 
-# Kubernetes control plane, etcd, kwok, helm, built from the pinned Go modules (cached outside git).
+# Kubernetes control plane, etcd, kwok, helm and Kueue (tests/integration/test_kueue.py), built from the
+# pinned Go modules (cached outside git; Kueue's first build takes several minutes).
 tools:
-	e2e/tools/build.sh >/dev/null
+	e2e/tools/build.sh --kueue >/dev/null
 
 cluster-up: deps venv tools
 	$(MODELOPS) dev cluster up
