@@ -67,7 +67,16 @@ def run_gate(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec, obse
             ctx.children.delete(meta.uid, "v1", "Pod", meta.namespace, pod["metadata"]["name"])
         if records[revision].get("retryAfter"):
             due.append(evaluation.retry_in(records[revision], now) or 1.0)
+    _remove_strays(ctx, meta, {state.canary, state.stable})
     return records, lineages, min(due) if due else None
+
+
+def _remove_strays(ctx: Context, meta: build.ServiceMeta, evaluating: set[str | None]) -> None:
+    """Evaluation pods of revisions no longer rolled out (rolled back, replaced, promoted meanwhile) go."""
+    for pod in ctx.caches.store("Pod").by_index("owner", meta.uid):
+        revision = (pod["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)
+        if revision and revision not in evaluating and not pod["metadata"].get("deletionTimestamp"):
+            ctx.children.delete(meta.uid, "v1", "Pod", meta.namespace, pod["metadata"]["name"])
 
 
 def _start(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec, revision: str, version: int,

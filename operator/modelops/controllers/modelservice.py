@@ -54,7 +54,7 @@ def _follows(obj: Obj) -> Iterable[str]:
 class ModelServiceController:
     kind = KIND
     child_kinds = [
-        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE)}),
+        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE), "owner": by_controller_uid}),
         ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid}),
         ChildKind("v1", "Service", indexes={"owner": by_controller_uid}),
         ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid}),
