@@ -717,3 +717,12 @@ def test_a_queued_job_on_a_cluster_without_kueue_waits_and_says_why() -> None:
     assert result.apply == [] and result.status["phase"] == "Queued"
     assert condition(result.status, "Ready")["reason"] == "QueueUnavailable"
     assert "is Kueue installed?" in condition(result.status, "Ready")["message"]
+
+
+def test_a_forged_attempt_record_never_removes_a_running_group() -> None:
+    pods = [pod(0), pod(1)]
+    for forged in ({"attempt": 99}, {"endedAttempts": {"0": "Failed", "1": "Failed", "2": "Failed"}},
+                   {"attempt": 3, "endedAttempts": {"0": "Preempted", "1": "Preempted", "2": "Preempted"}}):
+        result = tj.plan(JOB, spec(workers=2, backoffLimit=1), pods, {"phase": "Running", **forged}, NOW)
+        assert result.delete_pods == [] and result.status["phase"] == "Running", forged
+        assert result.status["attempt"] == 0

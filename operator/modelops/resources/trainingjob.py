@@ -348,7 +348,7 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
     result = Plan()
     stamp = rfc3339(now)
     ended = _ended_attempts(previous, pods)
-    started = previous.get("attempt") if _count(previous.get("attempt")) else None
+    started = _started_attempt(previous, pods, ended)
     current = max([*(p.attempt for p in pods), *([started] if started is not None else []),
                    *(a + 1 for a in ended)], default=0)
     # The last status is an observation, used only where the world does not contradict it.
@@ -566,12 +566,29 @@ def _ended_attempts(previous: dict[str, Any], pods: list[ObservedPod]) -> dict[i
     for p in sorted(pods, key=lambda p: p.attempt):
         ended |= dict(p.ended_attempts)
     ended |= ended_attempts_of(previous.get("endedAttempts"))
+    # while workers of an attempt still run, neither it nor a later one has ended, whatever a record says
+    # (a group starts only once no earlier worker is left; this pass decides again from the world)
+    running = min((p.attempt for p in pods if p.active and not p.deleting), default=None)
+    if running is not None:
+        ended = {a: outcome for a, outcome in ended.items() if a < running}
     newest = max((p.attempt for p in pods), default=-1)
     for p in pods:
         if p.attempt < newest and p.attempt not in ended and p.phase == "Failed" and not p.disruption \
                 and not p.deleting:
             ended[p.attempt] = FAILED
     return ended
+
+
+def _started_attempt(previous: dict[str, Any], pods: list[ObservedPod], ended: dict[int, str]) -> int | None:
+    """The attempt the last status says was started, unless the world contradicts it: a worker of an earlier
+    attempt still running, or an attempt beyond any the pods and the record know."""
+    recorded = previous.get("attempt")
+    if not _count(recorded):
+        return None
+    known = max([*(p.attempt for p in pods), *(a + 1 for a in ended), 0])
+    if recorded > known or any(p.attempt < recorded and p.active and not p.deleting for p in pods):
+        return None
+    return int(recorded)
 
 
 def _ended_message(ending: Ending | None, pods: list[ObservedPod], attempt: int) -> str:
