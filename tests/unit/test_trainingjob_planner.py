@@ -726,3 +726,11 @@ def test_a_forged_attempt_record_never_removes_a_running_group() -> None:
         result = tj.plan(JOB, spec(workers=2, backoffLimit=1), pods, {"phase": "Running", **forged}, NOW)
         assert result.delete_pods == [] and result.status["phase"] == "Running", forged
         assert result.status["attempt"] == 0
+
+
+def test_a_worker_whose_labels_were_garbled_is_not_a_lost_one() -> None:
+    running = tj.plan(JOB, spec(workers=2), [pod(0), pod(1)], {}, NOW)
+    # rank 1's labels edited into garbage: the controller leaves it out of `pods`, but its pod is there
+    result = tj.plan(JOB, spec(workers=2), [pod(0)], running.status, NOW,
+                     present=frozenset({"digits-a0-w0", "digits-a0-w1"}))
+    assert result.delete_pods == [] and result.status["preemptions"] == 0

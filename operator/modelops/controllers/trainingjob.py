@@ -57,12 +57,14 @@ class TrainingJobController:
         except ValidationError as error:
             refuse_invalid_spec(ctx, job, error)
             return None
-        pods = observed_pods(ctx.caches.store("Pod").by_index("owner", uid))
+        owned = ctx.caches.store("Pod").by_index("owner", uid)
+        pods = observed_pods(owned)
         previous: dict[str, Any] = job.get("status") or {}
         job_meta = JobMeta(name=name, namespace=namespace, uid=uid, generation=meta.get("generation"),
                            created=meta.get("creationTimestamp"))
         queue = queue_of(ctx, job, spec.priority_class_name)
-        result = plan(job_meta, spec, pods, previous, datetime.now(timezone.utc), queue)
+        result = plan(job_meta, spec, pods, previous, datetime.now(timezone.utc), queue,
+                      present=frozenset(p["metadata"]["name"] for p in owned))
         for warning in result.warnings:
             log.warning("TrainingJob %s/%s: %s", namespace, name, warning)
 
@@ -71,6 +73,8 @@ class TrainingJobController:
         if refusal:
             status = with_refusal(status, refusal, generation=meta.get("generation"),
                                   stored=previous.get("conditions", []))
+            # the group was not (wholly) created, so it has not started: a worker missing is not a lost one
+            status = {k: v for k, v in {**status, "attempt": previous.get("attempt")}.items() if v is not None}
             requeue = refusal_backoff.next_delay(key)
         else:
             refusal_backoff.forget(key)

@@ -340,11 +340,13 @@ def owner_reference(job: JobMeta) -> dict[str, Any]:
 
 
 def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],
-         now: datetime, queue: Queue | None = None) -> Plan:
+         now: datetime, queue: Queue | None = None, *, present: frozenset[str] | None = None) -> Plan:
     """Decide everything for one reconcile pass. `previous` is the last written status: only its recorded
     facts (start/completion time, a terminal phase, the last progress, the attempts started and how they
     ended) are read from it. `queue`: the job's Kueue queue (label kueue.x-k8s.io/queue-name), None for a job
-    that is not queued: then no group starts before its Workload is admitted, and an evicted one is removed."""
+    that is not queued: then no group starts before its Workload is admitted, and an evicted one is removed.
+    `present`: the names of all the job's pods, also those whose labels were edited into garbage (not in
+    `pods`): a worker whose pod is there is not missing."""
     result = Plan()
     stamp = rfc3339(now)
     ended = _ended_attempts(previous, pods)
@@ -374,8 +376,9 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
 
     workload = queue.workload if queue else None
     if phase is None and not spec.suspend:
-        ending = _ending(spec, [p for p in pods if p.attempt == current], started == current,
-                         evicted=workload.evicted if workload else None)
+        ending = _ending(job, spec, [p for p in pods if p.attempt == current], started == current,
+                         evicted=workload.evicted if workload else None,
+                         present=present if present is not None else frozenset(p.name for p in pods))
         if ending and current not in ended:
             ended[current] = ending.outcome
             current += 1
@@ -521,8 +524,8 @@ class Ending:
     """Kueue evicted the job's workload (preempted it in its ClusterQueue, deactivated it...)."""
 
 
-def _ending(spec: TrainingJobSpec, attempt: list[ObservedPod], started: bool,
-            evicted: dict[str, Any] | None = None) -> Ending | None:
+def _ending(job: JobMeta, spec: TrainingJobSpec, attempt: list[ObservedPod], started: bool,
+            evicted: dict[str, Any] | None = None, present: frozenset[str] = frozenset()) -> Ending | None:
     """Whether the attempt's group is over (a DDP group cannot go on short a rank), and why. A worker that
     failed on its own ends it as a failure; one taken away (DisruptionTarget, a deletion, gone after it
     started) as a preemption, and so does Kueue evicting the job's workload."""
@@ -543,7 +546,9 @@ def _ending(spec: TrainingJobSpec, attempt: list[ObservedPod], started: bool,
             return Ending(PREEMPTED, f"worker {p.rank} (pod {p.name}) was preempted ({why})")
         return Ending(PREEMPTED, f"worker {p.rank} (pod {p.name}) was deleted while it ran")
     ranks = {p.rank for p in attempt}
-    missing = [rank for rank in range(_group_size(spec, attempt)) if rank not in ranks]
+    number = attempt[0].attempt if attempt else None
+    missing = [rank for rank in range(_group_size(spec, attempt)) if rank not in ranks
+               and (number is None or pod_name(job.name, number, rank) not in present)]
     if started and missing:
         return Ending(PREEMPTED, f"worker {missing[0]} disappeared (its pod was deleted)")
     return None
