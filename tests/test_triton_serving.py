@@ -123,3 +123,41 @@ def test_evaluation_pod_program_scores_the_published_held_out_set(served: tuple[
                           "--model", "digits", "--version", "1", "--candidate", "127.0.0.1:9", "--report",
                           str(report_file)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "127.0.0.1:9" in json.loads(report_file.read_text())["error"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_two_instances_from_the_operators_config_load_and_answer(served: tuple[TritonServer, Path],
+                                                                 tmp_path: Path) -> None:
+    """instanceCount 2 as the operator renders it for a ModelService (python backend, no CPU limit): both
+    instances load, each takes its share of the cores for torch (never all of them), and answers are right."""
+    import json
+    import shutil
+
+    import tritonclient.http as client
+
+    from modelops.api.modelservice import ModelServiceSpec
+    from modelops.resources import modelservice as build
+    from modelops.trainer.triton_model import threads_per_instance
+
+    _, version_dir = served
+    signature = json.loads((version_dir / "metadata.json").read_text())["signature"]
+    spec = ModelServiceSpec.model_validate({"model": {"name": "digits", "version": 1, "signature": signature},
+                                            "repository": {"hostPath": {"path": str(tmp_path)}},
+                                            "triton": {"backend": "python", "instanceCount": 2}})
+    config = build.config_map(build.ServiceMeta("d", "ns", "uid"), spec, "r", build.Target(1, signature))
+    model_dir = tmp_path / "digits"
+    shutil.copytree(version_dir, model_dir / "1")
+    (model_dir / "config.pbtxt").write_text(config["data"]["config.pbtxt"])
+    x, labels, expected = held_out(version_dir)
+    with TritonServer(tmp_path, models=["digits"], startup_timeout=60) as server:
+        triton = client.InferenceServerClient(server.http_url)
+        outputs = []
+        for batch in (x[:50], x[50:]):
+            tensor = client.InferInput("INPUT__0", list(batch.shape), "FP32")
+            tensor.set_data_from_numpy(batch)
+            outputs.append(triton.infer("digits", [tensor]).as_numpy("OUTPUT__0"))
+        triton.close()
+        np.testing.assert_allclose(np.concatenate(outputs), expected, rtol=1e-4, atol=1e-4)
+        log = server.log_tail(200_000)
+    threads = threads_per_instance(len(os.sched_getaffinity(0)), 2)
+    assert log.count(f"torch threads intra-op {threads}, inter-op 1") == 2, log[-3000:]

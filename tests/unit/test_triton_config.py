@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from modelops.triton.config import render_config
+from modelops.triton.config import render_config, threads_per_instance
 from modelops.triton.repository import list_versions, next_version, validate_model_name
 from modelops.triton.signature import Signature, TensorSpec, load_signature
 
@@ -143,3 +144,117 @@ def test_triton_package_never_imports_torch() -> None:
             "modelops.triton.repository, modelops.trainer.progress; "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+PYTHON_FOUR_CORES = """\
+instance_group [
+  {
+    count: 2
+    kind: KIND_AUTO
+  }
+]
+dynamic_batching {
+}
+parameters {
+  key: "INTRA_OP_THREAD_COUNT"
+  value: { string_value: "1" }
+}
+parameters {
+  key: "INTER_OP_THREAD_COUNT"
+  value: { string_value: "1" }
+}
+"""
+
+
+@pytest.mark.parametrize("cores, instances, threads", [
+    (0.5, 1, 1), (1, 1, 1), (1.5, 1, 1), (2, 1, 1), (2, 2, 1), (3, 1, 2), (4, 1, 3), (4, 2, 1), (4, 3, 1),
+    (8, 1, 7), (8, 2, 3), (8, 4, 1), (16, 3, 5), (64, 1, 63), (2, 16, 1),
+])
+def test_threads_per_instance(cores: float, instances: int, threads: int) -> None:
+    """One core left to Triton (HTTP, batcher, IPC) from two cores up, the rest split evenly between the
+    instances: instances x threads <= cores whenever the cores allow one thread per instance."""
+    assert threads_per_instance(cores, instances) == threads
+    if instances < cores:
+        assert instances * threads <= cores
+
+
+def test_the_python_backend_model_applies_the_same_thread_rule() -> None:
+    """model.py (copied into every published version) carries its own copy of the rule, for pods without a
+    CPU limit; it must agree with the renderer's, and read the rendered parameters when they are there."""
+    from modelops.trainer import triton_model
+
+    for cores in range(1, 40):
+        for instances in range(1, 9):
+            assert triton_model.threads_per_instance(cores, instances) == threads_per_instance(cores, instances)
+    rendered = {"parameters": {"INTRA_OP_THREAD_COUNT": {"string_value": "3"},
+                               "INTER_OP_THREAD_COUNT": {"string_value": "1"}}}
+    assert triton_model.thread_counts(rendered, cores=64) == (3, 1)
+    two = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}]}
+    assert triton_model.thread_counts(two, cores=8) == (3, 1)
+    assert triton_model.thread_counts(two, cores=2) == (1, 1)
+    assert triton_model.thread_counts({}, cores=4) == (3, 1)
+    on_gpus = {"instance_group": [{"count": 2, "kind": "KIND_GPU", "gpus": [0, 1]}]}
+    assert triton_model.thread_counts(on_gpus, cores=9) == (2, 1)
+    assert 1 <= triton_model.available_cores() <= (os.cpu_count() or 1)
+
+
+def test_cpu_cores_render_thread_parameters_for_every_instance_of_the_pod() -> None:
+    text = render_config("digits", DIGITS, backend="python", instance_count=2, cpu_cores=4)
+    assert text.endswith(PYTHON_FOUR_CORES)
+    libtorch = render_config("digits", DIGITS, cpu_cores=16, instance_count=3)
+    assert '  key: "INTRA_OP_THREAD_COUNT"\n  value: { string_value: "5" }' in libtorch
+    # KIND_GPU: Triton places `count` instances on each GPU of the pod.
+    on_gpus = render_config("digits", DIGITS, cpu_cores=16, instance_count=2, instance_kind="KIND_GPU", gpus=4)
+    assert '"INTRA_OP_THREAD_COUNT"\n  value: { string_value: "1" }' in on_gpus
+    assert "parameters" not in render_config("digits", DIGITS)  # cores unknown: model.py decides at run time
+    with pytest.raises(ValueError, match="cpu_cores"):
+        render_config("digits", DIGITS, cpu_cores=0)
+
+
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
+
+
+def served_config(**spec: object) -> str:
+    from modelops.api.modelservice import ModelServiceSpec
+    from modelops.resources import modelservice as build
+
+    parsed = ModelServiceSpec.model_validate({"model": {"name": "digits", "version": 1, "signature": SIGNATURE},
+                                              "repository": {"hostPath": {"path": "/m"}}, **spec})
+    return build.config_map(build.ServiceMeta("d", "ns", "u"), parsed, "r", build.Target(1, SIGNATURE))["data"][
+        "config.pbtxt"]
+
+
+def test_modelservice_defaults_batch_without_delay_or_preferred_sizes() -> None:
+    """The measured defaults (e2e/bench/bench_serving.py): Triton merges what queues while the instance is
+    busy, so no queue delay (it only added latency) and no preferred sizes (maxBatchSize is the target)."""
+    text = served_config()
+    assert "max_batch_size: 64" in text and text.endswith("dynamic_batching {\n}\n")
+    assert "preferred_batch_size" not in text and "max_queue_delay" not in text
+    user = served_config(triton={"maxBatchSize": 32, "dynamicBatching": {"maxQueueDelayMicroseconds": 500,
+                                                                         "preferredBatchSizes": [16, 32]}})
+    assert "max_queue_delay_microseconds: 500" in user and "preferred_batch_size: [ 16, 32 ]" in user
+    assert "dynamic_batching" not in served_config(triton={"maxBatchSize": 0})
+
+
+@pytest.mark.parametrize("cpu, gpus, threads", [("4", 0, "3"), ("500m", 0, "1"), ("2500m", 0, "1"),
+                                                 ("16", 2, "7"), (None, 0, None)])
+def test_modelservice_cpu_limit_sets_threads(cpu: str | None, gpus: int, threads: str | None) -> None:
+    resources: dict[str, object] = {"gpus": gpus, **({"cpu": cpu} if cpu else {})}
+    text = served_config(resources=resources)
+    if threads is None:
+        assert "INTRA_OP_THREAD_COUNT" not in text
+    else:
+        assert f'"INTRA_OP_THREAD_COUNT"\n  value: {{ string_value: "{threads}" }}' in text
+
+
+def test_pods_keep_only_the_latency_quantiles_that_are_read() -> None:
+    from modelops.api.modelservice import ModelServiceSpec
+    from modelops.resources import modelservice as build
+
+    spec = ModelServiceSpec.model_validate({"model": {"name": "digits", "version": 1, "signature": SIGNATURE},
+                                            "repository": {"hostPath": {"path": "/m"}}})
+    args = build.deployment(build.ServiceMeta("d", "ns", "u"), spec, "r", build.Target(1, SIGNATURE), 1)[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--metrics-config=summary_latencies=true" in args
+    assert "--metrics-config=summary_quantiles=0.5:0.05,0.99:0.001" in args

@@ -85,8 +85,15 @@ class ServingRepository(ApiModel):
 
 
 class DynamicBatching(ApiModel):
+    """Triton's dynamic batcher (on when maxBatchSize > 0). The defaults are the measured best of
+    e2e/bench/bench_serving.py: Triton already merges the requests that arrive while a model instance is busy,
+    so batches grow with the load on their own, and any queue delay only adds latency."""
+
     preferred_batch_sizes: list[int] = Field([], max_length=8)
-    max_queue_delay_microseconds: int = Field(100, ge=0, le=10_000_000)
+    """Batch sizes sent as soon as they are reached; empty: maxBatchSize is the only target (what TorchScript
+    wants; fixed sizes matter for engines built for them)."""
+    max_queue_delay_microseconds: int = Field(0, ge=0, le=10_000_000)
+    """How long the first request of a batch may wait for more; 0: never (no latency cost at low load)."""
 
 
 class TritonSpec(ApiModel):

@@ -1,43 +1,138 @@
-"""Triton python-backend model: runs the TorchScript model.pt of its version directory (copied there as model.py)."""
+"""Triton python-backend model: runs the TorchScript model.pt of its version directory (copied there as model.py).
+
+Threads: each model instance is its own stub process with its own torch. Left alone, every instance's torch
+starts one OpenMP thread per core, and the instances, Triton's own threads and the OpenMP workers spinning
+while they wait all fight over the cores: two instances ran several times slower than one. So each instance
+takes INTRA_OP_THREAD_COUNT torch threads (config.pbtxt `parameters`, rendered by the operator from the pod's
+CPU limit), or, without it, the share the same rule gives of the cores this process may use (its CPU affinity
+and the cgroup's cpu.max quota).
+"""
 
 import json
+import math
 import os
 
 import numpy as np
-import torch
-import triton_python_backend_utils as pb_utils  # provided by Triton's python backend
+
+try:
+    import triton_python_backend_utils as pb_utils  # provided by Triton's python backend
+except ImportError:  # imported outside Triton, for its thread rule (tests)
+    pb_utils = None
 
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
+
+
+def threads_per_instance(cores, instances):
+    """torch intra-op threads for each of `instances` model instances sharing `cores` (the operator's config
+    renderer, modelops.triton.config.threads_per_instance, applies the same rule): one core is left to
+    Triton's own work (HTTP/gRPC, the batcher, the stub IPC) when there are two or more, the rest is split
+    evenly, never below one thread."""
+    usable = max(1, int(cores) - 1)
+    return max(1, usable // max(1, instances))
+
+
+def available_cores():
+    """Cores this process may use: its CPU affinity, capped by the cgroup's CPU quota (a pod's CPU limit)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota():
+    """The CPU quota in cores (cgroup v2 cpu.max, or v1 cfs quota/period); None when unlimited or unknown."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as handle:
+            quota, period = handle.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+            quota, period = int(q.read()), int(p.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def _parameter(config, key):
+    value = (config.get("parameters") or {}).get(key, {}).get("string_value", "")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def thread_counts(config, cores=None):
+    """(intra-op, inter-op) torch threads for one instance of this model config."""
+    intra = _parameter(config, "INTRA_OP_THREAD_COUNT")
+    inter = _parameter(config, "INTER_OP_THREAD_COUNT")
+    if intra < 1:  # every instance of this model in the pod: count, on each of its GPUs for KIND_GPU
+        groups = config.get("instance_group") or [{}]
+        instances = sum(int(g.get("count", 1)) * (max(1, len(g.get("gpus") or ())) if g.get("kind") == "KIND_GPU"
+                                                  else 1) for g in groups)
+        intra = threads_per_instance(available_cores() if cores is None else cores, instances)
+    return intra, inter if inter >= 1 else 1
 
 
 class TritonPythonModel:
     """Batches every request of an execute() call through one forward pass."""
 
     def initialize(self, args):
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
-        on_gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{args.get('model_instance_device_id', 0)}" if on_gpu else "cpu")
-        self.model = torch.jit.load(os.path.join(version_dir, "model.pt"), map_location=self.device).eval()
         config = json.loads(args["model_config"])
+        intra, inter = thread_counts(config)
+        # Before torch starts its thread pools: OpenMP reads these once.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(intra)
+        import torch
+
+        torch.set_num_threads(intra)
+        try:
+            torch.set_num_interop_threads(inter)
+        except RuntimeError:  # already set by an earlier instance in this process
+            pass
+        self.torch = torch
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.on_gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{args.get('model_instance_device_id', 0)}" if self.on_gpu else "cpu")
+        self.model = torch.jit.load(os.path.join(version_dir, "model.pt"), map_location=self.device).eval()
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_info(f"{args.get('model_instance_name')}: torch threads intra-op {intra}, inter-op {inter}")
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
 
     def execute(self, requests):
-        arrays, responses = [], []
-        for request in requests:
-            arrays.append(pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy())
+        torch = self.torch
+        arrays = [pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy() for request in requests]
         try:
-            batch = torch.from_numpy(np.concatenate(arrays).astype(np.float32, copy=False)).to(self.device)
+            batch = torch.from_numpy(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+            if batch.dtype != torch.float32:
+                batch = batch.float()
+            if self.on_gpu:
+                batch = batch.to(self.device)
             with torch.inference_mode():
-                logits = self.model(batch).float().cpu().numpy().astype(self.output_dtype, copy=False)
+                logits = self.model(batch)
+            if logits.dtype == torch.bfloat16:  # numpy has no bfloat16
+                logits = logits.float()
+            logits = (logits.cpu() if self.on_gpu else logits).numpy()
+            if logits.dtype != self.output_dtype:
+                logits = logits.astype(self.output_dtype)
         except Exception as exc:  # answer every request with the error rather than crash the stub
             error = pb_utils.TritonError(f"inference failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        if len(arrays) == 1:
+            return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, logits)])]
+        responses = []
         start = 0
         for array in arrays:
-            part = logits[start:start + len(array)]
-            start += len(array)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, part)]))
+            end = start + len(array)
+            tensor = pb_utils.Tensor(OUTPUT_NAME, logits[start:end])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            start = end
         return responses
 
     def finalize(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from enum import Enum
 
@@ -39,6 +40,8 @@ def render_config(
     instance_count: int = 1,
     instance_kind: InstanceKind | str = InstanceKind.AUTO,
     version: int | None = None,
+    cpu_cores: float | None = None,
+    gpus: int = 0,
 ) -> str:
     """Render config.pbtxt text for `model_name`.
 
@@ -46,6 +49,10 @@ def render_config(
     - max_batch_size > 0 enables batching with `dynamic_batching` (preferred sizes, queue delay);
       0 disables it, and the dims then carry an explicit variable batch dimension (-1).
     - version given -> `version_policy: { specific: { versions: [N] } }`; None -> Triton's default (latest).
+    - cpu_cores (the pod's CPU limit) given -> `parameters` INTRA_OP_THREAD_COUNT (threads_per_instance over
+      every instance of the pod: instance_count, times `gpus` for KIND_GPU, as Triton puts count instances on
+      each GPU) and INTER_OP_THREAD_COUNT 1, read by the libtorch backend and by our python-backend model.py;
+      without it model.py applies the same rule to the cores it finds at run time.
     Raises ValueError on invalid settings. Same inputs, same text.
     """
     backend = Backend(backend)
@@ -62,6 +69,10 @@ def render_config(
         raise ValueError(f"preferred_batch_sizes must lie in 1..max_batch_size ({max_batch_size})")
     if version is not None and version < 1:
         raise ValueError("version must be >= 1")
+    if cpu_cores is not None and cpu_cores <= 0:
+        raise ValueError("cpu_cores must be > 0")
+    if gpus < 0:
+        raise ValueError("gpus must be >= 0")
 
     lines = [f"name: {_quote(model_name)}", backend.config_line, f"max_batch_size: {max_batch_size}"]
     if version is not None:
@@ -76,7 +87,32 @@ def render_config(
         if max_queue_delay_us:
             lines.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
         lines.append("}")
+    if cpu_cores is not None:
+        instances = instance_count * (max(1, gpus) if instance_kind is InstanceKind.GPU else 1)
+        threads = threads_per_instance(cpu_cores, instances)
+        lines += _parameters({"INTRA_OP_THREAD_COUNT": str(threads), "INTER_OP_THREAD_COUNT": "1"})
     return "\n".join(lines) + "\n"
+
+
+def threads_per_instance(cores: float, instances: int) -> int:
+    """torch intra-op threads for each of `instances` model instances sharing `cores` (whole cores).
+
+    One core is left to Triton's own work (HTTP/gRPC, the dynamic batcher, the python backend's IPC) from two
+    cores up, the rest is split evenly, never below one thread: instances x threads <= cores whenever there
+    are more cores than instances. Measured on 2 cores: torch on both cores in one instance was slower than
+    on one under load, and two instances on every core each were several times slower than one instance.
+    The python-backend model.py (trainer/triton_model.py) carries the same rule for when the cores are only
+    known at run time.
+    """
+    usable = max(1, math.floor(cores) - 1)
+    return max(1, usable // max(1, instances))
+
+
+def _parameters(values: dict[str, str]) -> list[str]:
+    lines = []
+    for key, value in values.items():
+        lines += ["parameters {", f"  key: {_quote(key)}", f"  value: {{ string_value: {_quote(value)} }}", "}"]
+    return lines
 
 
 def _tensors(kind: str, tensors: Sequence[TensorSpec], *, batched: bool) -> list[str]:
