@@ -319,8 +319,11 @@ class Kube:
         try:
             self._call("create", "Event", "POST", self.path("v1", "Event", meta["namespace"]), body=body)
         except ApiError as error:
-            log.log(logging.DEBUG if error.namespace_terminating else logging.WARNING,
-                    "could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
+            if error.namespace_terminating:  # it goes with everything in it: nobody will read the Event
+                log.debug("no event %s on %s/%s: its namespace is being deleted", event.reason, meta["namespace"],
+                          meta["name"])
+                return
+            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
 
 
 def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:

@@ -271,6 +271,8 @@ class LocalCluster:
         state = self._read_state()
         if not state.get("pids"):
             raise ClusterError(f"no cluster is running in {self.root}")
+        if self.owns_process(state["pids"].get("kueue", -1), state):
+            return  # already running (its queues too)
         crds, binary = self.bin_dir / "kueue-crds", self.bin_dir / "kueue"
         if not binary.exists() or not crds.is_dir():
             raise ClusterError(f"Kueue is not built in {self.bin_dir}: run e2e/tools/build.sh --kueue")
