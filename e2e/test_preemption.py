@@ -1,6 +1,7 @@
 """A preempted TrainingJob resumes from its checkpoint, for real: the trainer runs as a local process (the kubelet
 stand-in), its worker is evicted mid-training through the Eviction API, the operator restarts the group as a
-preemption (backoffLimit 0 is not consumed) and the next attempt continues from the last epoch it saved."""
+preemption (backoffLimit 0 is not consumed) and the next attempt continues from the last epoch it saved. The
+same through Kueue: a higher-priority job preempts a queued one, which is queued again, re-admitted and resumes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from modelops.dev.cluster import ClusterError, LocalCluster, build_tools
 from support import condition, eventually, get_json
 
 
@@ -15,13 +19,18 @@ def apply(kube, *objects: dict[str, Any]) -> None:  # type: ignore[no-untyped-de
     kube.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in objects))
 
 
-def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    # the trainer reports progress by patching its own pod with the pod's ServiceAccount (here `default`)
+def trainer_rbac(kube) -> tuple[dict[str, Any], dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The trainer reports progress by patching its own pod with the pod's ServiceAccount (here `default`)."""
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "trainer"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "trainer"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "trainer"},
                "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": kube.namespace}]}
+    return role, binding
+
+
+def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    role, binding = trainer_rbac(kube)
     repository = tmp_path / "models"
     job = {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "resumable"},
            "spec": {"workers": 1, "backoffLimit": 0, "trainer": {"dataset": "digits", "epochs": 40},
@@ -46,3 +55,52 @@ def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, 
     assert resumed is not None and resumed >= 3, metadata["trainer"]
     assert "resumed from checkpoint at epoch" in kubelet.logs(kube.namespace, "resumable-a1-w0")
     assert done["progress"]["epoch"] == 40
+
+
+@pytest.fixture
+def kueue(local_cluster: LocalCluster, kube) -> LocalCluster:  # type: ignore[no-untyped-def]
+    """Kueue on the session's cluster (started once, left running: it manages only queued workloads), an
+    8-GPU ClusterQueue, the LocalQueue `training` in the test's namespace and the PriorityClass `urgent`."""
+    build_tools(kueue=True)  # links kueue into the cluster's bin directory
+    local_cluster.kueue_gpu_quota = 8
+    try:
+        local_cluster.start_kueue(die_with_parent=True)
+    except ClusterError as error:
+        pytest.fail(f"Kueue did not start: {error}", pytrace=False)
+    local_cluster.local_queue(kube.namespace)
+    local_cluster.kubectl("apply", "-f", "-", stdin=json.dumps(
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "urgent"}, "value": 1000}))
+    return local_cluster
+
+
+def test_a_job_preempted_in_kueue_is_requeued_and_resumes_from_its_checkpoint(kube, kueue, operator, kubelet,  # type: ignore[no-untyped-def]
+                                                                              tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    queued = {"kueue.x-k8s.io/queue-name": "training"}
+
+    def training_job(name: str, epochs: int, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": name, "labels": queued},
+                "spec": {"workers": 1, "resources": {"gpus": 8}, "backoffLimit": 0,
+                         "trainer": {"dataset": "digits", "epochs": epochs},
+                         "output": {"modelName": name, "repository": {"hostPath": {"path": str(repository)}}}, **spec}}
+
+    apply(kube, *trainer_rbac(kube), training_job("routine", 40))
+
+    def status(name: str) -> dict[str, Any]:
+        return dict(get_json(kube, "tj", name).get("status") or {})
+
+    eventually(lambda: status("routine").get("progress", {}).get("epoch", 0) >= 3, 240, "three epochs of routine")
+    apply(kube, training_job("urgent", 2, priorityClassName="urgent"))
+    preempted = eventually(lambda: (s := status("routine")).get("phase") == "Queued" and s.get("preemptions") == 1
+                           and s, 60, "routine preempted by Kueue and queued again")
+    assert preempted["restarts"] == 0 and preempted["queue"]["state"] in ("Queued", "Evicted")
+    urgent = eventually(lambda: (s := status("urgent")).get("phase") in ("Succeeded", "Failed") and s, 240,
+                        "the urgent job to finish")
+    assert urgent["phase"] == "Succeeded", urgent
+    done = eventually(lambda: (s := status("routine")).get("phase") in ("Succeeded", "Failed") and s, 300,
+                      "routine, re-admitted, to finish")
+    assert done["phase"] == "Succeeded", done
+    assert (done["restarts"], done["preemptions"], done["attempt"]) == (0, 1, 1), done
+    metadata = json.loads((repository / "routine" / str(done["model"]["version"]) / "metadata.json").read_text())
+    assert (metadata["trainer"]["resumedFromEpoch"] or 0) >= 3, metadata["trainer"]
