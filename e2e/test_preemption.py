@@ -85,7 +85,7 @@ def test_a_job_preempted_in_kueue_is_requeued_and_resumes_from_its_checkpoint(ku
                          "trainer": {"dataset": "digits", "epochs": epochs},
                          "output": {"modelName": name, "repository": {"hostPath": {"path": str(repository)}}}, **spec}}
 
-    apply(kube, *trainer_rbac(kube), training_job("routine", 40))
+    apply(kube, *trainer_rbac(kube), training_job("routine", 20))
 
     def status(name: str) -> dict[str, Any]:
         return dict(get_json(kube, "tj", name).get("status") or {})
