@@ -7,13 +7,12 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from modelops.dev.cluster import ClusterError, LocalCluster, build_tools
-from support import REPO, OperatorProcess
+from support import REPO, Kube, OperatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -30,18 +29,6 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster
     finally:
         cluster.down()
-
-
-@dataclass(frozen=True)
-class Kube:
-    """What a cluster test gets: the cluster, its kubeconfig and a namespace of its own."""
-
-    cluster: LocalCluster
-    kubeconfig: Path
-    namespace: str
-
-    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
-        return self.cluster.kubectl("-n", self.namespace, *args, check=check, stdin=stdin).stdout
 
 
 @pytest.fixture

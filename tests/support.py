@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from modelops.dev.cluster import LocalCluster
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +70,15 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass(frozen=True)
+class Kube:
+    """What a cluster test gets: the cluster, its kubeconfig and a namespace of its own."""
+
+    cluster: LocalCluster
+    kubeconfig: Path
+    namespace: str
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        return self.cluster.kubectl("-n", self.namespace, *args, check=check, stdin=stdin).stdout

@@ -281,9 +281,9 @@ def write(found: Captured) -> None:
 
 def main() -> None:
     """Start a local cluster in a temporary directory, capture, write the fixtures, stop everything."""
-    from conftest import Kube as ClusterKube
     from modelops.dev.cluster import LocalCluster, build_tools
     from support import REPO, OperatorProcess
+    from support import Kube as ClusterKube
 
     with tempfile.TemporaryDirectory(prefix="modelops-fixtures-") as tmp:
         cluster = LocalCluster(Path(tmp) / "cluster", build_tools())

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Kube
 from modelops.dev.cluster import ClusterError, LocalCluster, build_tools
-from support import REPO, OperatorProcess, condition, eventually, get_json
+from support import REPO, Kube, OperatorProcess, condition, eventually, get_json
 from test_trainingjob import end_pod, events, phase_is, pods_of, report, running_pods
 
 pytestmark = pytest.mark.cluster
