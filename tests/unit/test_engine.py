@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from modelops.engine.cache import Store, by_controller_uid
-from modelops.engine.children import differences, quantity
+from modelops.engine.cache import Caches, Store, by_controller_uid
+from modelops.engine.children import Children, OwnerGone, differences, quantity
 from modelops.engine.gate import Gate
 from modelops.engine.peering import pause_reason
 from modelops.engine.queue import Backoff, RetryAfter, WorkQueue
@@ -249,3 +249,47 @@ def test_prune_drops_what_a_list_no_longer_has_but_keeps_newer_arrivals() -> Non
     removed = store.prune({("ns", "still-there")}, None, "10")
     assert [o["metadata"]["name"] for o in removed] == ["deleted-meanwhile"]
     assert store.get("ns", "created-after-the-list") is not None and store.get("ns", "still-there") is not None
+
+
+# ---- children --------------------------------------------------------------------------------------------
+
+
+class OwnerOnlyKube:
+    """Answers GETs of one owner (or 404 once it is deleted) and records the children created: the
+    garbage collector racing the owner's DELETED event cannot be produced on demand by a real cluster."""
+
+    def __init__(self) -> None:
+        self.owner: dict | None = {"metadata": {"name": "digits", "uid": "u1"}}
+        self.gets = 0
+        self.created: list[str] = []
+
+    def get(self, api_version, kind, namespace, name):  # type: ignore[no-untyped-def]
+        self.gets += 1
+        return self.owner
+
+    def create(self, obj):  # type: ignore[no-untyped-def]
+        self.created.append(obj["metadata"]["name"])
+        return obj
+
+
+def worker_pod(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns", "ownerReferences": [
+        {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "name": "digits", "uid": "u1",
+         "controller": True}]}}
+
+
+def test_children_of_a_deleted_owner_are_not_created_again_and_a_live_owner_is_checked_once() -> None:
+    kube, caches = OwnerOnlyKube(), Caches()
+    caches.stores["Pod"] = Store()
+    children = Children(kube, caches)  # type: ignore[arg-type]
+    assert children.ensure("u1", worker_pod("digits-a0-w0")) == "created"
+    assert children.ensure("u1", worker_pod("digits-a0-w1")) == "created"
+    assert kube.gets == 1  # one GET of the owner for a burst of creations
+    kube.owner = None
+    children._owner_seen.clear()  # the check is due again (it is every few seconds)
+    with pytest.raises(OwnerGone):
+        children.ensure("u1", worker_pod("digits-a1-w0"))
+    kube.owner = {"metadata": {"name": "digits", "uid": "u2"}}  # re-created under the same name
+    with pytest.raises(OwnerGone):
+        children.ensure("u1", worker_pod("digits-a1-w0"))
+    assert kube.created == ["digits-a0-w0", "digits-a0-w1"]

@@ -7,6 +7,7 @@ server-side-applied (forcing our fields back after a hand edit) only when a fiel
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -42,14 +43,39 @@ def owned_by(obj: Obj, owner_uid: str) -> bool:
 class Children:
     """Create, converge and delete children of one owner at a time, against the caches."""
 
+    OWNER_CHECK_SECONDS = 5.0
+
     def __init__(self, kube: Kube, caches: Caches) -> None:
         self.kube, self.caches = kube, caches
+        self._owner_seen: dict[str, float] = {}  # owner uid -> when the API server last showed it alive
+
+    def _check_owner(self, desired: Obj) -> None:
+        """Raise OwnerGone unless the owner exists on the API server (checked at most every few seconds).
+
+        Creating is the one write that can outlive the owner: when an owner is deleted, the garbage collector
+        removes its children at once, while the owner's own DELETED event may still be on its way; a pass
+        run from the stale cache would create the children again (and, for pods, take GPUs from others)."""
+        owner = controller_owner(desired)
+        if not owner:
+            return
+        uid = owner.get("uid", "")
+        if time.monotonic() - self._owner_seen.get(uid, float("-inf")) < self.OWNER_CHECK_SECONDS:
+            return
+        live = self.kube.get(owner["apiVersion"], owner["kind"], desired["metadata"].get("namespace"),
+                             owner["name"])
+        if live is None or live["metadata"].get("uid") != uid or live["metadata"].get("deletionTimestamp"):
+            self._owner_seen.pop(uid, None)
+            raise OwnerGone(f"{owner['kind']} {owner['name']} is gone or going")
+        if len(self._owner_seen) > 10_000:  # bounded: owners come and go
+            self._owner_seen.clear()
+        self._owner_seen[uid] = time.monotonic()
 
     def ensure(self, owner_uid: str, desired: Obj, *, create_only: bool = False) -> str:
         """'created', 'updated' or 'unchanged'; raises NameConflict, ChildRejected or ApiError."""
         kind, meta = desired["kind"], desired["metadata"]
         observed = self.caches.store(kind).get(meta.get("namespace", ""), meta["name"])
         if observed is None:
+            self._check_owner(desired)
             try:
                 self.caches.remember(self.kube.create(desired))
                 CHILD_WRITES.labels(kind, "create").inc()
@@ -81,6 +107,10 @@ class Children:
         if deleted:
             CHILD_WRITES.labels(kind, "delete").inc()
         return deleted
+
+
+class OwnerGone(Exception):
+    """The owner was deleted (its cached copy is stale): its children must not be created again."""
 
 
 class NamespaceTerminating(Exception):

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from modelops.autoscale.prometheus import Prometheus
 from modelops.engine.cache import Caches, Informer, Obj, Store, trim
-from modelops.engine.children import Children, NamespaceTerminating
+from modelops.engine.children import Children, NamespaceTerminating, OwnerGone
 from modelops.engine.gate import Gate
 from modelops.engine.peering import PeeringFollower
 from modelops.engine.queue import Failure, Key, WorkQueue
@@ -201,6 +201,9 @@ class Engine:
             return self.controllers[kind].reconcile(self.ctx, namespace, name)
         except NamespaceTerminating:
             log.debug("%s %s/%s: its namespace is being deleted; nothing more to do", kind, namespace, name)
+            return None
+        except OwnerGone:
+            log.debug("%s %s/%s was deleted; its DELETED event is on its way", kind, namespace, name)
             return None
 
     def _failed(self, failure: Failure) -> None:
