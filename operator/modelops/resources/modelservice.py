@@ -13,6 +13,7 @@ from typing import Any
 
 from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec, ModelSignature
+from modelops.quantities import quantity
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.triton.config import Backend, InstanceKind, render_config
@@ -118,15 +119,8 @@ def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
 def cpu_cores(spec: ModelServiceSpec) -> float | None:
     """The serving pod's CPU limit in cores (spec.resources.cpu), None when unset: then the python-backend
     model.py finds the cores at run time."""
-    text = (spec.resources.cpu or "").strip()
-    scale = 1.0
-    if text.endswith("m"):
-        text, scale = text[:-1], 0.001
-    try:
-        cores = float(text) * scale
-    except ValueError:  # a suffix no one uses for CPU (k, Mi, ...): leave it to the run-time detection
-        return None
-    return cores if cores > 0 else None
+    cores = quantity(spec.resources.cpu) if spec.resources.cpu else None
+    return float(cores) if cores is not None and cores > 0 else None
 
 
 def served_target(config: dict[str, Any], model: str) -> Target | None:
