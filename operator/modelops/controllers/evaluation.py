@@ -75,7 +75,7 @@ def _remove_strays(ctx: Context, meta: build.ServiceMeta, evaluating: set[str | 
     """Evaluation pods of revisions no longer rolled out (rolled back, replaced, promoted meanwhile) go."""
     for pod in ctx.caches.store("Pod").by_index("owner", meta.uid):
         revision = (pod["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)
-        if revision and revision not in evaluating and not pod["metadata"].get("deletionTimestamp"):
+        if revision and revision not in evaluating:  # delete() passes over one already going
             ctx.children.delete(meta.uid, "v1", "Pod", meta.namespace, pod["metadata"]["name"])
 
 

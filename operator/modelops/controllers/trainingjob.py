@@ -74,7 +74,9 @@ class TrainingJobController:
             status = with_refusal(status, refusal, generation=meta.get("generation"),
                                   stored=previous.get("conditions", []))
             # the group was not (wholly) created, so it has not started: a worker missing is not a lost one
-            status = {k: v for k, v in {**status, "attempt": previous.get("attempt")}.items() if v is not None}
+            status = {k: v for k, v in status.items() if k != "attempt"}
+            if previous.get("attempt") is not None:
+                status["attempt"] = previous["attempt"]
             requeue = refusal_backoff.next_delay(key)
         else:
             refusal_backoff.forget(key)
