@@ -278,15 +278,16 @@ def worker_pod(name: str) -> dict:
          "controller": True}]}}
 
 
-def test_children_of_a_deleted_owner_are_not_created_again_and_a_live_owner_is_checked_once() -> None:
+def test_children_of_a_deleted_owner_are_not_created_again_and_a_live_owner_is_checked_once_per_pass() -> None:
     kube, caches = OwnerOnlyKube(), Caches()
     caches.stores["Pod"] = Store()
     children = Children(kube, caches)  # type: ignore[arg-type]
+    children.begin_pass()
     assert children.ensure("u1", worker_pod("digits-a0-w0")) == "created"
     assert children.ensure("u1", worker_pod("digits-a0-w1")) == "created"
-    assert kube.gets == 1  # one GET of the owner for a burst of creations
-    kube.owner = None
-    children._owner_seen.clear()  # the check is due again (it is every few seconds)
+    assert kube.gets == 1  # one GET of the owner for the creations of one pass
+    kube.owner = None  # deleted right after that pass: the next pass, however soon, asks again
+    children.begin_pass()
     with pytest.raises(OwnerGone):
         children.ensure("u1", worker_pod("digits-a1-w0"))
     kube.owner = {"metadata": {"name": "digits", "uid": "u2"}}  # re-created under the same name

@@ -6,7 +6,7 @@ server-side-applied (forcing our fields back after a hand edit) only when a fiel
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 from modelops.engine.cache import Caches, Obj
@@ -42,32 +42,34 @@ def owned_by(obj: Obj, owner_uid: str) -> bool:
 class Children:
     """Create, converge and delete children of one owner at a time, against the caches."""
 
-    OWNER_CHECK_SECONDS = 5.0
-
     def __init__(self, kube: Kube, caches: Caches) -> None:
         self.kube, self.caches = kube, caches
-        self._owner_seen: dict[str, float] = {}  # owner uid -> when the API server last showed it alive
+        self._pass = threading.local()  # per worker thread: owner uids the API server showed alive in this pass
+
+    def begin_pass(self) -> None:
+        """A reconcile pass starts on this thread: owners confirmed by an earlier pass must be confirmed again."""
+        self._pass.confirmed = set()
 
     def _check_owner(self, desired: Obj) -> None:
-        """Raise OwnerGone unless the owner exists on the API server (checked at most every few seconds).
+        """Raise OwnerGone unless the owner exists on the API server (once per pass, on its first creation).
 
         Creating is the one write that can outlive the owner: when an owner is deleted, the garbage collector
         removes its children at once, while the owner's own DELETED event may still be on its way; a pass
-        run from the stale cache would create the children again (and, for pods, take GPUs from others)."""
+        run from the stale cache would create the children again (and, for pods, take GPUs from others).
+        A confirmation is not carried over to the next pass, however recent: that pass may be the stale one."""
         owner = controller_owner(desired)
         if not owner:
             return
         uid = owner.get("uid", "")
-        if time.monotonic() - self._owner_seen.get(uid, float("-inf")) < self.OWNER_CHECK_SECONDS:
+        confirmed: set[str] | None = getattr(self._pass, "confirmed", None)
+        if confirmed is not None and uid in confirmed:
             return
         live = self.kube.get(owner["apiVersion"], owner["kind"], desired["metadata"].get("namespace"),
                              owner["name"])
         if live is None or live["metadata"].get("uid") != uid or live["metadata"].get("deletionTimestamp"):
-            self._owner_seen.pop(uid, None)
             raise OwnerGone(f"{owner['kind']} {owner['name']} is gone or going")
-        if len(self._owner_seen) > 10_000:  # bounded: owners come and go
-            self._owner_seen.clear()
-        self._owner_seen[uid] = time.monotonic()
+        if confirmed is not None:
+            confirmed.add(uid)
 
     def ensure(self, owner_uid: str, desired: Obj, *, create_only: bool = False) -> str:
         """'created', 'updated' or 'unchanged'; raises NameConflict, ChildRejected or ApiError."""

@@ -197,6 +197,7 @@ class Engine:
 
     def _reconcile(self, key: Key) -> float | None:
         kind, namespace, name = key  # type: ignore[misc]
+        self.ctx.children.begin_pass()
         try:
             return self.controllers[kind].reconcile(self.ctx, namespace, name)
         except NamespaceTerminating:
