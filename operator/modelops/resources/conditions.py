@@ -38,6 +38,20 @@ def merge_conditions(previous: list[dict], desired: list[Cond], *, now: str, gen
     return merged
 
 
+def set_conditions(conditions: list[dict], replacing: list[dict]) -> list[dict]:
+    """`conditions` with each of `replacing` (wire form) in place of the one of its type; a replaced condition
+    whose status does not change keeps its lastTransitionTime."""
+    before = {c.get("type"): c for c in conditions}
+    kept = []
+    for cond in replacing:
+        old = before.get(cond["type"])
+        if old and old.get("status") == cond["status"] and old.get("lastTransitionTime"):
+            cond = {**cond, "lastTransitionTime": old["lastTransitionTime"]}
+        kept.append(cond)
+    types = {c["type"] for c in replacing}
+    return [c for c in conditions if c.get("type") not in types] + kept
+
+
 def became_true(previous: list[dict], current: list[dict], cond_type: str) -> dict | None:
     """The condition if it is True now and was not before (a transition worth an Event)."""
     was = {c.get("type"): c for c in previous}.get(cond_type)

@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelops import API_VERSION
+from modelops.resources.conditions import set_conditions
+from modelops.resources.meta import OwnerMeta
 from modelops.resources.naming import dns_label
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -121,7 +122,7 @@ def workload_name(job_name: str, uid: str) -> str:
     return dns_label(f"trainingjob-{job_name}", f"-{uid[:5]}")
 
 
-def desired_workload(name: str, namespace: str, uid: str, queue: Queue, workers: int,
+def desired_workload(job: OwnerMeta, queue: Queue, workers: int,
                      template: dict[str, Any]) -> dict[str, Any]:
     """The job's Workload: one podSet of `workers` pods shaped like `template` (a worker pod's spec)."""
     pod_spec = {k: template[k] for k in ("containers", "nodeSelector", "tolerations", "affinity",
@@ -137,22 +138,15 @@ def desired_workload(name: str, namespace: str, uid: str, queue: Queue, workers:
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "apiVersion": KUEUE_API, "kind": "Workload",
-        "metadata": {"name": workload_name(name, uid), "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "modelops", "modelops.dev/training-job": dns_label(name),
-                                LABEL_JOB_UID: uid},
-                     "annotations": {ANNOTATION_SPEC_HASH: digest},
-                     "ownerReferences": [{"apiVersion": API_VERSION, "kind": "TrainingJob", "name": name, "uid": uid,
-                                          "controller": True, "blockOwnerDeletion": True}]},
+        "metadata": job.child_metadata(workload_name(job.name, job.uid), {
+            "modelops.dev/training-job": dns_label(job.name), LABEL_JOB_UID: job.uid},
+            {ANNOTATION_SPEC_HASH: digest}),
         "spec": spec,
     }
 
 
 def _set(conditions: list[dict[str, Any]], cond: dict[str, Any]) -> list[dict[str, Any]]:
-    """`conditions` with `cond` in place of the one of its type (its transition time kept if unchanged)."""
-    old = next((c for c in conditions if c.get("type") == cond["type"]), None)
-    if old and old.get("status") == cond["status"]:
-        cond = {**cond, "lastTransitionTime": old.get("lastTransitionTime", cond["lastTransitionTime"])}
-    return [c for c in conditions if c.get("type") != cond["type"]] + [cond]
+    return set_conditions(conditions, [cond])
 
 
 def release(workload: ObservedWorkload, stamp: str) -> dict[str, Any]:

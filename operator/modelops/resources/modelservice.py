@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec, ModelSignature
 from modelops.quantities import quantity
+from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL, OwnerMeta
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.triton.config import Backend, InstanceKind, render_config
@@ -46,11 +47,8 @@ class Target:
 
 
 @dataclass(frozen=True)
-class ServiceMeta:
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None = None
+class ServiceMeta(OwnerMeta):
+    kind: ClassVar[str] = "ModelService"
 
     @property
     def label(self) -> str:
@@ -76,15 +74,8 @@ def service_name(ms: ServiceMeta) -> str:
     return dns1035_label(ms.name)
 
 
-def owner_reference(ms: ServiceMeta) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "ModelService", "name": ms.name, "uid": ms.uid,
-            "controller": True, "blockOwnerDeletion": True}
-
-
 def _metadata(ms: ServiceMeta, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"name": name, "namespace": ms.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "modelops", **ms.selector, **(labels or {})},
-            "ownerReferences": [owner_reference(ms)]}
+    return ms.child_metadata(name, {**ms.selector, **(labels or {})})
 
 
 def triton_signature(signature: dict[str, Any]) -> Signature:
@@ -180,7 +171,7 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
     }
     pod_tolerations = tolerations(spec.tolerations, spec.resources)
     pod_labels = {**ms.selector, LABEL_REVISION: revision, LABEL_VERSION: str(version),
-                  "app.kubernetes.io/name": "modelops-triton", "app.kubernetes.io/managed-by": "modelops"}
+                  "app.kubernetes.io/name": "modelops-triton", MANAGED_BY_LABEL: MANAGED_BY}
     pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes,
                                 "readinessGates": [{"conditionType": MODEL_READY_GATE}]}
     if pod_tolerations:
@@ -232,10 +223,8 @@ def evaluation_pod(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, versi
                                    "readOnly": True}],
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": evaluation_pod_name(revision), "namespace": ms.namespace,
-                         "labels": {"app.kubernetes.io/managed-by": "modelops", LABEL_EVALUATES: revision,
-                                    "app.kubernetes.io/name": "modelops-evaluation"},
-                         "ownerReferences": [owner_reference(ms)]},
+            "metadata": ms.child_metadata(evaluation_pod_name(revision), {
+                LABEL_EVALUATES: revision, "app.kubernetes.io/name": "modelops-evaluation"}),
             "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
                      "enableServiceLinks": False, "containers": [container],
                      "volumes": [{"name": "model-repository", **source}]}}

@@ -20,16 +20,16 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from modelops import API_VERSION
 from modelops.api.base import MODEL_NAME
 from modelops.api.trainingjob import Progress, PublishedModel, TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.kueue import (ANNOTATION_SPEC_HASH as ANNOTATION_WORKLOAD_SPEC, QUEUE_LABEL, Placement, Queue,
                                       desired_workload, finish, pods_ready, release)
+from modelops.resources.meta import OwnerMeta
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.clock import parse_rfc3339, rfc3339
@@ -58,13 +58,8 @@ WAIT_MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
-class JobMeta:
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None = None
-    created: str | None = None
-    """The job's creationTimestamp: no start or completion it records can be earlier."""
+class JobMeta(OwnerMeta):
+    kind: ClassVar[str] = "TrainingJob"
 
 
 @dataclass(frozen=True)
@@ -303,17 +298,13 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int,
         pod_spec["subdomain"] = service_name(job.name)
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "name": pod_name(job.name, attempt, rank), "namespace": job.namespace,
-            "labels": {**spec.pod_labels,
-                       "app.kubernetes.io/name": "modelops-trainer", "app.kubernetes.io/managed-by": "modelops",
-                       LABEL_JOB: job_label(job.name), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
-            "annotations": {**spec.pod_annotations,
-                            ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True),
-                            **({ANNOTATION_ENDED_ATTEMPTS: json.dumps({str(a): o for a, o in sorted(ended.items())})}
-                               if ended else {})},
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": job.child_metadata(
+            pod_name(job.name, attempt, rank),
+            {**spec.pod_labels, "app.kubernetes.io/name": "modelops-trainer",
+             LABEL_JOB: job_label(job.name), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
+            {**spec.pod_annotations, ANNOTATION_POD_SPEC: json.dumps(pod_shaping_spec(spec), sort_keys=True),
+             **({ANNOTATION_ENDED_ATTEMPTS: json.dumps({str(a): o for a, o in sorted(ended.items())})}
+                if ended else {})}),
         "spec": pod_spec,
     }
 
@@ -322,18 +313,11 @@ def rendezvous_service(job: JobMeta) -> dict[str, Any]:
     """Headless Service giving each DDP worker a stable DNS name (<hostname>.<service>)."""
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": service_name(job.name), "namespace": job.namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "modelops", LABEL_JOB: job_label(job.name)},
-                     "ownerReferences": [owner_reference(job)]},
+        "metadata": job.child_metadata(service_name(job.name), {LABEL_JOB: job_label(job.name)}),
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                  "selector": {LABEL_JOB: job_label(job.name)},
                  "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]},
     }
-
-
-def owner_reference(job: JobMeta) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "TrainingJob", "name": job.name, "uid": job.uid,
-            "controller": True, "blockOwnerDeletion": True}
 
 
 # ---- the plan ------------------------------------------------------------------
@@ -637,7 +621,7 @@ def _queue_writes(result: Plan, job: JobMeta, spec: TrainingJobSpec, queue: Queu
     with the job."""
     workload = queue.workload
     template = worker_pod(job, spec, 0, 0)["spec"]
-    desired = desired_workload(job.name, job.namespace, job.uid, queue, spec.workers, template)
+    desired = desired_workload(job, queue, spec.workers, template)
     if phase in TERMINAL:
         if workload is not None and not workload.finished:
             result.workload_status = finish(workload, phase == "Succeeded", message, stamp)
