@@ -15,7 +15,8 @@ from prometheus_client import start_http_server
 
 from modelops import GROUP, VERSION
 from modelops.autoscale.prometheus import Prometheus
-from modelops.controllers.modelservice import ModelServiceController, check_pod
+from modelops.controllers.model_check import check_pod
+from modelops.controllers.modelservice import ModelServiceController
 from modelops.controllers.trainingjob import TrainingJobController
 from modelops.engine.engine import Engine, EngineOptions
 from modelops.kube import Kube

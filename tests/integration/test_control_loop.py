@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from modelops.autoscale.prometheus import Prometheus
-from modelops.controllers.modelservice import ModelServiceController, check_pod
+from modelops.controllers.model_check import check_pod
+from modelops.controllers.modelservice import ModelServiceController
 from modelops.controllers.trainingjob import TrainingJobController
 from modelops.dev.cluster import free_port
 from modelops.engine.engine import Engine, EngineOptions

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from modelops.api.modelservice import EvaluationGate, ModelServiceSpec
-from modelops.controllers.modelservice import with_evaluation
+from modelops.resources.modelservice_plan import with_evaluation
 from modelops.resources import modelservice as build
-from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_service
+from modelops.resources.modelservice_plan import ObservedRevision, PlanInputs, plan_revisions
 from modelops.rollout import evaluation
 from modelops.rollout.canary import Decision, RolloutState
 
@@ -124,7 +124,7 @@ def plan(s: ModelServiceSpec, observed: dict[str, ObservedRevision], state: Roll
          recorded: dict[str, dict[str, Any] | None] | None = None) -> Any:
     target = build.Target(3, SIGNATURE, LINEAGE)
     desired = build.revision_name(MS, s, target)
-    return desired, plan_service(PlanInputs(
+    return desired, plan_revisions(PlanInputs(
         meta=MS, spec=s, desired=desired, target=target, decision=Decision(state, "Started", "canary started",
                                                                            weight=20),
         waiting="", observed=observed, total=4, previous={}, now=NOW, recorded_evaluations=recorded or {}))

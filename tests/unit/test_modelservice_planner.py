@@ -10,7 +10,7 @@ import pytest
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.resources import modelservice as build
 from modelops.resources.modelservice_plan import (
-    ANNOTATION_REJECTED, ANNOTATION_ROLE, ObservedRevision, PlanInputs, plan_service, rollout_state)
+    ANNOTATION_REJECTED, ANNOTATION_ROLE, ObservedRevision, PlanInputs, plan_revisions, rollout_state)
 from modelops.rollout.canary import Decision, RolloutState
 from modelops.triton.check import compare_metadata
 
@@ -107,7 +107,7 @@ def test_canary_pass_applies_desired_and_scales_the_old_stable() -> None:
                          step_started_at=NOW, started_at=NOW)
     observed = {"digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 4, 4),
                 desired: ObservedRevision(desired, 3, 1, 0)}
-    plan = plan_service(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    plan = plan_revisions(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
     assert kinds(plan.apply) == ["Service/digits", f"ConfigMap/{desired}", f"Deployment/{desired}"]
     assert plan.apply[2]["spec"]["replicas"] == 1
     assert plan.apply[2]["metadata"]["annotations"][ANNOTATION_ROLE] == "canary"
@@ -120,7 +120,7 @@ def test_canary_pass_applies_desired_and_scales_the_old_stable() -> None:
     assert status["selector"] == "modelops.dev/model-service=digits" and status["replicas"] == 5
     # once it serves, the stable gives up one replica for it
     observed[desired] = ObservedRevision(desired, 3, 1, 1)
-    plan = plan_service(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    plan = plan_revisions(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
     assert plan.patch["digits-v2-old00"]["spec"] == {"replicas": 3} and plan.status["replicas"] == 4
 
 
@@ -128,7 +128,7 @@ def test_rollback_deletes_the_canary_and_leaves_stable_serving() -> None:
     state = RolloutState(stable="digits-v2-old00", stable_version=2, rejected="digits-v3-bad00")
     observed = {"digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 3, 3),
                 "digits-v3-bad00": ObservedRevision("digits-v3-bad00", 3, 1, 0, "failed to load")}
-    plan = plan_service(inputs(Decision(state, "RolledBack", "model check failed"), observed))
+    plan = plan_revisions(inputs(Decision(state, "RolledBack", "model check failed"), observed))
     assert ("apps/v1", "Deployment", "digits-v3-bad00") in plan.delete
     assert ("apps/v1", "Deployment", "digits-v2-old00") not in plan.delete
     assert plan.patch == {"digits-v2-old00": {"spec": {"replicas": 4}, "metadata": {"annotations": {
@@ -144,11 +144,11 @@ def test_old_stable_is_kept_until_the_new_one_serves_in_full() -> None:
     desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
     promoted = RolloutState(stable=desired, stable_version=3)
     half = {desired: ObservedRevision(desired, 3, 4, 2), "digits-v2-old00": ObservedRevision("digits-v2-old00", 2, 3, 3)}
-    assert plan_service(inputs(Decision(promoted, "Promoted", "ok"), half)).delete == []
+    assert plan_revisions(inputs(Decision(promoted, "Promoted", "ok"), half)).delete == []
     full = {**half, desired: ObservedRevision(desired, 3, 4, 4)}
-    deleted = plan_service(inputs(Decision(promoted, "Steady", "ok"), full)).delete
+    deleted = plan_revisions(inputs(Decision(promoted, "Steady", "ok"), full)).delete
     assert ("apps/v1", "Deployment", "digits-v2-old00") in deleted
-    assert plan_service(inputs(Decision(promoted, "Steady", "ok"), full)).status["phase"] == "Ready"
+    assert plan_revisions(inputs(Decision(promoted, "Steady", "ok"), full)).status["phase"] == "Ready"
 
 
 def test_metadata_comparison() -> None:

@@ -1,5 +1,5 @@
-"""The TrainingJob controller: one pass reads the job and its pods from the caches, asks the planner,
-writes only what differs, and says when it wants to look again."""
+"""The TrainingJob controller: observe (the job, its pods and its Kueue queue from the caches), one pure
+plan (resources/trainingjob.plan_job), one writer."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from modelops import API_VERSION
 from modelops.api.trainingjob import TrainingJobSpec
-from modelops.controllers.common import (
-    refusal_backoff, refusal_event, refuse_invalid_spec, report_failure, with_refusal, write_children, write_status)
+from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
 from modelops.engine.cache import Obj, by_controller_uid, trim_pod
 from modelops.engine.engine import ChildKind, Context
 from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources.kueue import KUEUE_API, QUEUE_LABEL, ObservedWorkload, Queue, placement_of_flavor, workload_name
-from modelops.resources.trainingjob import TERMINAL, JobMeta, ObservedPod, plan
+from modelops.resources.trainingjob import JobMeta, ObservedPod, plan_job
 
 KIND = "TrainingJob"
-# Unfinished jobs are looked at again at least this often, from memory (a safety net, not a poll).
-RESYNC_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -42,65 +38,20 @@ class TrainingJobController:
         key = (KIND, namespace, name)
         job = ctx.caches.store(KIND).get(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
+            ctx.forget(key)
             record_phase(KIND, namespace, name, None)
-            refusal_backoff.forget(key)
             return None
         with reconcile_timer(KIND):
-            return self._pass(ctx, job, key)
-
-    def _pass(self, ctx: Context, job: Obj, key: Key) -> float | None:
-        meta = job["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        uid = meta["uid"]
-        try:
-            spec = TrainingJobSpec.model_validate(job.get("spec") or {})
-        except ValidationError as error:
-            refuse_invalid_spec(ctx, job, error)
-            return None
-        owned = ctx.caches.store("Pod").by_index("owner", uid)
-        pods = observed_pods(owned)
-        previous: dict[str, Any] = job.get("status") or {}
-        job_meta = JobMeta(name=name, namespace=namespace, uid=uid, generation=meta.get("generation"),
-                           created=meta.get("creationTimestamp"))
-        queue = queue_of(ctx, job, spec.priority_class_name)
-        result = plan(job_meta, spec, pods, previous, datetime.now(timezone.utc), queue,
-                      present=frozenset(p["metadata"]["name"] for p in owned))
-        for warning in result.warnings:
-            log.warning("TrainingJob %s/%s: %s", namespace, name, warning)
-
-        status, requeue = result.status, result.requeue_after
-        refusal = write_children(ctx, uid, result.apply, create_only_kinds=frozenset({"Pod", "Workload"}))
-        if refusal:
-            status = with_refusal(status, refusal, generation=meta.get("generation"),
-                                  stored=previous.get("conditions", []))
-            # the group was not (wholly) created, so it has not started: a worker missing is not a lost one
-            status = {k: v for k, v in status.items() if k != "attempt"}
-            if previous.get("attempt") is not None:
-                status["attempt"] = previous["attempt"]
-            requeue = refusal_backoff.next_delay(key)
-        else:
-            refusal_backoff.forget(key)
-            for pod in result.delete_pods:
-                ctx.children.delete(uid, "v1", "Pod", namespace, pod)
-        if result.delete_workload:
-            ctx.children.delete(uid, KUEUE_API, "Workload", namespace, result.delete_workload)
-        if result.workload_status and queue and queue.workload:
-            written = ctx.kube.patch_status(KUEUE_API, "Workload", namespace, queue.workload.name,
-                                            result.workload_status, resource_version=queue.workload.resource_version)
-            ctx.caches.remember(written)
-        events = result.events + refusal_event(previous, refusal)
-        write_status(ctx, job, status)
-        for event in events:
-            ctx.kube.post_event(job, event)
-        if result.delete_job:
-            log.info("TTL expired: deleting TrainingJob %s/%s", namespace, name)
-            ctx.kube.delete(API_VERSION, KIND, namespace, name, uid=uid)
-            record_phase(KIND, namespace, name, None)
-            return None
-        record_phase(KIND, namespace, name, status.get("phase"))
-        if status.get("phase") not in TERMINAL:
-            requeue = min(requeue if requeue is not None else RESYNC_SECONDS, RESYNC_SECONDS)
-        return requeue
+            try:
+                spec = TrainingJobSpec.model_validate(job.get("spec") or {})
+            except ValidationError as error:
+                refuse_invalid_spec(ctx, job, error)
+                return None
+            owned = ctx.caches.store("Pod").by_index("owner", job["metadata"]["uid"])
+            plan = plan_job(JobMeta.of(job), spec, observed_pods(owned), job.get("status") or {},
+                            datetime.now(timezone.utc), queue_of(ctx, job, spec.priority_class_name),
+                            present=frozenset(p["metadata"]["name"] for p in owned))
+            return write_plan(ctx, key, job, plan)
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
         owner = controller_owner(new or old or {}, KIND)

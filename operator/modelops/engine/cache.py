@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelops.engine.queue import Backoff
 from modelops.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -204,18 +205,18 @@ class Informer:
         self._stop.set()
 
     def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(base=0.5, cap=30.0, jitter=0.2)  # list/watch failures in a row: 0.5 s doubling to 30 s
         while not self._stop.is_set():
             try:
                 version = self._list()
-                failures = 0
+                backoff.forget("list")
                 while not self._stop.is_set():
                     version = self._watch(version)
                     if version is None:  # expired: list again
                         break
             except ApiError as error:
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * (1 + random.random() / 5)
+                delay = backoff.next_delay("list")
+                failures = backoff.failures("list")
                 level = logging.WARNING if failures in (1, 5) or failures % 20 == 0 else logging.DEBUG
                 log.log(level, "cache of %s in %s: %s; again in %.1fs", self.kind, self.namespace or "all namespaces",
                         error, delay)

@@ -10,33 +10,65 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from modelops.autoscale.prometheus import Prometheus
 from modelops.engine.cache import Caches, Informer, Obj, Store, trim
-from modelops.engine.children import Children, NamespaceTerminating, OwnerGone
+from modelops.engine.children import NamespaceTerminating, OwnerGone
 from modelops.engine.gate import Gate
 from modelops.engine.peering import PeeringFollower
-from modelops.engine.queue import Failure, Key, WorkQueue
+from modelops.engine.queue import Backoff, Failure, Key, WorkQueue
+from modelops.engine.writer import Writer
 from modelops import API_VERSION
 from modelops.kube import ApiError, Kube
+from modelops.resources.meta import MANAGED_BY_SELECTOR
 
 log = logging.getLogger(__name__)
-MANAGED_BY = "app.kubernetes.io/managed-by=modelops"
 CACHES_GATE = "caches"
+
+
+class Memory:
+    """What a controller remembers about one key between its passes (a scaling window): held by the engine,
+    forgotten with the object, never in module globals."""
+
+    def __init__(self) -> None:
+        self._values: dict[Key, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        with self._lock:
+            return self._values.get(key, default)
+
+    def put(self, key: Key, value: Any) -> None:
+        with self._lock:
+            self._values[key] = value
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._values.pop(key, None)
 
 
 @dataclass
 class Context:
-    """What a pass may use: the caches to read, the writers, and a way to wake other keys."""
+    """What a pass may use: the caches to read (and Prometheus), the one writer, the per-key memory and
+    backoffs, and a way to wake keys."""
 
-    kube: Kube
     caches: Caches
-    children: Children
+    writer: Writer
     prometheus: Prometheus
     enqueue: Callable[[Key], None]
     enqueue_check: Callable[[Key], None]
     serves: Callable[[str, str], bool] = lambda api_version, kind: True
+    memory: Memory = field(default_factory=Memory)
+    refusals: Backoff = field(default_factory=lambda: Backoff(base=5.0, cap=600.0))
+    """A refused child is retried slowly (the spec must change first; its edit reconciles at once anyway)."""
+    checks: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, jitter=0.2))
+    """Rechecks of a serving pod whose Triton is not ready yet: 1 s doubling to 30 s, per pod."""
+
+    def forget(self, key: Key) -> None:
+        """The object of `key` is gone: drop everything remembered about it."""
+        self.memory.forget(key)
+        self.refusals.forget(key)
 
 
 @dataclass(frozen=True)
@@ -49,7 +81,7 @@ class ChildKind:
     transform: Callable[[Obj], Obj] = trim
     indexes: dict[str, Callable[[Obj], Iterable[str]]] = field(default_factory=dict)
     optional: bool = False  # a CRD that may not be installed (ServiceMonitor)
-    labels: str | None = MANAGED_BY
+    labels: str | None = MANAGED_BY_SELECTOR
     cluster_scoped: bool = False  # watched cluster-wide even when the operator watches some namespaces
 
 
@@ -93,7 +125,7 @@ class Engine:
                                on_failure=self._failed)
         self.checks = WorkQueue("model-check", lambda key: checker(self.ctx, key) if checker else None,
                                 workers=options.check_workers, gate=self.gate)
-        self.ctx = Context(kube=kube, caches=self.caches, children=Children(kube, self.caches), prometheus=prometheus,
+        self.ctx = Context(caches=self.caches, writer=Writer(kube, self.caches), prometheus=prometheus,
                            enqueue=self.queue.add, enqueue_check=self.checks.add, serves=self._serves)
         self._served: set[tuple[str, str]] = set()
         for controller in controllers:
@@ -197,7 +229,7 @@ class Engine:
 
     def _reconcile(self, key: Key) -> float | None:
         kind, namespace, name = key  # type: ignore[misc]
-        self.ctx.children.begin_pass()
+        self.ctx.writer.begin_pass()
         try:
             return self.controllers[kind].reconcile(self.ctx, namespace, name)
         except NamespaceTerminating:

@@ -106,12 +106,6 @@ class WorkQueue:
                 return
             self._schedule(key, due)
 
-    def forget(self, key: Key) -> None:
-        """Drop the key's schedule and failure history (its object is gone)."""
-        with self._cond:
-            self._due.pop(key, None)
-        self.backoff.forget(key)
-
     def __len__(self) -> int:
         with self._cond:
             return len(self._ready)

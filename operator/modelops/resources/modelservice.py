@@ -59,6 +59,12 @@ class ServiceMeta(OwnerMeta):
         return {LABEL_SERVICE: self.label}
 
 
+def model_ready_condition(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's model-ready condition (its readiness gate, set by the model check), if set."""
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == MODEL_READY_GATE),
+                None)
+
+
 def revision_name(ms: ServiceMeta, spec: ModelServiceSpec, target: Target) -> str:
     """<ms>-v<version>-<hash of what shapes the pods>: the rendered pod template and config.pbtxt (as
     Kubernetes' pod-template-hash), not the spec's fields, so a field added to the API with a default that

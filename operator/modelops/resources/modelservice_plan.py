@@ -1,18 +1,28 @@
-"""Pure planning for a ModelService pass: children to apply, scale or delete, and the status, from the
-rollout decision, the observed revisions and the replica total."""
+"""Pure planning for a ModelService pass: from one observation (the caches, plus the Prometheus samples the
+pass needs) to one plan. Every decision is made here, once: the evaluation gate's records and pods, the
+rollout step (canary.decide), the replica count (autoscale.decision), then the children, status and Events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from modelops.api.modelservice import ModelServiceSpec
+from modelops.autoscale.decision import ScaleMemory, decide as decide_scale
 from modelops.resources import modelservice as build
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
+from modelops.resources.evaluation_plan import plan_gate
+from modelops.resources.plan import Delete, Patch, Plan
 from modelops.rollout import evaluation
-from modelops.rollout.canary import Decision, RolloutState
+from modelops.rollout.analysis import CanarySample, judge, latency_ratio
+from modelops.rollout.canary import ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, decide
 from modelops.clock import parse_rfc3339, rfc3339
+
+RESYNC_SECONDS = 300.0
+AUTOSCALE_SECONDS = 10.0
+"""The builtin autoscaler decides this often (like the HPA's sync period), however often events reconcile,
+so its windows and rate limits see a steady cadence."""
 
 
 # A revision's part in the rollout is recorded on its Deployment, so it is rebuilt from the world after a
@@ -38,6 +48,160 @@ class ObservedRevision:
     evaluation: dict[str, Any] | None = None
     """The evaluation gate's record (None: the revision is not gated)."""
     lineage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceMemory:
+    """What the builtin autoscaler remembers between passes of one ModelService (held by the engine)."""
+
+    scale: ScaleMemory = field(default_factory=ScaleMemory)
+    evaluated_at: datetime | None = None
+    desired: int = 0
+    status: dict[str, Any] | None = None
+
+    def scaling_due(self, now: datetime) -> bool:
+        return self.evaluated_at is None or (now - self.evaluated_at).total_seconds() >= AUTOSCALE_SECONDS
+
+
+@dataclass(frozen=True)
+class AnalysisSample:
+    """The canary's and the stable revision's metrics over the current step's window (or why there are none)."""
+
+    canary: CanarySample
+    stable: CanarySample
+    unavailable: str = ""
+
+
+@dataclass(frozen=True)
+class MetricReading:
+    """The autoscaling metric as Prometheus answered (value None: no data, or `unavailable` says why)."""
+
+    value: float | None
+    unavailable: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceObservation:
+    """Everything one ModelService pass knows of the world, read before anything is decided."""
+
+    meta: build.ServiceMeta
+    spec: ModelServiceSpec
+    previous: dict[str, Any]
+    now: datetime
+    target: build.Target | None
+    waiting: str
+    """Why there is no target, when there is none."""
+    desired: str | None
+    """The revision the spec asks for (None while its model version is not known)."""
+    observed: dict[str, ObservedRevision]
+    state: RolloutState
+    """The rollout as the revision Deployments record it."""
+    state_warning: str = ""
+    action: str | None = None
+    """A person's modelops.dev/rollout annotation ("promote" or "abort")."""
+    serving_pods: list[dict[str, Any]] = field(default_factory=list)
+    evaluation_pods: list[dict[str, Any]] = field(default_factory=list)
+    analysis: AnalysisSample | None = None
+    """Sampled only when the canary's step is due for analysis."""
+    metric: MetricReading | None = None
+    """Read only when the builtin autoscaler is due to decide."""
+    memory: ServiceMemory = field(default_factory=ServiceMemory)
+    service_monitor: bool = False
+    has_hpa: bool = False
+
+
+def with_evaluation(seen: ObservedRevision, record: dict[str, Any] | None,
+                    lineage: dict[str, Any] | None) -> ObservedRevision:
+    """The revision with its evaluation record (a failed gate is a failure of the revision, like a failed model
+    check) and the lineage the evaluation found added to what it had."""
+    failure = seen.model_failure
+    if record and record.get("verdict") == "Failed":
+        failure = f"evaluation gate failed: {record.get('message', '')}"
+    return replace(seen, evaluation=record, model_failure=failure, lineage={**(lineage or {}), **seen.lineage})
+
+
+def plan_service(seen: ServiceObservation) -> Plan:
+    """The whole pass: gate, rollout decision, replicas, then children, status and Events."""
+    meta, spec, state = seen.meta, seen.spec, seen.state
+    gate = plan_gate(meta, spec, {name: (r.version, r.evaluation) for name, r in seen.observed.items()}, state,
+                     seen.serving_pods, seen.evaluation_pods, (seen.target.lineage or {}).get("image")
+                     if seen.target else None, seen.now)
+    observed = dict(seen.observed)
+    for revision, record in gate.records.items():
+        observed[revision] = with_evaluation(observed[revision], record, gate.lineages.get(revision))
+    action = seen.action if seen.action in ("promote", "abort") else None
+    decision, analysis = _decide_rollout(seen, observed, action)
+    total, autoscaling, memory = _scale(seen, observed)
+
+    revisions = plan_revisions(PlanInputs(
+        meta=meta, spec=spec, desired=seen.desired, target=seen.target, decision=decision, waiting=seen.waiting,
+        observed=observed, total=total, previous=seen.previous, now=seen.now, state=state, last_analysis=analysis,
+        autoscaling=autoscaling, service_monitor=seen.service_monitor, has_hpa=seen.has_hpa,
+        recorded_evaluations={r: o.evaluation for r, o in seen.observed.items()}))
+    final = {r for r, record in gate.records.items() if record["verdict"] in evaluation.FINAL}
+    requeue = [RESYNC_SECONDS, *(d for d in (decision.requeue_after if decision else None, gate.due) if d is not None)]
+    if spec.autoscaling and spec.autoscaling.provider == "builtin":
+        requeue.append(AUTOSCALE_SECONDS)
+    return Plan(
+        apply=revisions.apply + gate.start, create_only=frozenset({"Pod"}),
+        patch=[Patch("apps/v1", "Deployment", name, patch) for name, patch in revisions.patch.items()],
+        delete=[Delete(api_version, kind, name) for api_version, kind, name in revisions.delete] +
+        [Delete("v1", "Pod", name) for name in gate.delete],
+        status=revisions.status, events=revisions.events, requeue_after=min(requeue),
+        own_patch={"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}
+        if action and decision and decision.action_used else None,
+        memory=memory,
+        recheck=[p["metadata"]["name"] for p in seen.serving_pods
+                 if (p["metadata"].get("labels") or {}).get(build.LABEL_REVISION) in final],
+        warnings=[seen.state_warning] if seen.state_warning else [])
+
+
+def _decide_rollout(seen: ServiceObservation, observed: dict[str, ObservedRevision],
+                    action: Any) -> tuple[Decision | None, dict[str, Any] | None]:
+    """The rollout decision, judged on the sample the observation took when the step was due for analysis."""
+    if not (seen.desired and seen.target):
+        return None, None
+    state = seen.state
+    canary = observed.get(state.canary or "")
+    health = CanaryHealth(canary.ready_replicas, canary.replicas, canary.model_failure) if canary else None
+    verdict, message, analysis = None, "", None
+    if seen.analysis is not None:
+        sample, stable = seen.analysis.canary, seen.analysis.stable
+        verdict, message = ("Inconclusive", seen.analysis.unavailable) if seen.analysis.unavailable else             judge(sample, seen.spec.rollout.analysis, stable)
+        analysis = {"time": rfc3339(seen.now), "verdict": verdict, "message": message,
+                    "errorRate": sample.error_rate, "p99LatencyMs": sample.p99_latency_ms,
+                    "requests": sample.requests, "stableErrorRate": stable.error_rate,
+                    "stableP99LatencyMs": stable.p99_latency_ms, "stableRequests": stable.requests,
+                    "latencyRatio": latency_ratio(sample, stable)}
+    decision = decide(state, seen.desired, seen.target.version, seen.spec.rollout, canary=health,
+                      verdict=verdict, verdict_message=message, action=action, now=seen.now)
+    if not decision.judged:  # sampled, but the decision did not come to judging it
+        analysis = None
+    return decision, {k: v for k, v in analysis.items() if v is not None} if analysis else None
+
+
+def _scale(seen: ServiceObservation, observed: dict[str, ObservedRevision]
+           ) -> tuple[int, dict[str, Any] | None, ServiceMemory | None]:
+    """(replicas to spread over the serving revisions, status.autoscaling, the autoscaler's new memory)."""
+    scaling = seen.spec.autoscaling
+    if scaling is None or scaling.provider != "builtin":
+        return seen.spec.replicas, None, None
+    memory = seen.memory
+    if seen.metric is None:  # not due: the last decision stands
+        return memory.desired, memory.status, None
+    serving = [observed[r] for r in (seen.state.stable, seen.state.canary) if r in observed]
+    current = sum(r.replicas for r in serving) or (seen.previous.get("autoscaling") or {}).get("desiredReplicas") \
+        or scaling.min_replicas
+    value = seen.metric.value
+    unavailable = seen.metric.unavailable or ("" if value is not None else
+                                              "metric unavailable: Prometheus has no data for this ModelService yet")
+    decision = decide_scale(current, value, scaling, memory.scale, seen.now, unavailable)
+    scaled_at = (seen.previous.get("autoscaling") or {}).get("lastScaleTime")
+    status = {"metric": scaling.metric, "value": value, "target": scaling.target,
+              "desiredReplicas": decision.desired, "reason": decision.reason,
+              "lastScaleTime": rfc3339(seen.now) if decision.desired != current else scaled_at}
+    status = {k: v for k, v in status.items() if v is not None}
+    return decision.desired, status, ServiceMemory(decision.memory, seen.now, decision.desired, status)
 
 
 @dataclass
@@ -157,7 +321,8 @@ def _revision_patch(observed: ObservedRevision, replicas: int | None,
     return patch
 
 
-def plan_service(inputs: PlanInputs) -> ServicePlan:
+def plan_revisions(inputs: PlanInputs) -> ServicePlan:
+    """The revisions' children (Deployments, ConfigMaps), the Service and extras, status and Events."""
     meta, spec = inputs.meta, inputs.spec
     plan = ServicePlan()
     state = inputs.decision.state if inputs.decision else inputs.state

@@ -27,9 +27,10 @@ from pydantic import ValidationError
 from modelops.api.base import MODEL_NAME
 from modelops.api.trainingjob import Progress, PublishedModel, TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
-from modelops.resources.kueue import (ANNOTATION_SPEC_HASH as ANNOTATION_WORKLOAD_SPEC, QUEUE_LABEL, Placement, Queue,
-                                      desired_workload, finish, pods_ready, release)
+from modelops.resources.kueue import (ANNOTATION_SPEC_HASH as ANNOTATION_WORKLOAD_SPEC, KUEUE_API, QUEUE_LABEL,
+                                      Placement, Queue, desired_workload, finish, pods_ready, release)
 from modelops.resources.meta import OwnerMeta
+from modelops.resources.plan import Delete, Patch, Plan as PassPlan
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.clock import parse_rfc3339, rfc3339
@@ -169,7 +170,8 @@ def _json_object(text: str | None) -> dict[str, Any] | None:
 
 @dataclass
 class Plan:
-    """What the controller should do, in order: apply, delete pods, write status, post events."""
+    """The job's decisions in its own terms (pods to delete, the Workload's writes); `plan_job` turns them
+    into the pass's plan."""
 
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
@@ -321,6 +323,33 @@ def rendezvous_service(job: JobMeta) -> dict[str, Any]:
 
 
 # ---- the plan ------------------------------------------------------------------
+
+# Unfinished jobs are looked at again at least this often, from memory (a safety net, not a poll).
+RESYNC_SECONDS = 300.0
+
+
+def plan_job(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],
+             now: datetime, queue: Queue | None = None, *, present: frozenset[str] | None = None) -> PassPlan:
+    """One pass's plan (see `plan`). A refused child (a squatted pod or Service name) means the group was not
+    (wholly) created, so it has not started: the recorded attempt stays as it was, and a worker missing
+    then is not a lost one. The Workload's writes are queue bookkeeping and go ahead regardless."""
+    decided = plan(job, spec, pods, previous, now, queue, present=present)
+    requeue = decided.requeue_after
+    if decided.status.get("phase") not in TERMINAL:
+        requeue = min(requeue if requeue is not None else RESYNC_SECONDS, RESYNC_SECONDS)
+    workload = queue.workload if queue else None
+    return PassPlan(
+        apply=decided.apply, create_only=frozenset({"Pod", "Workload"}),
+        patch=[Patch(KUEUE_API, "Workload", workload.name, decided.workload_status, status=True,
+                     resource_version=workload.resource_version, even_if_refused=True)]
+        if decided.workload_status and workload else [],
+        delete=[Delete("v1", "Pod", name) for name in decided.delete_pods] +
+        ([Delete(KUEUE_API, "Workload", decided.delete_workload, even_if_refused=True)]
+         if decided.delete_workload else []),
+        status=decided.status, events=decided.events, delete_self=decided.delete_job,
+        keep_on_refusal={"attempt": previous.get("attempt")}, requeue_after=None if decided.delete_job else requeue,
+        warnings=decided.warnings)
+
 
 
 def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],

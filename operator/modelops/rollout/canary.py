@@ -52,6 +52,8 @@ class Decision:
     requeue_after: float | None = None
     action_used: bool = False
     """The modelops.dev/rollout annotation was acted on (the caller removes it)."""
+    judged: bool = False
+    """The decision rests on the verdict it was given (the analysis it judged is worth showing)."""
 
 
 def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rollout, *,
@@ -98,24 +100,43 @@ def decide(state: RolloutState, desired: str, desired_version: int, rollout: Rol
     if action == "promote":
         return _promote(state, "promoted by the modelops.dev/rollout annotation")
 
-    step_end = (state.step_started_at or now) + timedelta(seconds=step.pause_seconds)
+    step_end = _step_end(state, step, now)
     if now < step_end:
         return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)} at {weight}%: pausing",
                         weight=weight, requeue_after=(step_end - now).total_seconds())
-    if step.pause_seconds > 0:
+    judged = step.pause_seconds > 0
+    if judged:
         if verdict is None:
             return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)}: analysing", weight=weight,
                             analysis_due=True)
         if verdict == "Failed":
-            return _roll_back(state, f"analysis failed at step {state.step + 1}: {verdict_message}")
+            return replace(_roll_back(state, f"analysis failed at step {state.step + 1}: {verdict_message}"),
+                           judged=True)
         if verdict == "Inconclusive":
             return Decision(state, "Waiting", f"step {state.step + 1}/{len(steps)}: analysis inconclusive "
                                               f"({verdict_message}); holding at {weight}%", weight=weight,
-                            requeue_after=5)
+                            requeue_after=5, judged=True)
     if step.approval:
         return Decision(state, "AwaitingApproval", f"step {state.step + 1}/{len(steps)} at {weight}%: waiting for approval "
-                                          f"(kubectl annotate ms NAME {ANNOTATION}=promote)", weight=weight)
-    return _advance(state, steps, now, "")
+                                          f"(kubectl annotate ms NAME {ANNOTATION}=promote)", weight=weight,
+                        judged=judged)
+    return replace(_advance(state, steps, now, ""), judged=judged)
+
+
+def analysis_window(state: RolloutState, desired: str, rollout: Rollout, now: datetime) -> int | None:
+    """The seconds of metrics a decision about the canary will judge now (its current step has paused long
+    enough), else None: what the caller samples before deciding, so the decision is made once."""
+    if state.stable is None or state.canary is None or desired != state.canary or desired in (state.stable,
+                                                                                             state.rejected):
+        return None
+    step = rollout.steps[min(state.step, len(rollout.steps) - 1)]
+    if step.pause_seconds <= 0 or now < _step_end(state, step, now):
+        return None
+    return step.pause_seconds
+
+
+def _step_end(state: RolloutState, step: RolloutStep, now: datetime) -> datetime:
+    return (state.step_started_at or now) + timedelta(seconds=step.pause_seconds)
 
 
 def _advance(state: RolloutState, steps: list[RolloutStep], now: datetime, why: str) -> Decision:
