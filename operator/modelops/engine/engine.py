@@ -111,6 +111,18 @@ class EngineOptions:
     priority: int = 0
 
 
+def merged_child_kinds(controllers: Iterable[Controller]) -> dict[str, ChildKind]:
+    """Each child kind once, with the indexes every controller asked for (one cache per kind)."""
+    kinds: dict[str, ChildKind] = {}
+    for controller in controllers:
+        for child in controller.child_kinds:
+            merged = kinds.get(child.kind)
+            kinds[child.kind] = child if merged is None else \
+                ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
+                          child.optional, child.labels, child.cluster_scoped)
+    return kinds
+
+
 class Engine:
     """Owns the caches, the queues and the gate; the controllers own the logic."""
 
@@ -138,14 +150,7 @@ class Engine:
         self.gate.listen(lambda now_open: now_open and self.resync())
 
     def _add_informers(self, controllers: list[Controller]) -> None:
-        kinds: dict[str, ChildKind] = {}
-        for controller in controllers:
-            for child in controller.child_kinds:
-                merged = kinds.get(child.kind)
-                kinds[child.kind] = child if merged is None else \
-                    ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
-                              child.optional, child.labels, child.cluster_scoped)
-        for child in kinds.values():
+        for child in merged_child_kinds(controllers).values():
             if child.optional and not self.kube.has_kind(child.api_version, child.kind):
                 log.info("%s is not served by this cluster: not watched", child.kind)
                 continue

@@ -472,7 +472,10 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
     kinds = {"Initial": ("Normal", "Deploying"), "Started": ("Normal", "CanaryStarted"),
              "Stepped": ("Normal", "CanaryStepped"), "Promoted": ("Normal", "Promoted"),
              "RolledBack": ("Warning", "RolledBack")}
-    if decision and decision.outcome in kinds:
+    progressing = next((c for c in inputs.previous.get("conditions", []) if c.get("type") == "Progressing"), {})
+    # "Initial" repeats until the first revision exists (e.g. while its name is refused): say it once
+    repeated = decision is not None and decision.outcome == "Initial" and progressing.get("reason") == "Initial"
+    if decision and decision.outcome in kinds and not repeated:
         kind, reason = kinds[decision.outcome]
         events.append(Event(kind, reason, decision.message))  # type: ignore[arg-type]
     old, new = inputs.previous.get("conditions", []), status["conditions"]

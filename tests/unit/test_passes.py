@@ -1,0 +1,307 @@
+"""Each controller pass against in-memory stores: given the observed objects, the pass writes exactly its
+plan through the one writer, and nothing at all when nothing differs.
+
+The API server here is a dict (`MemoryKube`): it records every write and answers like the real one for the
+calls the writer makes (create refuses an existing name, apply replaces what we set). The controllers are
+tested against the real API server in tests/integration; this is the fast, exhaustive layer below."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import pytest
+
+from modelops import API_VERSION
+from modelops.autoscale.prometheus import Prometheus
+from modelops.controllers.modelservice import ModelServiceController
+from modelops.controllers.trainingjob import TrainingJobController
+from modelops.engine.cache import Caches, Store, trim
+from modelops.engine.engine import Context, Controller, merged_child_kinds
+from modelops.engine.writer import Writer
+from modelops.kube import ApiError
+from modelops.resources import modelservice as build
+from modelops.resources.conditions import Event
+
+SIGNATURE = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "dims": [1, 8, 8]}],
+             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "dims": [10]}]}
+Obj = dict[str, Any]
+
+
+class MemoryKube:
+    """The writer's side of the API server, in memory, recording each write as (verb, kind, name)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], Obj] = {}
+        self.writes: list[tuple[str, str, str]] = []
+        self.events: list[tuple[str, Event]] = []
+        self._versions = itertools.count(100)
+
+    def put(self, obj: Obj) -> Obj:
+        """An object as the API server stores it (uid, resourceVersion, creationTimestamp added)."""
+        stored = copy.deepcopy(obj)
+        meta = stored["metadata"]
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        meta["resourceVersion"] = str(next(self._versions))
+        self.objects[(stored["kind"], meta.get("namespace", ""), meta["name"])] = stored
+        return copy.deepcopy(stored)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+        found = self.objects.get((kind, namespace or "", name))
+        return copy.deepcopy(found) if found else None
+
+    def create(self, obj: Obj) -> Obj:
+        key = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        self.writes.append(("create", *key[::2]))
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", f"{key[0]} {key[2]} already exists")
+        return self.put(obj)
+
+    def apply(self, obj: Obj) -> Obj:
+        key = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        self.writes.append(("apply", *key[::2]))
+        old = self.objects[key]
+        merged = {**old, **copy.deepcopy(obj), "metadata": {**old["metadata"], **obj["metadata"]}}
+        return self.put(merged)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        self.writes.append(("patch", kind, name))
+        return self.put(_merge(self.objects[(kind, namespace, name)], patch))
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Obj, *,
+                     resource_version: str | None = None) -> Obj:
+        self.writes.append(("status", kind, name))
+        return self.put(_merge(self.objects[(kind, namespace, name)], {"status": status}))
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
+        self.writes.append(("delete", kind, name))
+        return self.objects.pop((kind, namespace or "", name), None) is not None
+
+    def post_event(self, involved: Obj, event: Event) -> None:
+        self.writes.append(("event", involved["kind"], involved["metadata"]["name"]))
+        self.events.append((involved["metadata"]["name"], event))
+
+    def patch_pod_condition(self, *args: Any) -> Obj | None:
+        raise AssertionError("a reconcile pass never sets a pod condition (the model check does)")
+
+
+def _merge(obj: Obj, patch: Obj) -> Obj:
+    """A JSON merge patch (RFC 7386)."""
+    merged = copy.deepcopy(obj)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class World:
+    """A Context over in-memory stores fed from MemoryKube, as the informers would feed them."""
+
+    def __init__(self, *controllers: Controller) -> None:
+        self.kube = MemoryKube()
+        self.caches = Caches()
+        self.controllers = {c.kind: c for c in controllers}
+        for controller in controllers:
+            self.caches.stores[controller.kind] = Store(controller.resource_indexes)
+        self.transforms = {}
+        kinds = merged_child_kinds(controllers)  # a cluster without the optional CRDs (ServiceMonitor, Kueue)
+        for child in kinds.values():
+            self.caches.stores[child.kind] = Store(child.indexes)
+            self.transforms[child.kind] = child.transform
+        self.caches._transforms = self.transforms  # what Caches.add records per informer
+        self.checks: list[Any] = []
+        self.ctx = Context(caches=self.caches, writer=Writer(self.kube, self.caches),  # type: ignore[arg-type]
+                           prometheus=Prometheus(""), enqueue=lambda key: None, enqueue_check=self.checks.append,
+                           serves=lambda api_version, kind: not kinds[kind].optional)
+
+    def add(self, obj: Obj) -> Obj:
+        stored = self.kube.put(obj)
+        self.caches.remember(stored)
+        return stored
+
+    def sync(self) -> None:
+        """The caches catch up with the server (what the watch events would do)."""
+        for (kind, namespace, name), obj in self.kube.objects.items():
+            if kind in self.caches.stores:
+                self.caches.stores[kind].upsert(self.transforms.get(kind, trim)(copy.deepcopy(obj)))
+        for kind, store in self.caches.stores.items():
+            for namespace, name in store.keys():
+                if (kind, namespace, name) not in self.kube.objects:
+                    store.remove(namespace, name)
+
+    def reconcile(self, kind: str, name: str) -> list[tuple[str, str, str]]:
+        """One pass; the writes it made."""
+        self.kube.writes.clear()
+        self.ctx.writer.begin_pass()
+        self.controllers[kind].reconcile(self.ctx, "ml", name)
+        self.sync()
+        return list(self.kube.writes)
+
+    def status(self, kind: str, name: str) -> Obj:
+        return self.kube.objects[(kind, "ml", name)].get("status") or {}
+
+
+def model_service(name: str = "digits", **spec: Any) -> Obj:
+    return {"apiVersion": API_VERSION, "kind": "ModelService",
+            "metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}", "generation": 1},
+            "spec": {"model": {"name": "digits", "version": 3, "signature": SIGNATURE},
+                     "repository": {"hostPath": {"path": "/srv/models"}}, "replicas": 2, **spec}}
+
+
+def training_job(name: str = "train", **spec: Any) -> Obj:
+    return {"apiVersion": API_VERSION, "kind": "TrainingJob",
+            "metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}", "generation": 1},
+            "spec": {"output": {"modelName": "digits", "repository": {"hostPath": {"path": "/srv/models"}}},
+                     "trainer": {"epochs": 2}, **spec}}
+
+
+@pytest.fixture
+def world() -> World:
+    return World(TrainingJobController(), ModelServiceController())
+
+
+def conditions(status: Obj) -> dict[str, Obj]:
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+# ---- ModelService ----------------------------------------------------------------------------------------
+
+
+def test_a_new_model_service_creates_its_children_writes_status_and_then_nothing(world: World) -> None:
+    world.add(model_service())
+    writes = world.reconcile("ModelService", "digits")
+    revision = next(name for verb, kind, name in writes if kind == "Deployment")
+    assert writes == [("create", "Service", "digits"), ("create", "ConfigMap", revision),
+                      ("create", "Deployment", revision), ("status", "ModelService", "digits"),
+                      ("event", "ModelService", "digits")]
+    assert world.status("ModelService", "digits")["phase"] == "Pending"
+    assert world.kube.objects[("Deployment", "ml", revision)]["spec"]["replicas"] == 2
+    # the next pass finds the rollout steady (no longer "Initial"): its status says so, and that is all
+    assert world.reconcile("ModelService", "digits") == [("status", "ModelService", "digits")]
+    assert world.reconcile("ModelService", "digits") == []  # converged: not one write
+
+
+def converged(world: World, kind: str, name: str) -> None:
+    for _ in range(3):
+        if not world.reconcile(kind, name):
+            return
+    raise AssertionError(f"{kind} {name} still writes after 3 passes: {world.kube.writes}")
+
+
+def test_a_serving_revision_changes_status_only_and_then_nothing(world: World) -> None:
+    world.add(model_service())
+    converged(world, "ModelService", "digits")
+    deployment = next(o for (kind, _, _), o in world.kube.objects.items() if kind == "Deployment")
+    world.add({**deployment, "status": {"readyReplicas": 2, "replicas": 2}})
+    assert world.reconcile("ModelService", "digits") == [("status", "ModelService", "digits"),
+                                                         ("event", "ModelService", "digits")]
+    status = world.status("ModelService", "digits")
+    assert status["phase"] == "Ready" and conditions(status)["Ready"]["status"] == "True"
+    assert world.reconcile("ModelService", "digits") == []
+
+
+def test_a_hand_edited_child_is_put_back_with_one_apply(world: World) -> None:
+    world.add(model_service())
+    converged(world, "ModelService", "digits")
+    service = world.kube.objects[("Service", "ml", "digits")]
+    world.add({**service, "spec": {**service["spec"], "selector": {"app": "elsewhere"}}})
+    assert world.reconcile("ModelService", "digits") == [("apply", "Service", "digits")]
+    assert world.kube.objects[("Service", "ml", "digits")]["spec"]["selector"] == \
+        {build.LABEL_SERVICE: "digits"}
+
+
+def test_a_child_name_owned_by_someone_else_is_refused_once_and_nothing_is_touched(world: World) -> None:
+    world.add(model_service())
+    world.add({"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "digits", "namespace": "ml", "labels": {"app.kubernetes.io/managed-by": "modelops"}},
+        "spec": {"selector": {"app": "theirs"}}})
+    writes = world.reconcile("ModelService", "digits")
+    assert [w for w in writes if w[0] != "event"] == [("status", "ModelService", "digits")]
+    assert ("Warning", "NameConflict") in [(e.type, e.reason) for _, e in world.kube.events]
+    stalled = conditions(world.status("ModelService", "digits"))["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "NameConflict")
+    assert world.kube.objects[("Service", "ml", "digits")]["spec"]["selector"] == {"app": "theirs"}
+    assert world.reconcile("ModelService", "digits") == []  # said once
+
+
+def test_an_invalid_spec_is_refused_with_a_condition_and_one_event(world: World) -> None:
+    world.add(model_service(replicas=-3))
+    assert world.reconcile("ModelService", "digits") == [("status", "ModelService", "digits"),
+                                                         ("event", "ModelService", "digits")]
+    stalled = conditions(world.status("ModelService", "digits"))["Stalled"]
+    assert stalled["reason"] == "InvalidSpec" and "spec.replicas" in stalled["message"]
+    assert world.reconcile("ModelService", "digits") == []
+
+
+def test_a_conflict_on_an_evaluation_pod_reads_like_any_other_child(world: World) -> None:
+    world.add(model_service(rollout={"gates": {"evaluation": {"enabled": True}}}))
+    converged(world, "ModelService", "digits")
+    deployment = next(o for (kind, _, _), o in world.kube.objects.items() if kind == "Deployment")
+    revision = deployment["metadata"]["name"]
+    assert '"Pending"' in deployment["metadata"]["annotations"]["modelops.dev/evaluation"]
+    # a serving pod of the revision with a verified model, held for the gate: the evaluation is due
+    world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": f"{revision}-x", "namespace": "ml",
+        "labels": {**deployment["spec"]["template"]["metadata"]["labels"]},
+        "annotations": deployment["spec"]["template"]["metadata"]["annotations"]},
+        "status": {"phase": "Running", "podIP": "10.244.0.9", "conditions": [
+            {"type": build.MODEL_READY_GATE, "status": "False", "reason": "EvaluationPending"}]}})
+    world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": build.evaluation_pod_name(revision), "namespace": "ml",
+        "labels": {"app.kubernetes.io/managed-by": "modelops"}}, "spec": {}})
+    assert world.reconcile("ModelService", "digits") == [("status", "ModelService", "digits"),
+                                                         ("event", "ModelService", "digits")]
+    stalled = conditions(world.status("ModelService", "digits"))["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "NameConflict")
+    assert build.evaluation_pod_name(revision) in stalled["message"]
+
+
+def test_the_autoscaler_remembers_through_the_engine_and_forgets_with_the_object(world: World) -> None:
+    world.add(model_service(autoscaling={"minReplicas": 1, "maxReplicas": 4, "metric": "queueTimeMicroseconds",
+                                         "target": 1000}))
+    world.reconcile("ModelService", "digits")
+    key = ("ModelService", "ml", "digits")
+    remembered = world.ctx.memory.get(key)
+    assert remembered is not None and remembered.desired == 1  # no Prometheus: held at minReplicas
+    assert "metric unavailable" in world.status("ModelService", "digits")["autoscaling"]["reason"]
+    world.kube.objects.pop(("ModelService", "ml", "digits"))
+    world.sync()
+    world.reconcile("ModelService", "digits")
+    assert world.ctx.memory.get(key) is None
+
+
+# ---- TrainingJob -------------------------------------------------------------------------------------------
+
+
+def test_a_new_training_job_starts_its_worker_and_then_writes_nothing(world: World) -> None:
+    world.add(training_job())
+    writes = world.reconcile("TrainingJob", "train")
+    assert writes == [("create", "Pod", "train-a0-w0"), ("status", "TrainingJob", "train")]
+    status = world.status("TrainingJob", "train")
+    assert status["phase"] == "Pending" and status["attempt"] == 0
+    assert world.reconcile("TrainingJob", "train") == []
+
+
+def test_a_refused_worker_keeps_the_recorded_attempt(world: World) -> None:
+    world.add(training_job(workers=2))
+    world.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "train-workers", "namespace": "ml"},
+               "spec": {"clusterIP": "None"}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("create", "Pod", "train-a0-w0") not in writes  # the group is not started short of its Service
+    status = world.status("TrainingJob", "train")
+    assert conditions(status)["Stalled"]["reason"] == "NameConflict" and "attempt" not in status
+    assert world.reconcile("TrainingJob", "train") == []
+
+
+def test_a_job_past_its_ttl_deletes_itself_and_is_forgotten(world: World) -> None:
+    world.add({**training_job(ttlSecondsAfterFinished=0),
+               "status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z", "conditions": []}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert writes[-1] == ("delete", "TrainingJob", "train")
+    assert ("TrainingJob", "ml", "train") not in world.kube.objects
