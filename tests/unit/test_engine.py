@@ -10,13 +10,13 @@ import pytest
 
 from modelops.engine.cache import Caches, Store, by_controller_uid
 from modelops.engine.children import Children, OwnerGone, differences, quantity
-from modelops.engine.gate import Gate
+from modelops.engine.pause import Pause
 from modelops.engine.peering import pause_reason
 from modelops.engine.queue import Backoff, RetryAfter, WorkQueue
 
 
-def run_queue(process, *, workers: int = 2, gate: Gate | None = None) -> WorkQueue:  # type: ignore[no-untyped-def]
-    queue = WorkQueue("test", process, workers=workers, gate=gate or Gate())
+def run_queue(process, *, workers: int = 2, pause: Pause | None = None) -> WorkQueue:  # type: ignore[no-untyped-def]
+    queue = WorkQueue("test", process, workers=workers, pause=pause or Pause())
     queue.start()
     return queue
 
@@ -86,7 +86,7 @@ def test_every_failure_is_retried_with_backoff_until_the_pass_succeeds() -> None
         return None
 
     failures = []
-    queue = WorkQueue("test", process, workers=1, gate=Gate(), backoff=Backoff(base=0.02, cap=1.0, jitter=0),
+    queue = WorkQueue("test", process, workers=1, pause=Pause(), backoff=Backoff(base=0.02, cap=1.0, jitter=0),
                       on_failure=failures.append)
     queue.start()
     queue.add("k")
@@ -130,15 +130,15 @@ def test_the_pass_decides_its_next_run_and_replaces_an_older_schedule() -> None:
     assert len(runs) == 2 and queue.delayed() == 0
 
 
-def test_nothing_runs_while_the_gate_is_closed_and_everything_when_it_opens() -> None:
-    gate, runs = Gate(), []
-    gate.close("peering", "another replica leads")
-    queue = run_queue(runs.append, gate=gate)
+def test_nothing_runs_while_paused_and_everything_when_the_pause_lifts() -> None:
+    pause, runs = Pause(), []
+    pause.close("peering", "another replica leads")
+    queue = run_queue(runs.append, pause=pause)
     queue.add("a")
     queue.add_after("b", 0.05)
     time.sleep(0.3)
     assert runs == []
-    gate.open("peering")
+    pause.open("peering")
     wait_for(lambda: sorted(runs) == ["a", "b"])
     queue.stop()
 

@@ -1,7 +1,7 @@
-"""The engine of one operator process: caches, queues and gate wired together, controllers plugged in.
+"""The engine of one operator process: caches, queues and pause wired together, controllers plugged in.
 
 kopf feeds the custom resources' bodies (its watch events) into `observe_resource`; informers feed the
-children; both only enqueue keys. Workers run passes from memory. Nothing runs while the gate is closed:
+children; both only enqueue keys. Workers run passes from memory. Nothing runs while the pause holds:
 before the caches have listed once, and while kopf's peering pauses this replica."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from modelops.autoscale.prometheus import Prometheus
 from modelops.engine.cache import Caches, Informer, Obj, Store, trim
 from modelops.engine.children import NamespaceTerminating, OwnerGone
-from modelops.engine.gate import Gate
+from modelops.engine.pause import Pause
 from modelops.engine.peering import PeeringFollower
 from modelops.engine.queue import Backoff, Failure, Key, WorkQueue
 from modelops.engine.writer import Writer
@@ -24,7 +24,7 @@ from modelops.kube import ApiError, Kube
 from modelops.resources.meta import MANAGED_BY_SELECTOR
 
 log = logging.getLogger(__name__)
-CACHES_GATE = "caches"
+CACHES_PAUSE = "caches"
 
 
 class Memory:
@@ -124,30 +124,30 @@ def merged_child_kinds(controllers: Iterable[Controller]) -> dict[str, ChildKind
 
 
 class Engine:
-    """Owns the caches, the queues and the gate; the controllers own the logic."""
+    """Owns the caches, the queues and the pause; the controllers own the logic."""
 
     def __init__(self, kube: Kube, prometheus: Prometheus, controllers: list[Controller], options: EngineOptions,
                  *, checker: Callable[[Context, Key], float | None] | None = None) -> None:
         self.kube, self.options = kube, options
         self.controllers = {c.kind: c for c in controllers}
-        self.gate = Gate()
-        self.gate.close(CACHES_GATE, "listing the children")
+        self.pause = Pause()
+        self.pause.close(CACHES_PAUSE, "listing the children")
         self.caches = Caches()
-        self.queue = WorkQueue("reconcile", self._reconcile, workers=options.workers, gate=self.gate,
+        self.queue = WorkQueue("reconcile", self._reconcile, workers=options.workers, pause=self.pause,
                                on_failure=self._failed)
         self.checks = WorkQueue("model-check", lambda key: checker(self.ctx, key) if checker else None,
-                                workers=options.check_workers, gate=self.gate)
+                                workers=options.check_workers, pause=self.pause)
         self.ctx = Context(caches=self.caches, writer=Writer(kube, self.caches), prometheus=prometheus,
                            enqueue=self.queue.add, enqueue_check=self.checks.add, serves=self._serves)
         self._served: set[tuple[str, str]] = set()
         for controller in controllers:
             self.caches.stores[controller.kind] = Store(controller.resource_indexes)
         self._add_informers(controllers)
-        self.peering = PeeringFollower(kube, self.gate, name=options.peering, identity=options.identity,
+        self.peering = PeeringFollower(kube, self.pause, name=options.peering, identity=options.identity,
                                        priority=options.priority, namespaces=options.namespaces or None) \
             if options.peering else None
         # On every opening (synced, or resumed after a peering pause) look at everything once more.
-        self.gate.listen(lambda now_open: now_open and self.resync())
+        self.pause.listen(lambda now_open: now_open and self.resync())
 
     def _add_informers(self, controllers: list[Controller]) -> None:
         for child in merged_child_kinds(controllers).values():
@@ -175,7 +175,7 @@ class Engine:
         threading.Thread(target=self._open_when_synced, name="cache sync", daemon=True).start()
 
     def stop(self) -> None:
-        self.gate.close("stopping")
+        self.pause.close("stopping")
         if self.peering:
             self.peering.stop()
         self.caches.stop()
@@ -186,10 +186,10 @@ class Engine:
         while not self.caches.wait_synced(timeout=30):
             log.warning("caches not synced after 30s: %s",
                         ", ".join(sorted({i.kind for i in self.caches.informers if not i.synced.is_set()})))
-        self.gate.open(CACHES_GATE)
+        self.pause.open(CACHES_PAUSE)
 
     def resync(self) -> None:
-        """Look at every resource once more (the gate opened: caches synced, or a peering pause ended).
+        """Look at every resource once more (the pause lifted: caches synced, or a peering pause ended).
         First drop resources deleted while kopf's watch was away (a pause): its re-list only adds."""
         for kind in self.controllers:
             store = self.caches.store(kind)

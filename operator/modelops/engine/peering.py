@@ -12,11 +12,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from modelops.engine.cache import Informer, Store
-from modelops.engine.gate import Gate
+from modelops.engine.pause import Pause
 from modelops.kube import Kube
 
 log = logging.getLogger(__name__)
-GATE_REASON = "peering"
+PAUSE_REASON = "peering"
 
 
 def pause_reason(status: dict[str, Any] | None, identity: str, priority: int, now: datetime) -> tuple[str, float]:
@@ -42,11 +42,11 @@ def pause_reason(status: dict[str, Any] | None, identity: str, priority: int, no
 
 
 class PeeringFollower:
-    """Keeps the gate's 'peering' reason in step with the peering object(s) of this operator."""
+    """Keeps the pause's 'peering' reason in step with the peering object(s) of this operator."""
 
-    def __init__(self, kube: Kube, gate: Gate, *, name: str, identity: str, priority: int,
+    def __init__(self, kube: Kube, pause: Pause, *, name: str, identity: str, priority: int,
                  namespaces: list[str] | None) -> None:
-        self.gate, self.name, self.identity, self.priority = gate, name, identity, priority
+        self.pause, self.name, self.identity, self.priority = pause, name, identity, priority
         self.store = Store()
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -56,7 +56,7 @@ class PeeringFollower:
                      fields=f"metadata.name={name}", watch_seconds=60)
             for ns in (namespaces or [None])]
         self._expected = len(self.informers)
-        gate.close(GATE_REASON, "the peering object has not been seen yet")
+        pause.close(PAUSE_REASON, "the peering object has not been seen yet")
 
     def start(self) -> None:
         for informer in self.informers:
@@ -78,7 +78,7 @@ class PeeringFollower:
     def evaluate(self, now: datetime) -> float:
         objects = self.store.items()
         if len(objects) < self._expected:
-            self.gate.close(GATE_REASON, f"waiting for the peering object {self.name}")
+            self.pause.close(PAUSE_REASON, f"waiting for the peering object {self.name}")
             return 10.0
         reasons, wait = [], float("inf")
         for obj in objects:
@@ -87,7 +87,7 @@ class PeeringFollower:
                 reasons.append(reason)
             wait = min(wait, expiry)
         if reasons:
-            self.gate.close(GATE_REASON, "; ".join(reasons))
+            self.pause.close(PAUSE_REASON, "; ".join(reasons))
         else:
-            self.gate.open(GATE_REASON)
+            self.pause.open(PAUSE_REASON)
         return wait + 0.5

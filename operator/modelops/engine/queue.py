@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from modelops.engine.gate import Gate
+from modelops.engine.pause import Pause
 from modelops.metrics import QUEUE_DELAYED, QUEUE_DEPTH, QUEUE_RETRIES, QUEUE_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,10 @@ class WorkQueue:
     """Keys in, passes out. `process(key)` returns None (done until the next event) or the seconds after
     which the key should be processed again; that answer replaces any earlier schedule of the key."""
 
-    def __init__(self, name: str, process: Callable[[Key], float | None], *, workers: int, gate: Gate,
+    def __init__(self, name: str, process: Callable[[Key], float | None], *, workers: int, pause: Pause,
                  backoff: Backoff | None = None, on_failure: Callable[[Failure], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.name, self._process, self._workers, self._gate = name, process, workers, gate
+        self.name, self._process, self._workers, self._pause = name, process, workers, pause
         self.backoff = backoff or Backoff()
         self._on_failure = on_failure
         self._clock = clock
@@ -85,7 +85,7 @@ class WorkQueue:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         QUEUE_RETRIES.labels(name)  # 0 until the first retry, not "no data"
-        gate.listen(lambda _: self._wake())
+        pause.listen(lambda _: self._wake())
 
     # ---- adding ------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class WorkQueue:
                     return None
                 now = self._clock()
                 self._promote_due(now)
-                if self._gate.is_open:
+                if self._pause.running:
                     while self._ready:
                         key = self._ready.popleft()
                         ready_since = self._queued.pop(key)

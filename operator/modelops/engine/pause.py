@@ -1,4 +1,4 @@
-"""A gate that is open only while nothing holds it closed (caches not synced yet, a peering pause)."""
+"""The engine's pause: work runs only while nothing holds it (caches not synced yet, a peering pause)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-class Gate:
-    """Open while no reason to stay closed is set. Work queues wait on it; listeners hear every flip."""
+class Pause:
+    """Running while no reason to hold is set. Work queues wait on it; listeners hear every flip."""
 
     def __init__(self) -> None:
         self._reasons: dict[str, str] = {}
@@ -38,7 +38,7 @@ class Gate:
             self._notify(True)
 
     @property
-    def is_open(self) -> bool:
+    def running(self) -> bool:
         with self._lock:
             return not self._reasons
 
