@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from modelops import API_VERSION
+from modelops.api.modelservice import ModelServiceStatus
+from modelops.api.trainingjob import TrainingJobStatus
 from modelops.autoscale.prometheus import Prometheus
 from modelops.controllers.modelservice import ModelServiceController
 from modelops.controllers.trainingjob import TrainingJobController
@@ -136,15 +138,37 @@ class World:
                     store.remove(namespace, name)
 
     def reconcile(self, kind: str, name: str) -> list[tuple[str, str, str]]:
-        """One pass; the writes it made."""
+        """One pass; the writes it made. Every status it wrote is one the typed status model reads whole."""
         self.kube.writes.clear()
         self.ctx.writer.begin_pass()
         self.controllers[kind].reconcile(self.ctx, "ml", name)
         self.sync()
+        if ("status", kind, name) in self.kube.writes and (kind, "ml", name) in self.kube.objects:
+            status = self.status(kind, name)
+            assert_within(status, STATUS_MODELS[kind].model_validate(status).wire())
         return list(self.kube.writes)
 
     def status(self, kind: str, name: str) -> Obj:
         return self.kube.objects[(kind, "ml", name)].get("status") or {}
+
+
+STATUS_MODELS = {"ModelService": ModelServiceStatus, "TrainingJob": TrainingJobStatus}
+
+
+def assert_within(written: Any, typed: Any, path: str = "status") -> None:
+    """Every field the planner wrote is in the typed model's reading, with the same value (the model may add
+    its defaults): no field unknown to the CRD's status schema, none of the wrong type."""
+    if isinstance(written, dict):
+        assert isinstance(typed, dict), path
+        for key, value in written.items():
+            assert key in typed, f"{path}.{key} is not in the status model"
+            assert_within(value, typed[key], f"{path}.{key}")
+    elif isinstance(written, list):
+        assert isinstance(typed, list) and len(typed) == len(written), path
+        for i, (a, b) in enumerate(zip(written, typed)):
+            assert_within(a, b, f"{path}[{i}]")
+    else:
+        assert written == typed, f"{path}: {written!r} reads as {typed!r}"
 
 
 def model_service(name: str = "digits", **spec: Any) -> Obj:
