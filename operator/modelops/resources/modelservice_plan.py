@@ -60,7 +60,8 @@ class ServiceMemory:
     status: dict[str, Any] | None = None
 
     def scaling_due(self, now: datetime) -> bool:
-        return self.evaluated_at is None or (now - self.evaluated_at).total_seconds() >= AUTOSCALE_SECONDS
+        elapsed = None if self.evaluated_at is None else (now - self.evaluated_at).total_seconds()
+        return elapsed is None or not 0 <= elapsed < AUTOSCALE_SECONDS  # (a clock set back: due at once)
 
 
 @dataclass(frozen=True)
