@@ -26,6 +26,10 @@ WRITE_VERBS = frozenset({"create", "apply", "patch", "delete"})
 # A DNS-1123 subdomain (what object names are; namespaces are the stricter labels, which match too).
 OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 log = logging.getLogger(__name__)
+# The client's errors that callers outside this module handle themselves (the kubectl plugin: a kubeconfig it
+# cannot load; ResourceNotFoundError, imported above: a kind the cluster does not serve), taken from here so
+# that no other operator module imports the client (the `one-api-client` import contract).
+ConfigException = config.ConfigException
 
 
 class ApiError(Exception):

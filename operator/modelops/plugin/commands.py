@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one command; API errors, refusals and Ctrl-C become one line on stderr and an exit code."""
-    from kubernetes.config import ConfigException
-    from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
-    from modelops.kube import ApiError
+    from modelops.kube import ApiError, ConfigException, ResourceNotFoundError
 
     try:
         return handler(args)
