@@ -1,9 +1,10 @@
 """Executable layering (DESIGN.md "Inside the package"): the import contracts in pyproject.toml
-([tool.importlinter], checked by lint-imports), run as a developer runs them (`lint-imports` in the repository
-root), with the output shown on failure."""
+([tool.importlinter], checked by lint-imports) and the type check of the package ([tool.mypy]), each run as a
+developer runs it (`lint-imports`, `mypy` in the repository root), with its output shown on failure."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -13,9 +14,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "operator" / "modelops"
-BIN = Path(sys.executable).parent  # lint-imports: the test extra, in the same environment
+BIN = Path(sys.executable).parent  # lint-imports and mypy: the test extra, in the same environment
 CONTRACTS = {c["id"]: c for c in
              tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]}
+
+# Being rewritten for issue 23 ("One observation, one pure plan, one writer"): type errors there are allowed
+# until the rewrite lands; everywhere else none is. A pattern no error matches any more must be dropped.
+PENDING_TYPE_ERRORS = (
+    "operator/modelops/controllers/*",
+    "operator/modelops/engine/*",
+    "operator/modelops/resources/modelservice*.py",
+    "operator/modelops/resources/trainingjob.py",
+    # its one error: ModelServiceController.resource_indexes (controllers/modelservice.py) is inferred as a
+    # dict of that one function, not the engine's Controller protocol's dict of callables
+    "operator/modelops/runner.py",
+)
 
 
 def lint_imports(source_root: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -64,3 +77,14 @@ def test_each_contract_catches_an_import_it_forbids(tmp_path: Path) -> None:
     kept = [c["name"] for c in CONTRACTS.values() if f"{c['name']} BROKEN" not in verdicts]
     assert not kept, f"not broken by their planted imports: {kept}\n{result.stdout}"
 
+
+def test_the_package_type_checks() -> None:
+    """mypy with the [tool.mypy] configuration (cache: .mypy_cache); errors only where PENDING_TYPE_ERRORS says."""
+    result = subprocess.run([str(BIN / "mypy")], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    output = result.stdout + result.stderr
+    files = {line.split(":")[0] for line in result.stdout.splitlines() if ": error: " in line}
+    assert result.returncode == 0 or (result.returncode == 1 and files), output  # otherwise mypy itself failed
+    unexpected = sorted(f for f in files if not any(fnmatch.fnmatch(f, p) for p in PENDING_TYPE_ERRORS))
+    assert not unexpected, f"type errors in {unexpected}:\n{output}"
+    clean = [p for p in PENDING_TYPE_ERRORS if not any(fnmatch.fnmatch(f, p) for f in files)]
+    assert not clean, f"no type errors left in {clean}: drop them from PENDING_TYPE_ERRORS"

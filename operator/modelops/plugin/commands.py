@@ -65,7 +65,8 @@ def add_commands(commands: Any) -> None:
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str,
                 parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, parents=parents or [flags])
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help,
+                                                           parents=parents or [flags])
         sub.set_defaults(handler=functools.partial(run, handler))
         return sub
 
