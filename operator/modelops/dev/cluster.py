@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build.sh"
-STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+# The cluster's tools are built from Go modules pinned in a modelops checkout, beside this script (relative to
+# the checkout); they do not ship with the package, so build_tools() is told where the checkout is.
+BUILD_SCRIPT = Path("e2e") / "tools" / "build.sh"
+STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")  # package data
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"  # kwok hands out pod IPs from here
@@ -58,13 +59,19 @@ class ClusterError(RuntimeError):
     """The local cluster could not be started or reached."""
 
 
-def build_tools(*, kueue: bool = False) -> Path:
-    """Build (or find already built) the pinned binaries (with Kueue's manager and CRDs when asked); return
-    their directory."""
+def build_tools(repo: Path, *, kueue: bool = False) -> Path:
+    """Build (or find already built) the pinned binaries (with Kueue's manager and CRDs when asked) with the
+    build script of the modelops checkout `repo`; return their directory. MODELOPS_BIN_DIR, when set, names
+    binaries built before and is returned as it is (no checkout needed)."""
     override = os.environ.get("MODELOPS_BIN_DIR")
     if override:
         return Path(override)
-    result = subprocess.run([str(BUILD_SCRIPT), *(["--kueue"] if kueue else [])], stdout=subprocess.PIPE, text=True,
+    script = repo / BUILD_SCRIPT
+    if not script.is_file():
+        raise ClusterError(f"no {BUILD_SCRIPT} in {repo}: the cluster's tools are built from the Go modules pinned "
+                           "in a modelops checkout; name the checkout (`modelops dev cluster up --repo DIR` or "
+                           "MODELOPS_REPO) or a directory of tools built before (MODELOPS_BIN_DIR)")
+    result = subprocess.run([str(script), *(["--kueue"] if kueue else [])], stdout=subprocess.PIPE, text=True,
                             check=False)
     if result.returncode != 0:
         raise ClusterError(f"building the cluster tools failed (exit {result.returncode}); see the output above")
