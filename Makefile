@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 PIP_LOCKED := PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(PY) -m pip
 
-.PHONY: demo test unit tools deps cluster-up cluster-down cluster-status crds clean lock
+.PHONY: demo test unit lint tools deps cluster-up cluster-down cluster-status crds clean lock
 
 # System packages the local world needs (Debian); skipped when already present. lua5.4 runs the Argo CD
 # health scripts in docs/argocd/ in tests.
@@ -57,6 +57,11 @@ demo: deps venv tools
 
 unit: venv
 	$(PY) -m pytest tests/unit -q
+
+# The import contracts (lint-imports, pyproject [tool.importlinter]) and the type check (mypy, [tool.mypy]);
+# tests/unit/test_layering.py runs both, so `make unit` and `make test` do too.
+lint: venv
+	$(PY) -m pytest tests/unit/test_layering.py -q
 
 test: deps venv tools
 	$(PY) -m pytest -q

@@ -40,7 +40,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     (work / "models").mkdir(parents=True)
     started = time.monotonic()
-    cluster = LocalCluster(REPO / ".cluster", build_tools())
+    cluster = LocalCluster(REPO / ".cluster", build_tools(REPO))
     ours = not cluster.running()
     if ours:
         print(f"starting the local cluster ({cluster.root})")

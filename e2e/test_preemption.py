@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modelops.dev.cluster import ClusterError, LocalCluster, build_tools
-from support import condition, eventually, get_json
+from support import REPO, condition, eventually, get_json
 
 
 def apply(kube, *objects: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +61,7 @@ def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, 
 def kueue(local_cluster: LocalCluster, kube) -> LocalCluster:  # type: ignore[no-untyped-def]
     """Kueue on the session's cluster (started once, left running: it manages only queued workloads), an
     8-GPU ClusterQueue, the LocalQueue `training` in the test's namespace and the PriorityClass `urgent`."""
-    build_tools(kueue=True)  # links kueue into the cluster's bin directory
+    build_tools(REPO, kueue=True)  # links kueue into the cluster's bin directory
     local_cluster.kueue_gpu_quota = 8
     try:
         local_cluster.start_kueue(die_with_parent=True)

@@ -19,7 +19,7 @@ from support import REPO, Kube, OperatorProcess
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Start one cluster for the whole run; always stop it (pass, failure, Ctrl-C, or even pytest killed:
     the components get SIGKILL from the kernel when this process dies)."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), build_tools())
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), build_tools(REPO))
     atexit.register(cluster.down)
     try:
         cluster.up(die_with_parent=True)

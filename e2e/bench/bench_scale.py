@@ -989,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = args.workdir.resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     pods_per_node = max(2000, args.n + 4 * args.sample)
-    cluster = LocalCluster(root, build_tools(), nodes=[NodeSpec(f"cpu-{i}", pods=str(pods_per_node)) for i in range(4)],
+    cluster = LocalCluster(root, build_tools(REPO), nodes=[NodeSpec(f"cpu-{i}", pods=str(pods_per_node)) for i in range(4)],
                            audit_log=True)
     namespaces = [f"scale-{i}" for i in range(args.namespaces)]
     operator: Operator | None = None

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     cluster = dev.add_parser("cluster", help="the local cluster: etcd, control plane and kwok nodes")
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument("--dir", type=Path, default=Path(".cluster"), help="where the cluster keeps its state")
+    cluster.add_argument("--repo", type=Path, default=Path(os.environ.get("MODELOPS_REPO") or "."),
+                         help="the modelops checkout whose e2e/tools/build.sh builds the cluster's tools (env "
+                              "MODELOPS_REPO; default: the current directory); not needed when MODELOPS_BIN_DIR "
+                              "names tools built before")
     cluster.add_argument("--kube-proxy", action="store_true",
                          help="also run kube-proxy (iptables mode) so Service ClusterIPs route; needs root")
     cluster.add_argument("--kueue", action="store_true",
@@ -95,7 +99,8 @@ def _cluster(args: argparse.Namespace) -> int:
         if args.action == "status":
             print(json.dumps(LocalCluster.existing(root).status(), indent=2))
             return 0
-        cluster = LocalCluster(root, build_tools(kueue=args.kueue), kueue=args.kueue, kueue_gpu_quota=args.kueue_gpus)
+        tools = build_tools(args.repo.resolve(), kueue=args.kueue)
+        cluster = LocalCluster(root, tools, kueue=args.kueue, kueue_gpu_quota=args.kueue_gpus)
         seconds = cluster.up(kube_proxy=args.kube_proxy)
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -26,6 +26,10 @@ WRITE_VERBS = frozenset({"create", "apply", "patch", "delete"})
 # A DNS-1123 subdomain (what object names are; namespaces are the stricter labels, which match too).
 OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 log = logging.getLogger(__name__)
+# The client's errors that callers outside this module handle themselves (the kubectl plugin: a kubeconfig it
+# cannot load; ResourceNotFoundError, imported above: a kind the cluster does not serve), taken from here so
+# that no other operator module imports the client (the `one-api-client` import contract).
+ConfigException = config.ConfigException
 
 
 class ApiError(Exception):
@@ -146,7 +150,7 @@ class Kube:
 
     def _call(self, verb: str, kind: str, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
               body: Any = None, content_type: str = "application/json", stream: bool = False,
-              timeout: float | tuple[float, float] = 30.0) -> Any:
+              timeout: float | tuple[float, float | None] = 30.0) -> Any:
         """One request, JSON in and out; raises ApiError. A streamed response is returned unread."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         if body is not None and content_type.endswith("yaml"):
@@ -160,9 +164,8 @@ class Kube:
             response = self._api.call_api(*request, _request_timeout=timeout)
             code = str(response.status)
             if not 200 <= response.status <= 299:
-                response.read()
-                raise ApiException.from_response(http_resp=response, body=response.data.decode(errors="replace"),
-                                                 data=None)
+                body = response.read()
+                raise ApiException.from_response(http_resp=response, body=body.decode(errors="replace"), data=None)
             if stream:
                 return response.response
             raw = response.read()

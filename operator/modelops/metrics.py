@@ -99,11 +99,11 @@ class _ResourceCollector(Collector):
         return ()  # nothing to check at registration
 
     def collect(self) -> Iterable[Metric]:
-        families: dict[str, Metric] = {}
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for family in _FAMILIES:
             labels = ["namespace", "name", *([family.label] if family.label else [])]
-            kind = CounterMetricFamily if family.counter else GaugeMetricFamily
-            families[family.name] = kind(family.name, family.help, labels=labels)
+            series = CounterMetricFamily if family.counter else GaugeMetricFamily
+            families[family.name] = series(family.name, family.help, labels=labels)
         with _phases_lock:
             records = [(key, r.gauges, tuple(r.counts.items())) for key, r in _recorded.items()]
         for (kind, namespace, name), gauges, counts in records:

@@ -106,6 +106,7 @@ def run_operator(options: RunOptions) -> int:
     kopf.run(
         registry=registry, clusterwide=not options.namespaces, namespaces=options.namespaces,
         standalone=options.peering is None, peering_name=options.peering, priority=options.priority,
-        identity=identity, liveness_endpoint=liveness, memo=kopf.Memo(engine=engine),
+        # identity: kopf types it as its own NewType of str, which it does not export
+        identity=identity, liveness_endpoint=liveness, memo=kopf.Memo(engine=engine),  # type: ignore[arg-type]
     )
     return 0

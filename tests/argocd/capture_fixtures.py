@@ -29,7 +29,7 @@ if str(TESTS) not in sys.path:  # run as a script
     sys.path.insert(0, str(TESTS))
 
 from argocd.health import CUSTOMIZATIONS  # noqa: E402
-from support import eventually  # noqa: E402
+from support import REPO, eventually  # noqa: E402
 
 API = "modelops.dev/v1alpha1"
 EXIT = "e2e.modelops.dev/exit-code"
@@ -286,7 +286,7 @@ def main() -> None:
     from support import Kube as ClusterKube
 
     with tempfile.TemporaryDirectory(prefix="modelops-fixtures-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster", build_tools())
+        cluster = LocalCluster(Path(tmp) / "cluster", build_tools(REPO))
         cluster.up(die_with_parent=True)
         operator: OperatorProcess | None = None
         try:

@@ -10,11 +10,12 @@ import pytest
 
 from argocd.health import (ARGOCD_IN_KSTATUS, KINDS, KSTATUS, KSTATUS_DIFFERS, fixture, health_tests, kstatus)
 from modelops.dev.cluster import build_tools
+from support import REPO
 
 
 @pytest.fixture(scope="module")
 def kstatus_tool() -> Path:
-    tool = build_tools() / "kstatus"
+    tool = build_tools(REPO) / "kstatus"
     if not tool.exists():
         pytest.fail(f"{tool} is missing: e2e/tools/build.sh builds it (MODELOPS_BIN_DIR must hold it too)",
                     pytrace=False)

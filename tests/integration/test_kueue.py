@@ -46,7 +46,7 @@ def job(name: str, labels: dict[str, str] | None = None, **spec: Any) -> str:
 
 @pytest.fixture(scope="module")
 def kueue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("kueue-cluster"), build_tools(kueue=True), kueue=True,
+    cluster = LocalCluster(tmp_path_factory.mktemp("kueue-cluster"), build_tools(REPO, kueue=True), kueue=True,
                            kueue_gpu_quota=8)
     atexit.register(cluster.down)
     try:

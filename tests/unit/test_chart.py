@@ -58,7 +58,7 @@ TRAINER_RULES: Rules = {("", "pods"): verbs("get", "patch")}
 
 @pytest.fixture(scope="module")
 def tools() -> Path:
-    return build_tools()
+    return build_tools(REPO)
 
 
 @pytest.fixture(scope="module")

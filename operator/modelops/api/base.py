@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasGenerator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AliasGenerator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from typing_extensions import Self
 from pydantic.alias_generators import to_camel
 
@@ -122,9 +122,14 @@ def absolute_path(field: str, max_length: int = 4096) -> Any:
                    is_absolute_path, max_length=max_length)
 
 
-ModelName = checked(f"self.matches({lit(MODEL_NAME)})",
-                    "model name must start with a letter or digit and hold only letters, digits, '_', '.' and '-' "
-                    "(at most 63 characters)", _fullmatch(MODEL_NAME), max_length=63)
+# The named string types below are Annotated[str, ...] built by a call, which a type checker cannot read as a
+# type: to it they are plain str (and the fields using them str, not Any); pydantic gets the checks.
+if TYPE_CHECKING:
+    ModelName = str
+else:
+    ModelName = checked(f"self.matches({lit(MODEL_NAME)})",
+                        "model name must start with a letter or digit and hold only letters, digits, '_', '.' and "
+                        "'-' (at most 63 characters)", _fullmatch(MODEL_NAME), max_length=63)
 
 
 def label_key(field: str) -> Any:
@@ -137,16 +142,21 @@ def label_value(field: str) -> Any:
                    is_label_value, max_length=63)
 
 
-LabelKey = label_key("nodeSelector")
-LabelValue = label_value("nodeSelector")
+if TYPE_CHECKING:  # str to a type checker, see ModelName
+    LabelKey = str
+    LabelValue = str
+else:
+    LabelKey = label_key("nodeSelector")
+    LabelValue = label_value("nodeSelector")
 
 
 def label_map_field(field: str, *, max_items: int = 64, reserved_prefix: str | None = None) -> Any:
     """A map whose keys are label keys (nodeSelector, pod labels and annotations); keys under
     `reserved_prefix` (the operator's own) are refused."""
     bad_keys = f"self.filter(k, !({label_key_rule('k')}))"
-    rules = [cel(f"self.all(k, {label_key_rule('k')})", f"{field} keys must be {LABEL_KEY_WORDS}",
-                 messageExpression=lit(f'{field} key "') + f" + {bad_keys}[0] + " + lit('" is not ' + LABEL_KEY_WORDS))]
+    rules: list[JsonValue] = [
+        cel(f"self.all(k, {label_key_rule('k')})", f"{field} keys must be {LABEL_KEY_WORDS}",
+            messageExpression=lit(f'{field} key "') + f" + {bad_keys}[0] + " + lit('" is not ' + LABEL_KEY_WORDS))]
     if reserved_prefix:
         rules.append(cel(f"self.all(k, !k.startsWith({lit(reserved_prefix)}))",
                          f"{field} keys under {reserved_prefix} are reserved for the operator"))
@@ -169,9 +179,12 @@ def is_extended_resource(value: str) -> bool:
         "kubernetes.io/" not in value
 
 
-ExtendedResourceName = checked(
-    f"self.matches({lit(EXTENDED_RESOURCE)}) && self.matches({lit(LABEL_KEY_LENGTHS)}) && "
-    "!self.contains('kubernetes.io/')", EXTENDED_RESOURCE_WORDS, is_extended_resource, max_length=317)
+if TYPE_CHECKING:  # str to a type checker, see ModelName
+    ExtendedResourceName = str
+else:
+    ExtendedResourceName = checked(
+        f"self.matches({lit(EXTENDED_RESOURCE)}) && self.matches({lit(LABEL_KEY_LENGTHS)}) && "
+        "!self.contains('kubernetes.io/')", EXTENDED_RESOURCE_WORDS, is_extended_resource, max_length=317)
 
 
 class ApiModel(BaseModel):
@@ -232,7 +245,7 @@ class Resources(ApiModel):
 
     gpus: int = Field(0, ge=0, le=16)
     """GPUs per pod: how many of `gpuResource` (nvidia.com/gpu unless set)."""
-    gpu_resource: ExtendedResourceName = "nvidia.com/gpu"  # type: ignore[valid-type]
+    gpu_resource: ExtendedResourceName = "nvidia.com/gpu"
     """The extended resource `gpus` counts: nvidia.com/gpu, a MIG profile (nvidia.com/mig-1g.10gb), amd.com/gpu."""
     cpu: quantity("cpu", "500m or 2") | None = None  # type: ignore[valid-type]
     """CPU request and limit, e.g. "2" or "500m"."""

@@ -71,7 +71,8 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema turned into a Kubernetes structural schema (no refs, no anyOf-null, OpenAPI v3)."""
     schema = model.model_json_schema(by_alias=True, mode="validation")
     definitions = schema.pop("$defs", {})
-    return _structural(schema, definitions)
+    structural: dict[str, Any] = _structural(schema, definitions)
+    return structural
 
 
 def _structural(node: Any, definitions: dict[str, Any]) -> Any:

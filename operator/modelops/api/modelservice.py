@@ -58,7 +58,7 @@ class ServedModel(ApiModel):
             "a pinned version needs its signature (inputs and outputs); a TrainingJob reports it itself"),
     ]})
 
-    name: ModelName  # type: ignore[valid-type]
+    name: ModelName
     version: int | None = Field(None, ge=1)
     from_training_job: object_name("fromTrainingJob", "TrainingJob") | None = None  # type: ignore[valid-type]
     """Follow this TrainingJob (same namespace): every version it publishes is rolled out."""
@@ -212,7 +212,7 @@ class ModelServiceSpec(ApiModel):
     """Serving replicas (ignored while the builtin autoscaler is on); `kubectl scale ms` sets it."""
     autoscaling: Autoscaling | None = None
     rollout: Rollout = Field(default_factory=Rollout, json_schema_extra={"default": Rollout().wire()})
-    node_selector: dict[LabelKey, LabelValue] = node_selector_field()  # type: ignore[valid-type]
+    node_selector: dict[LabelKey, LabelValue] = node_selector_field()
     """Label keys and values the serving pods' nodes must carry, as a Pod's nodeSelector."""
     tolerations: list[Toleration] = Field([], max_length=64)
     priority_class_name: object_name("priorityClassName", "PriorityClass",  # type: ignore[valid-type]

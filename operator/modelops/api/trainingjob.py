@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from typing_extensions import Self
@@ -99,9 +99,12 @@ class Affinity(ApiModel):
     node_affinity: NodeAffinity | None = None
 
 
-SchedulerName = checked(f"self.matches({lit(DNS1123_SUBDOMAIN)})",
-                        f"schedulerName must be a scheduler's name: {SUBDOMAIN_WORDS}",
-                        _fullmatch(DNS1123_SUBDOMAIN), max_length=253)
+if TYPE_CHECKING:  # str to a type checker, see api.base.ModelName
+    SchedulerName = str
+else:
+    SchedulerName = checked(f"self.matches({lit(DNS1123_SUBDOMAIN)})",
+                            f"schedulerName must be a scheduler's name: {SUBDOMAIN_WORDS}",
+                            _fullmatch(DNS1123_SUBDOMAIN), max_length=253)
 
 
 class TrainerArgs(ApiModel):
@@ -138,7 +141,7 @@ class TrainerArgs(ApiModel):
 class OutputSpec(ApiModel):
     """Where the trained model is published: <repository>/<modelName>/<next version>/."""
 
-    model_name: ModelName  # type: ignore[valid-type]
+    model_name: ModelName
     repository: ModelRepository
 
 
@@ -159,23 +162,24 @@ class TrainingJobSpec(ApiModel):
     trainer: TrainerArgs = Field(default_factory=TrainerArgs, json_schema_extra={"default": TrainerArgs().wire()})
     workers: int = Field(1, ge=1, le=128)
     """Pods in the group (torchrun's nnodes): 1 = single pod; more = DDP with MASTER_ADDR/PORT set."""
-    nproc_per_node: NprocPerNode = "auto"  # type: ignore[valid-type]
+    nproc_per_node: NprocPerNode = "auto"
     resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": Resources().wire()})
-    node_selector: dict[LabelKey, LabelValue] = node_selector_field()  # type: ignore[valid-type]
+    node_selector: dict[LabelKey, LabelValue] = node_selector_field()
     """Label keys and values the worker pods' nodes must carry, as a Pod's nodeSelector."""
     tolerations: list[Toleration] = Field([], max_length=64)
     priority_class_name: object_name("priorityClassName", "PriorityClass",  # type: ignore[valid-type]
                                      namespaced=False) | None = None
     """The worker pods' PriorityClass (it must exist)."""
-    scheduler_name: SchedulerName | None = None  # type: ignore[valid-type]
+    scheduler_name: SchedulerName | None = None
     """The scheduler that places the worker pods (e.g. a gang scheduler); unset: the default scheduler."""
     affinity: Affinity | None = None
     """The worker pods' node affinity, as a Pod's."""
     pod_labels: dict[label_key("podLabels"), label_value("podLabels")] = label_map_field(  # type: ignore[valid-type]
         "podLabels", reserved_prefix=RESERVED_PREFIX)
     """Extra labels on the worker pods (e.g. for a queue or a cost report); modelops.dev/ keys are the operator's."""
-    pod_annotations: dict[label_key("podAnnotations"), Annotated[str, Field(max_length=4096)]] = \
-        label_map_field("podAnnotations", reserved_prefix=RESERVED_PREFIX)  # type: ignore[valid-type]
+    pod_annotations: dict[label_key("podAnnotations"),  # type: ignore[valid-type]
+                          Annotated[str, Field(max_length=4096)]] = label_map_field(
+        "podAnnotations", reserved_prefix=RESERVED_PREFIX)
     """Extra annotations on the worker pods; modelops.dev/ keys are the operator's."""
     service_account_name: object_name("serviceAccountName", "ServiceAccount") | None = None  # type: ignore[valid-type]
     """The pods' ServiceAccount; needs get/patch on its own pod for progress reports."""

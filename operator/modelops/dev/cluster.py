@@ -15,14 +15,16 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build.sh"
-STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+# The cluster's tools are built from Go modules pinned in a modelops checkout, beside this script (relative to
+# the checkout); they do not ship with the package, so build_tools() is told where the checkout is.
+BUILD_SCRIPT = Path("e2e") / "tools" / "build.sh"
+STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")  # package data
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"  # kwok hands out pod IPs from here
@@ -57,13 +59,19 @@ class ClusterError(RuntimeError):
     """The local cluster could not be started or reached."""
 
 
-def build_tools(*, kueue: bool = False) -> Path:
-    """Build (or find already built) the pinned binaries (with Kueue's manager and CRDs when asked); return
-    their directory."""
+def build_tools(repo: Path, *, kueue: bool = False) -> Path:
+    """Build (or find already built) the pinned binaries (with Kueue's manager and CRDs when asked) with the
+    build script of the modelops checkout `repo`; return their directory. MODELOPS_BIN_DIR, when set, names
+    binaries built before and is returned as it is (no checkout needed)."""
     override = os.environ.get("MODELOPS_BIN_DIR")
     if override:
         return Path(override)
-    result = subprocess.run([str(BUILD_SCRIPT), *(["--kueue"] if kueue else [])], stdout=subprocess.PIPE, text=True,
+    script = repo / BUILD_SCRIPT
+    if not script.is_file():
+        raise ClusterError(f"no {BUILD_SCRIPT} in {repo}: the cluster's tools are built from the Go modules pinned "
+                           "in a modelops checkout; name the checkout (`modelops dev cluster up --repo DIR` or "
+                           "MODELOPS_REPO) or a directory of tools built before (MODELOPS_BIN_DIR)")
+    result = subprocess.run([str(script), *(["--kueue"] if kueue else [])], stdout=subprocess.PIPE, text=True,
                             check=False)
     if result.returncode != 0:
         raise ClusterError(f"building the cluster tools failed (exit {result.returncode}); see the output above")
@@ -86,7 +94,7 @@ class NodeSpec:
     memory: str = "256Gi"
     pods: str = "110"
 
-    def manifest(self) -> dict:
+    def manifest(self) -> dict[str, Any]:
         labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "type": "kwok"}
         allocatable = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
         taints = []
@@ -106,7 +114,7 @@ class NodeSpec:
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
 
 
-def kueue_queues(gpus: int) -> list[dict]:
+def kueue_queues(gpus: int) -> list[dict[str, Any]]:
     """ResourceFlavor `gpu` (GPU nodes: their label, a toleration of their taint) and ClusterQueue `gpu`
     taking workloads from every namespace, with `gpus` nvidia.com/gpu and ample cpu and memory; a workload
     of a higher priority preempts lower ones in the same ClusterQueue."""
@@ -406,7 +414,7 @@ class LocalCluster:
 
     # ---- processes ---------------------------------------------------------
 
-    def _spawn(self, state: dict, name: str, args: list[str], die_with_parent: bool, *,
+    def _spawn(self, state: dict[str, Any], name: str, args: list[str], die_with_parent: bool, *,
                wrapper: list[str] | None = None) -> None:
         """Start bin_dir/name; a `wrapper` command execs it (as "$0" "$@") after preparing its namespace."""
         log = open(self.root / "logs" / f"{name}.log", "ab")
@@ -417,14 +425,15 @@ class LocalCluster:
         state["pids"][name] = process.pid
         self.state_file.write_text(json.dumps(state, indent=2))
 
-    def _read_state(self) -> dict:
+    def _read_state(self) -> dict[str, Any]:
         try:
-            return json.loads(self.state_file.read_text())
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+            return state
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
     @staticmethod
-    def owns_process(pid: int, state: dict) -> bool:
+    def owns_process(pid: int, state: dict[str, Any]) -> bool:
         """A pid counts only while it still runs one of this cluster's binaries (pids get reused): one in its
         bin_dir, or one linked there from a tool group of its own (kueue)."""
         try:
@@ -437,7 +446,7 @@ class LocalCluster:
         linked = Path(bin_dir) / Path(exe).name
         return linked.is_symlink() and os.path.realpath(linked) == exe
 
-    def _wait(self, ready, what: str, deadline: float) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, ready: Callable[[], bool], what: str, deadline: float) -> None:
         while not ready():
             if time.monotonic() > deadline:
                 raise ClusterError(f"timed out waiting for {what}; logs are in {self.root / 'logs'}")
@@ -563,7 +572,7 @@ class LocalCluster:
     def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
         return [*self._component_auth(), f"--secure-port={ports['scheduler']}"]
 
-    def _kube_proxy_config(self, ports: dict[str, int]) -> dict:
+    def _kube_proxy_config(self, ports: dict[str, int]) -> dict[str, Any]:
         return {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(self.kubeconfig)},

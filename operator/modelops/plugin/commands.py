@@ -65,7 +65,8 @@ def add_commands(commands: Any) -> None:
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str,
                 parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, parents=parents or [flags])
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help,
+                                                           parents=parents or [flags])
         sub.set_defaults(handler=functools.partial(run, handler))
         return sub
 
@@ -109,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one command; API errors, refusals and Ctrl-C become one line on stderr and an exit code."""
-    from kubernetes.config import ConfigException
-    from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
-    from modelops.kube import ApiError
+    from modelops.kube import ApiError, ConfigException, ResourceNotFoundError
 
     try:
         return handler(args)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class Event:
     message: str
 
 
-def merge_conditions(previous: list[dict], desired: list[Cond], *, now: str, generation: int | None) -> list[dict]:
+def merge_conditions(previous: list[dict[str, Any]], desired: list[Cond], *, now: str,
+                     generation: int | None) -> list[dict[str, Any]]:
     """Wire-form conditions: lastTransitionTime moves only when a condition's status flips."""
     before = {c.get("type"): c for c in previous}
     merged = []
@@ -38,7 +39,7 @@ def merge_conditions(previous: list[dict], desired: list[Cond], *, now: str, gen
     return merged
 
 
-def set_conditions(conditions: list[dict], replacing: list[dict]) -> list[dict]:
+def set_conditions(conditions: list[dict[str, Any]], replacing: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`conditions` with each of `replacing` (wire form) in place of the one of its type; a replaced condition
     whose status does not change keeps its lastTransitionTime."""
     before = {c.get("type"): c for c in conditions}
@@ -52,7 +53,8 @@ def set_conditions(conditions: list[dict], replacing: list[dict]) -> list[dict]:
     return [c for c in conditions if c.get("type") not in types] + kept
 
 
-def became_true(previous: list[dict], current: list[dict], cond_type: str) -> dict | None:
+def became_true(previous: list[dict[str, Any]], current: list[dict[str, Any]],
+                cond_type: str) -> dict[str, Any] | None:
     """The condition if it is True now and was not before (a transition worth an Event)."""
     was = {c.get("type"): c for c in previous}.get(cond_type)
     now = {c.get("type"): c for c in current}.get(cond_type)

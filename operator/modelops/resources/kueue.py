@@ -112,7 +112,8 @@ class Queue:
 
 def placement_of_flavor(flavor: dict[str, Any]) -> Placement:
     spec = flavor.get("spec") or {}
-    labels = spec.get("nodeLabels") if isinstance(spec.get("nodeLabels"), dict) else {}
+    labels = spec.get("nodeLabels")
+    labels = labels if isinstance(labels, dict) else {}
     tolerations = [t for t in spec.get("tolerations") or [] if isinstance(t, dict)]
     return Placement({str(k): str(v) for k, v in labels.items()}, tolerations)
 

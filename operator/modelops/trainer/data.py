@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from modelops.trainer import TrainerError
 
@@ -41,8 +42,8 @@ class RawData:
 
     name: str
     kind: Kind
-    x: np.ndarray
-    labels: np.ndarray  # int64 class indices, -1 = missing
+    x: NDArray[np.float32]
+    labels: NDArray[np.int64]  # class indices, -1 = missing
     class_names: tuple[str, ...]
 
 
@@ -92,8 +93,8 @@ def default_augmentation(kind: Kind, requested: bool | None) -> Augmentation:
 class Normalization:
     """Per-channel (images) or per-feature (tabular) mean and std of the train split."""
 
-    mean: np.ndarray  # broadcastable to one sample's shape
-    std: np.ndarray
+    mean: NDArray[np.float32]  # broadcastable to one sample's shape
+    std: NDArray[np.float32]
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.reshape(-1).tolist(), "std": self.std.reshape(-1).tolist(),
@@ -104,8 +105,8 @@ class Normalization:
 class Split:
     """Features and labels of one split."""
 
-    x: np.ndarray
-    y: np.ndarray
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.y)
@@ -175,7 +176,7 @@ def load_path(path: str | Path, label_column: str | None = None) -> RawData:
     raise TrainerError(f"unsupported data file {path.name}: use .csv or .npz")
 
 
-def _encode_labels(values: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+def _encode_labels(values: list[str]) -> tuple[NDArray[np.int64], tuple[str, ...]]:
     """Class indices for label strings (missing -> -1); numeric labels sort numerically."""
     present = sorted({v for v in values if v.strip().lower() not in _MISSING_TOKENS})
 
@@ -290,7 +291,7 @@ def clean(raw: RawData, missing: Missing) -> tuple[RawData, CleaningReport]:
     return RawData(raw.name, raw.kind, np.ascontiguousarray(x, dtype=np.float32), labels, raw.class_names), report
 
 
-def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+def fingerprint(x: NDArray[Any], y: NDArray[Any]) -> str:
     """sha256 over shapes, dtypes and bytes of the cleaned arrays."""
     digest = hashlib.sha256()
     for array in (np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)):
@@ -299,7 +300,7 @@ def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, test_fraction: float,
+def split(x: NDArray[np.float32], y: NDArray[np.int64], *, val_fraction: float, test_fraction: float,
           seed: int) -> tuple[Split, Split, Split]:
     """A seeded random train/validation/test split."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -313,7 +314,7 @@ def split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, test_fraction: f
     return Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test])
 
 
-def normalization(kind: Kind, train_x: np.ndarray) -> Normalization:
+def normalization(kind: Kind, train_x: NDArray[np.float32]) -> Normalization:
     """Per-channel stats for images, per-feature stats for tabular data; a zero std becomes 1."""
     axes = (0, 2, 3) if kind is Kind.IMAGE else (0,)
     mean = train_x.mean(axis=axes, keepdims=True, dtype=np.float64)[0]

@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from modelops.trainer import checkpoint
 from modelops.trainer.data import Augmentation, Prepared
@@ -24,6 +24,7 @@ from modelops.trainer.distributed import DistEnv
 from modelops.trainer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVAL_BATCH = 1024
 
@@ -127,7 +128,7 @@ def _gather(obj: Any, dist: DistEnv) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, dist: DistEnv) -> Any:
+def broadcast_object(obj: T, dist: DistEnv) -> T:
     """Rank 0's `obj` on every rank (a no-op without a process group)."""
     if not dist.distributed:
         return obj
@@ -184,8 +185,10 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
     net: nn.Module = model
     if dist.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = DistributedSampler(range(len(train_y)), num_replicas=dist.world_size, rank=dist.rank,
-                                 shuffle=True, seed=cfg.seed)
+    # The sampler only takes the data set's len(): the sample indices are enough.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        cast("Dataset[int]", range(len(train_y))), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+        seed=cfg.seed)
     loss_fn = nn.CrossEntropyLoss()
 
     for epoch in range(start_epoch, cfg.epochs):

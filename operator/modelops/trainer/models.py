@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,6 +40,10 @@ class Stats:
 class Classifier(nn.Module):
     """(x - mean) / std, then the network: takes raw float32 [batch, *dims], returns logits [batch, classes]."""
 
+    if TYPE_CHECKING:  # buffers registered in __init__; class annotations would be TorchScript attributes
+        mean: torch.Tensor
+        std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.to(torch.float32))
@@ -46,7 +51,8 @@ class Classifier(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        logits: torch.Tensor = self.net((x - self.mean) / self.std)
+        return logits
 
 
 def _mlp_head(in_features: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float) -> list[nn.Module]:

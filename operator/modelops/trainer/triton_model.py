@@ -8,9 +8,12 @@ CPU limit), or, without it, the share the same rule gives of the cores this proc
 and the cgroup's cpu.max quota).
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +26,7 @@ INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
 
 
-def threads_per_instance(cores, instances):
+def threads_per_instance(cores: float, instances: int) -> int:
     """torch intra-op threads for each of `instances` model instances sharing `cores` (the operator's config
     renderer, modelops.triton.config.threads_per_instance, applies the same rule): one core is left to
     Triton's own work (HTTP/gRPC, the batcher, the stub IPC) when there are two or more, the rest is split
@@ -32,7 +35,7 @@ def threads_per_instance(cores, instances):
     return max(1, usable // max(1, instances))
 
 
-def available_cores():
+def available_cores() -> int:
     """Cores this process may use: its CPU affinity, capped by the cgroup's CPU quota (a pod's CPU limit)."""
     try:
         cores = len(os.sched_getaffinity(0))
@@ -44,7 +47,7 @@ def available_cores():
     return max(1, cores)
 
 
-def _cgroup_quota():
+def _cgroup_quota() -> float | None:
     """The CPU quota in cores (cgroup v2 cpu.max, or v1 cfs quota/period); None when unlimited or unknown."""
     try:
         with open("/sys/fs/cgroup/cpu.max") as handle:
@@ -54,13 +57,13 @@ def _cgroup_quota():
         pass
     try:
         with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
-            quota, period = int(q.read()), int(p.read())
-        return None if quota <= 0 else quota / period
+            quota_us, period_us = int(q.read()), int(p.read())
+        return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
 
 
-def _parameter(config, key):
+def _parameter(config: dict[str, Any], key: str) -> int:
     value = (config.get("parameters") or {}).get(key, {}).get("string_value", "")
     try:
         return int(value)
@@ -68,7 +71,7 @@ def _parameter(config, key):
         return 0
 
 
-def thread_counts(config, cores=None):
+def thread_counts(config: dict[str, Any], cores: float | None = None) -> tuple[int, int]:
     """(intra-op, inter-op) torch threads for one instance of this model config."""
     intra = _parameter(config, "INTRA_OP_THREAD_COUNT")
     inter = _parameter(config, "INTER_OP_THREAD_COUNT")
@@ -83,7 +86,7 @@ def thread_counts(config, cores=None):
 class TritonPythonModel:
     """Batches every request of an execute() call through one forward pass."""
 
-    def initialize(self, args):
+    def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         intra, inter = thread_counts(config)
         # Before torch starts its thread pools: OpenMP reads these once.
@@ -105,7 +108,7 @@ class TritonPythonModel:
             logger.log_info(f"{args.get('model_instance_name')}: torch threads intra-op {intra}, inter-op {inter}")
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         torch = self.torch
         arrays = [pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy() for request in requests]
         try:
@@ -135,5 +138,5 @@ class TritonPythonModel:
             start = end
         return responses
 
-    def finalize(self):
+    def finalize(self) -> None:
         self.model = None
