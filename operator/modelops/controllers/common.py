@@ -58,7 +58,7 @@ def report_failure(ctx: Context, kind: str, failure: Failure) -> None:
     """After repeated failed passes, say so on the resource (best effort: the API may be what fails)."""
     if failure.failures < FAILURES_BEFORE_REPORT:
         return
-    _, namespace, name = failure.key  # type: ignore[misc]
+    _, namespace, name = failure.key
     obj = ctx.caches.store(kind).get(namespace, name)
     if obj is None:
         return

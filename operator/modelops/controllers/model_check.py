@@ -23,7 +23,7 @@ def check_pod(ctx: Context, key: Key) -> float | None:
     ready), or None when there is nothing (more) to check."""
     from modelops.triton.check import check_model
 
-    namespace, name = key  # type: ignore[misc]
+    namespace, name = key
     pod = ctx.caches.store("Pod").get(namespace, name)
     target = _check_target(pod) if pod else None
     if pod is None or target is None:

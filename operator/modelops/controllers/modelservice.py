@@ -13,7 +13,7 @@ from modelops.api.modelservice import ModelServiceSpec
 from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
 from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
 from modelops.controllers.model_check import check_inputs
-from modelops.engine.cache import Obj, by_controller_uid, by_label, trim_pod
+from modelops.engine.cache import IndexFn, Obj, by_controller_uid, by_label, trim_pod
 from modelops.engine.engine import ChildKind, Context
 from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
@@ -46,7 +46,7 @@ class ModelServiceController:
         ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid}),
         ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid}, optional=True),
     ]
-    resource_indexes = {"follows": _follows}
+    resource_indexes: dict[str, IndexFn] = {"follows": _follows}
 
     def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None:
         key = (KIND, namespace, name)

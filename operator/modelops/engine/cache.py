@@ -208,15 +208,13 @@ class Informer:
         backoff = Backoff(base=0.5, cap=30.0, jitter=0.2)  # list/watch failures in a row: 0.5 s doubling to 30 s
         while not self._stop.is_set():
             try:
-                version = self._list()
-                backoff.forget("list")
-                while not self._stop.is_set():
-                    version = self._watch(version)
-                    if version is None:  # expired: list again
-                        break
+                resume: str | None = self._list()
+                backoff.forget(("list",))
+                while resume is not None and not self._stop.is_set():
+                    resume = self._watch(resume)  # None: expired, list again
             except ApiError as error:
-                delay = backoff.next_delay("list")
-                failures = backoff.failures("list")
+                delay = backoff.next_delay(("list",))
+                failures = backoff.failures(("list",))
                 level = logging.WARNING if failures in (1, 5) or failures % 20 == 0 else logging.DEBUG
                 log.log(level, "cache of %s in %s: %s; again in %.1fs", self.kind, self.namespace or "all namespaces",
                         error, delay)

@@ -147,7 +147,7 @@ class Engine:
                                        priority=options.priority, namespaces=options.namespaces or None) \
             if options.peering else None
         # On every opening (synced, or resumed after a peering pause) look at everything once more.
-        self.pause.listen(lambda now_open: now_open and self.resync())
+        self.pause.listen(self._pause_changed)
 
     def _add_informers(self, controllers: list[Controller]) -> None:
         for child in merged_child_kinds(controllers).values():
@@ -156,10 +156,18 @@ class Engine:
                 continue
             self._served.add((child.api_version, child.kind))
             store = Store(child.indexes)
-            for namespace in [None] if child.cluster_scoped else self.options.namespaces or [None]:
+            for namespace in [None] if child.cluster_scoped else self._scopes():
                 self.caches.add(Informer(self.kube, child.api_version, child.kind, namespace, store,
                                          self._child_listener(child.kind), labels=child.labels,
                                          transform=child.transform))
+
+    def _scopes(self) -> list[str | None]:
+        """The namespaces watched (None: the whole cluster)."""
+        return [*self.options.namespaces] if self.options.namespaces else [None]
+
+    def _pause_changed(self, running: bool) -> None:
+        if running:
+            self.resync()
 
     def _serves(self, api_version: str, kind: str) -> bool:
         return (api_version, kind) in self._served
@@ -193,7 +201,7 @@ class Engine:
         First drop resources deleted while kopf's watch was away (a pause): its re-list only adds."""
         for kind in self.controllers:
             store = self.caches.store(kind)
-            for namespace in self.options.namespaces or [None]:
+            for namespace in self._scopes():
                 try:
                     items, version = self.kube.list_objects(API_VERSION, kind, namespace)
                 except ApiError as error:
@@ -233,7 +241,7 @@ class Engine:
     # ---- passes ------------------------------------------------------------
 
     def _reconcile(self, key: Key) -> float | None:
-        kind, namespace, name = key  # type: ignore[misc]
+        kind, namespace, name = key
         self.ctx.writer.begin_pass()
         try:
             return self.controllers[kind].reconcile(self.ctx, namespace, name)
@@ -245,5 +253,5 @@ class Engine:
             return None
 
     def _failed(self, failure: Failure) -> None:
-        kind = failure.key[0]  # type: ignore[index]
+        kind = failure.key[0]
         self.controllers[kind].failed(self.ctx, failure)

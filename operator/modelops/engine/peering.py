@@ -54,7 +54,7 @@ class PeeringFollower:
         self.informers = [
             Informer(kube, "kopf.dev/v1", kind, ns, self.store, lambda *_: self._changed.set(),
                      fields=f"metadata.name={name}", watch_seconds=60)
-            for ns in (namespaces or [None])]
+            for ns in ([*namespaces] if namespaces else [None])]
         self._expected = len(self.informers)
         pause.close(PAUSE_REASON, "the peering object has not been seen yet")
 

@@ -11,14 +11,15 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from modelops.engine.pause import Pause
 from modelops.metrics import QUEUE_DELAYED, QUEUE_DEPTH, QUEUE_RETRIES, QUEUE_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
-Key = Hashable
+Key = tuple[str, ...]
+"""(kind, namespace, name) of a resource to reconcile; (namespace, name) of a pod to check."""
 
 
 class Backoff:
@@ -33,7 +34,7 @@ class Backoff:
     def next_delay(self, key: Key) -> float:
         with self._lock:
             failures = self._failures[key] = self._failures.get(key, 0) + 1
-        delay = min(self.cap, self.base * 2 ** min(failures - 1, 60))
+        delay = min(self.cap, self.base * 2.0 ** min(failures - 1, 60))
         return delay * (1 + self.jitter * self._rng())
 
     def failures(self, key: Key) -> int:

@@ -84,9 +84,9 @@ def plan_gate(meta: build.ServiceMeta, spec: ModelServiceSpec, revisions: dict[s
     # Evaluation pods of revisions no longer rolled out (rolled back, replaced, promoted meanwhile) go.
     evaluating = {state.canary, state.stable}
     for pod in evaluation_pods:
-        revision = (pod["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)
+        evaluated = (pod["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)
         name = pod["metadata"]["name"]
-        if revision not in evaluating and not pod["metadata"].get("deletionTimestamp") and name not in plan.delete:
+        if evaluated not in evaluating and not pod["metadata"].get("deletionTimestamp") and name not in plan.delete:
             plan.delete.append(name)
     plan.due = min(due) if due else None
     return plan

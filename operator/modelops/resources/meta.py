@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from typing_extensions import Self
+
 from modelops import API_VERSION
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -29,7 +31,7 @@ class OwnerMeta:
     """The resource's creationTimestamp: nothing it records can have happened earlier."""
 
     @classmethod
-    def of(cls, obj: dict[str, Any]) -> OwnerMeta:
+    def of(cls, obj: dict[str, Any]) -> Self:
         meta = obj["metadata"]
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
                    generation=meta.get("generation"), created=meta.get("creationTimestamp"))

@@ -16,7 +16,8 @@ from modelops.resources.evaluation_plan import plan_gate
 from modelops.resources.plan import Delete, Patch, Plan
 from modelops.rollout import evaluation
 from modelops.rollout.analysis import CanarySample, judge, latency_ratio
-from modelops.rollout.canary import ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, decide
+from modelops.rollout.canary import (ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, Verdict,
+                                     decide)
 from modelops.clock import parse_rfc3339, rfc3339
 
 RESYNC_SECONDS = 300.0
@@ -165,10 +166,14 @@ def _decide_rollout(seen: ServiceObservation, observed: dict[str, ObservedRevisi
     state = seen.state
     canary = observed.get(state.canary or "")
     health = CanaryHealth(canary.ready_replicas, canary.replicas, canary.model_failure) if canary else None
-    verdict, message, analysis = None, "", None
+    verdict: Verdict | None = None
+    message, analysis = "", None
     if seen.analysis is not None:
         sample, stable = seen.analysis.canary, seen.analysis.stable
-        verdict, message = ("Inconclusive", seen.analysis.unavailable) if seen.analysis.unavailable else             judge(sample, seen.spec.rollout.analysis, stable)
+        if seen.analysis.unavailable:
+            verdict, message = "Inconclusive", seen.analysis.unavailable
+        else:
+            verdict, message = judge(sample, seen.spec.rollout.analysis, stable)
         analysis = {"time": rfc3339(seen.now), "verdict": verdict, "message": message,
                     "errorRate": sample.error_rate, "p99LatencyMs": sample.p99_latency_ms,
                     "requests": sample.requests, "stableErrorRate": stable.error_rate,
@@ -473,7 +478,8 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
     kinds = {"Initial": ("Normal", "Deploying"), "Started": ("Normal", "CanaryStarted"),
              "Stepped": ("Normal", "CanaryStepped"), "Promoted": ("Normal", "Promoted"),
              "RolledBack": ("Warning", "RolledBack")}
-    progressing = next((c for c in inputs.previous.get("conditions", []) if c.get("type") == "Progressing"), {})
+    progressing: dict[str, Any] = next(
+        (c for c in inputs.previous.get("conditions", []) if c.get("type") == "Progressing"), {})
     # "Initial" repeats until the first revision exists (e.g. while its name is refused): say it once
     repeated = decision is not None and decision.outcome == "Initial" and progressing.get("reason") == "Initial"
     if decision and decision.outcome in kinds and not repeated:
@@ -490,7 +496,7 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
                                 f"revision {revision}: {after_record.get('message', '')}"))
     before = (inputs.previous.get("autoscaling") or {}).get("desiredReplicas")
     after = (inputs.autoscaling or {}).get("desiredReplicas")
-    if before is not None and after is not None and before != after:
+    if inputs.autoscaling and before is not None and after is not None and before != after:
         events.append(Event("Normal", "Scaled", f"{before} -> {after} replicas: {inputs.autoscaling['reason']}"))
     return events
 

@@ -119,7 +119,7 @@ def refusal_plan(previous: Obj, refusal: Refusal, *, now: str, generation: int |
 
 def failure_plan(previous: Obj, message: str, cause: str, *, now: str, generation: int | None) -> Plan | None:
     """After repeated failed passes: Ready=False ReconcileError on the resource, said once per distinct cause."""
-    old = next((c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
+    old: dict[str, Any] = next((c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
     if old.get("reason") == "ReconcileError" and cause in old.get("message", ""):
         return None  # already said; do not rewrite it on every retry
     stated = merge_conditions(previous.get("conditions", []), [Cond("Ready", False, "ReconcileError", message)],
