@@ -8,12 +8,28 @@ from typing import Any
 
 import pytest
 
-from modelops.api.trainingjob import TrainingJobSpec
+from modelops.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from modelops.resources import trainingjob as tj
 from modelops.resources.naming import dns1035_label, dns_label
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 JOB = tj.JobMeta(name="digits", namespace="ml", uid="uid-1", generation=3)
+
+
+@pytest.fixture(autouse=True)
+def statuses_fit_the_crd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every status any test here plans is valid against the model the CRD's status schema is generated from
+    (api/trainingjob.TrainingJobStatus) and reads back through it unchanged: no field the API server would
+    prune or refuse. (The planner builds plain dicts: building through the model would drop a condition's
+    null observedGeneration and re-type carried-over values, so the wire output would change.)"""
+    planned = tj.plan
+
+    def checked(*args: Any, **kwargs: Any) -> tj.Plan:
+        result = planned(*args, **kwargs)
+        assert TrainingJobStatus.model_validate(result.status).wire() == result.status
+        return result
+
+    monkeypatch.setattr(tj, "plan", checked)
 
 
 def spec(**overrides: Any) -> TrainingJobSpec:

@@ -1,5 +1,5 @@
 """The TrainingJob controller: observe (the job, its pods and its Kueue queue from the caches), one pure
-plan (resources/trainingjob.plan_job), one writer."""
+plan (resources/trainingjob/planner.plan_job), one writer."""
 
 from __future__ import annotations
 

@@ -328,7 +328,7 @@ def rollback_command(args: argparse.Namespace) -> int:
 
 def worker_pod(kube: Kube, namespace: str, job: str, rank: int) -> tuple[str, int]:
     """(pod name, attempt) of the worker of `rank` in the job's current (newest) attempt."""
-    from modelops.resources.trainingjob import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, job_label
+    from modelops.resources.trainingjob.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, job_label
 
     pods = kube.list_objects("v1", "Pod", namespace, labels=f"{LABEL_JOB}={job_label(job)}")[0]
 
@@ -348,7 +348,7 @@ def worker_pod(kube: Kube, namespace: str, job: str, rank: int) -> tuple[str, in
 
 def logs_command(args: argparse.Namespace) -> int:
     from modelops.kube import ApiError
-    from modelops.resources.trainingjob import TRAINER_CONTAINER
+    from modelops.resources.trainingjob.names import TRAINER_CONTAINER
 
     name = target(args.target, "TrainingJob")
     s = session(args)

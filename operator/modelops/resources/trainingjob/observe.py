@@ -1,0 +1,151 @@
+"""What the world says about a TrainingJob (its worker pods, its last status), read defensively.
+
+A hand-edited label, annotation or status never breaks a pass: what makes no sense reads as absent."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelops.clock import parse_rfc3339, rfc3339
+from modelops.resources.trainingjob.names import (ANNOTATION_ENDED_ATTEMPTS, ANNOTATION_POD_SPEC, ANNOTATION_PROGRESS,
+                                                  FAILED, LABEL_ATTEMPT, LABEL_RANK, PREEMPTED, SUSPENDED, TERMINAL,
+                                                  TRAINER_CONTAINER, JobMeta)
+
+# Container waiting reasons that mean the worker cannot start without someone changing something
+# (ContainerCreating and PodInitializing are normal waits, not listed).
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff")
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What the planner needs to know about one worker pod."""
+
+    name: str
+    rank: int
+    attempt: int
+    phase: str
+    deleting: bool = False
+    exit_code: int | None = None
+    reason: str = ""
+    pod_spec: str | None = None
+    progress: dict[str, Any] | None = None
+    finished: str | None = None
+    """When its trainer container ended (terminated.finishedAt)."""
+    waiting_reason: str = ""
+    """Why a pending worker cannot start: the scheduler's (Unschedulable) or the kubelet's (ImagePullBackOff...)."""
+    waiting_message: str = ""
+    disruption: str = ""
+    """Why Kubernetes is taking the pod away: the reason of its DisruptionTarget condition
+    (PreemptionByScheduler, EvictionByEvictionAPI, TerminationByKubelet, DeletionByTaintManager...)."""
+    disruption_message: str = ""
+    ended_attempts: tuple[tuple[int, str], ...] = ()
+    """How the attempts before this pod's ended, as recorded when its attempt started."""
+
+    @property
+    def active(self) -> bool:
+        """Still holds (or may hold) resources: not finished."""
+        return self.phase not in TERMINAL
+
+    @classmethod
+    def from_pod(cls, pod: dict[str, Any]) -> ObservedPod:
+        meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+        labels, annotations = meta.get("labels", {}) or {}, meta.get("annotations", {}) or {}
+        terminated = next((cs.get("state", {}).get("terminated") for cs in status.get("containerStatuses") or []
+                           if cs.get("name") == TRAINER_CONTAINER), None) or {}
+        progress = json_object(annotations.get(ANNOTATION_PROGRESS))
+        final = json_object(terminated.get("message"))
+        if final and "model" in final and not (progress or {}).get("model"):
+            # The trainer also writes its final report to the termination log: it still counts when
+            # the pod could not patch its own annotation (e.g. a ServiceAccount without the Role).
+            progress = final
+        phase = status.get("phase") or "Pending"
+        waiting_reason, waiting_message = _waiting(status) if phase == "Pending" else ("", "")
+        disruption = next((c for c in status.get("conditions") or [] if isinstance(c, dict)
+                           and c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+        return cls(
+            name=meta["name"], rank=int_label(labels, LABEL_RANK), attempt=int_label(labels, LABEL_ATTEMPT),
+            phase=phase, deleting=bool(meta.get("deletionTimestamp")),
+            exit_code=terminated.get("exitCode"),
+            reason=terminated.get("reason") or status.get("reason") or "",
+            pod_spec=annotations.get(ANNOTATION_POD_SPEC),
+            progress=progress,
+            finished=terminated.get("finishedAt") if isinstance(terminated.get("finishedAt"), str) else None,
+            waiting_reason=waiting_reason, waiting_message=waiting_message,
+            disruption=str(disruption.get("reason") or "DisruptionTarget") if disruption else "",
+            disruption_message=str(disruption.get("message") or "") if disruption else "",
+            ended_attempts=tuple(sorted(ended_attempts_of(json_object(annotations.get(ANNOTATION_ENDED_ATTEMPTS))).items())),
+        )
+
+
+def _waiting(status: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a pending pod that cannot go on: not scheduled (PodScheduled=False, as the
+    scheduler wrote it), or a container stuck waiting (image pull, config). ('', '') for a normal wait."""
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or "")
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
+        if isinstance(waiting, dict) and waiting.get("reason") in STUCK_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    return "", ""
+
+
+def ended_attempts_of(record: Any) -> dict[int, str]:
+    """A recorded {attempt: how it ended} map (status.endedAttempts or the pod annotation), whatever was
+    written there: entries that are not (number, known outcome) are ignored."""
+    ended: dict[int, str] = {}
+    for key, value in (record.items() if isinstance(record, dict) else ()):
+        try:
+            attempt = int(key)
+        except (TypeError, ValueError):
+            continue
+        if attempt >= 0 and value in (FAILED, PREEMPTED, SUSPENDED):
+            ended[attempt] = value
+    return ended
+
+
+def int_label(labels: dict[str, Any], key: str) -> int:
+    """A label we wrote as an integer; a hand-edited garbage value reads as -1 (a pod of no group)."""
+    try:
+        value = int(str(labels.get(key, "0")))
+    except ValueError:
+        return -1
+    return value if value >= 0 else -1
+
+
+def json_object(text: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def recorded_times(job: JobMeta, previous: dict[str, Any], pods: list[ObservedPod],
+                   now: datetime) -> tuple[str | None, str | None]:
+    """(startTime, completionTime) as the last status recorded them, moved into what the world allows: not
+    before the job was created (nor, for the completion, before its last worker finished), not after now."""
+    finished = [p.finished for p in pods if p.finished]
+    return (bounded_time(previous.get("startTime"), job.created, now),
+            bounded_time(previous.get("completionTime"), max(finished, default=job.created), now))
+
+
+def bounded_time(stamp: Any, earliest: str | None, now: datetime) -> str | None:
+    """A recorded time, moved into what the world allows: not before `earliest`, not after now."""
+    try:
+        moment = parse_rfc3339(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        return None
+    if earliest:
+        try:
+            moment = max(moment, parse_rfc3339(earliest))
+        except ValueError:
+            pass
+    return rfc3339(min(moment, now))
+
