@@ -23,8 +23,10 @@ Run:   .venv/bin/python e2e/bench/bench_serving.py --max-load 1.5 --max-other 0.
        (full: 20 s x 3 reps at c = 1, 16, 64; on a shared machine it waits for a quiet moment and measures a
        point again when other processes took more than 25% of the CPU during it)
 Smoke: .venv/bin/python e2e/bench/bench_serving.py --seconds 5 --reps 1 --warmup 1
-Old-style versions only: .venv/bin/python e2e/bench/bench_serving.py --only old-style --concurrency 16
        (--only REGEX picks variants by label, --list shows them, --show-configs prints each config.pbtxt)
+Old-style versions against fresh ones, at concurrency 16:
+       .venv/bin/python e2e/bench/bench_serving.py --only 'old-style|^triton default$|^triton instanceCount 2$' \
+           --no-grpc --concurrency 16
 
 Setup (idempotent, done by the bench): the TorchServe venv at ~/.cache/modelops/venvs/torchserve (pinned
 torchserve/torch-model-archiver; it borrows torch from the project's venv through a .pth file, so both
