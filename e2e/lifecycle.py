@@ -3,7 +3,8 @@ a canary promoted -> a broken canary rolled back. `make demo` prints it; e2e/tes
 
 Everything goes through the API as a user would (kubectl apply/patch/delete) and through the ModelService's
 Service ClusterIP (kube-proxy) as a client would; the only thing written by hand is the deliberately broken
-model version, straight into the repository.
+model version, straight into the repository: a TorchScript model that loads fine, matches its signature, and
+fails every request (the operator's python-backend runtime serves it as any other version).
 """
 
 from __future__ import annotations
@@ -24,17 +25,6 @@ from modelops.dev.cluster import LocalCluster
 
 NAMESPACE = "demo"
 MODEL = "digits"
-BROKEN_MODEL_PY = '''"""A deliberately broken model version (modelops demo): it loads fine, matches its signature, and fails
-every request. (It raises: Triton counts a raised execute as a failure, while an error *response* from a
-python-backend model is counted as a success in nv_inference_request_failure/success.)"""
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        raise RuntimeError("deliberately broken model version")
-'''
-
-
 class StepFailed(AssertionError):
     """A lifecycle step did not reach its goal."""
 
@@ -313,14 +303,32 @@ class Lifecycle:
         return _Load(LoadGenerator(self.address(), MODEL, x, rate=rate, workers=4, max_seconds=900))
 
     def publish_broken_version(self, base: int) -> int:
-        """Copy the serving version and swap its model for one that fails every request (atomic rename)."""
+        """Copy the serving version and swap its model.pt for one that fails every request (atomic rename)."""
         folder = self.repository / MODEL
         version = max(int(p.name) for p in folder.iterdir() if p.name.isdigit()) + 1
         staging = folder / f".broken-{version}"
         shutil.copytree(folder / str(base), staging)
-        (staging / "model.py").write_text(BROKEN_MODEL_PY)
+        (staging / "model.pt").write_bytes(broken_model())
         staging.rename(folder / str(version))
         return version
+
+
+def broken_model() -> bytes:
+    """TorchScript whose forward pass always raises."""
+    import io
+    import warnings
+
+    import torch
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("deliberately broken model version")
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream (see modelops.trainer.export)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(Broken()), buffer)
+    return buffer.getvalue()
 
 
 class _Load:

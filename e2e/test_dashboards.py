@@ -143,7 +143,7 @@ def model_service(repository: Path, version: int) -> dict[str, Any]:
                 "replicas": 1,
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "inferenceRatePerReplica",
                                 "target": 5, "scaleUp": {"periodSeconds": 5}},
-                # the evaluation gate needs an evaluation set the sample model lacks (it would skip): off
+                # no panel shows the evaluation gate, which would add an evaluation pod per canary: off
                 "rollout": {"steps": [{"weight": 50, "pauseSeconds": 10}],
                             "analysis": {"maxErrorRate": 0.05, "maxP99LatencyMs": 5000, "minRequests": 10},
                             "gates": {"evaluation": {"enabled": False}}, "progressDeadlineSeconds": 180},

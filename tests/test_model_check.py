@@ -11,6 +11,7 @@ import pytest
 
 from modelops.triton.check import check_model
 from modelops.triton.config import render_config
+from modelops.triton.repository import stage_python_model
 from modelops.triton.server import TritonServer, find_triton
 from modelops.triton.signature import load_signature
 
@@ -18,23 +19,22 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow,
               pytest.mark.skipif(find_triton() is None, reason="tritonserver binary absent (pip install nvidia-pytriton)")]
 
 SAMPLE = Path(__file__).resolve().parents[1] / "model_repo" / "digits" / "1"
-FAILS_TO_LOAD = '''class TritonPythonModel:
-    def initialize(self, args):
-        raise RuntimeError("weights are corrupt")
-'''
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    """The sample model as `good` version 1, and a copy whose model.py fails to load as `broken` version 1;
-    started as the operator starts Triton: explicit model control, exit-on-error off."""
-    repository = tmp_path_factory.mktemp("models")
+    """The sample model as `good` version 1, and a copy whose model.pt is corrupt as `broken` version 1, served
+    by the operator's python-backend runtime; started as the operator starts Triton: explicit model control,
+    exit-on-error off."""
+    published, repository = tmp_path_factory.mktemp("published"), tmp_path_factory.mktemp("serving")
     signature = load_signature(SAMPLE)
     for name in ("good", "broken"):
-        shutil.copytree(SAMPLE, repository / name / "1")
-        (repository / name / "config.pbtxt").write_text(
-            render_config(name, signature, backend="python", max_batch_size=16, instance_kind="KIND_CPU", version=1))
-    (repository / "broken" / "1" / "model.py").write_text(FAILS_TO_LOAD)
+        version_dir = published / name / "1"
+        shutil.copytree(SAMPLE, version_dir)
+        stage_python_model(repository, name, 1, render_config(
+            name, signature, backend="python", max_batch_size=16, instance_kind="KIND_CPU", version=1,
+            version_directory=str(version_dir)))
+    (published / "broken" / "1" / "model.pt").write_bytes(b"weights are corrupt")
     with TritonServer(repository, models=["good", "broken"],
                       extra_args=["--exit-on-error=false", "--strict-readiness=false"]) as triton:
         yield triton
@@ -59,7 +59,8 @@ def test_wrong_signature_is_a_definite_failure(server: TritonServer) -> None:
 
 def test_model_that_fails_to_load_is_a_definite_failure(server: TritonServer) -> None:
     result = check_model(server.http_url, "broken", 1, expected())
-    assert result.verdict == "failed" and "failed to load" in result.message and "weights are corrupt" in result.message
+    assert result.verdict == "failed" and "failed to load" in result.message
+    assert "cannot load " in result.message and "broken/1/model.pt" in result.message, result.message
 
 
 def test_unreachable_server_is_pending() -> None:

@@ -2,9 +2,12 @@
 
 One TorchScript digits CNN (trained here with `python -m modelops.trainer --dataset digits`) is served by
   (a) Triton (the nvidia-pytriton wheel's tritonserver, python backend: the only backend that build has) with
-      exactly the config.pbtxt and server arguments the operator renders for a ModelService
-      (resources/modelservice.config_map and .deployment): the defaults, and a sweep of the knobs a user sets
-      (maxBatchSize, preferredBatchSizes, maxQueueDelayMicroseconds, instanceCount);
+      exactly the config.pbtxt, python-backend runtime and server arguments the operator renders for a
+      ModelService (resources/modelservice.config_map and .deployment; Triton's repository laid out as the
+      pod mounts it): the defaults, and a sweep of the knobs a user sets (maxBatchSize, preferredBatchSizes,
+      maxQueueDelayMicroseconds, instanceCount); and the "old-style" sample version (model_repo/digits/1 with
+      the model.py every version published before issue 15 carries) with instanceCount 1 and 2, served by the
+      operator's runtime and, for comparison, by its own model.py as the operator did before issue 31;
   (b) Triton without dynamic batching (maxBatchSize 0);
   (c) TorchServe (PyPI torchserve + torch-model-archiver in a venv of its own, Java 17) with a minimal custom
       handler, quiet logging, and batch size, max batch delay, workers and torch threads tuned.
@@ -21,6 +24,9 @@ Run:   .venv/bin/python e2e/bench/bench_serving.py --max-load 1.5 --max-other 0.
        point again when other processes took more than 25% of the CPU during it)
 Smoke: .venv/bin/python e2e/bench/bench_serving.py --seconds 5 --reps 1 --warmup 1
        (--only REGEX picks variants by label, --list shows them, --show-configs prints each config.pbtxt)
+Old-style versions against fresh ones, at concurrency 16:
+       .venv/bin/python e2e/bench/bench_serving.py --only 'old-style|^triton default$|^triton instanceCount 2$' \
+           --no-grpc --concurrency 16
 
 Setup (idempotent, done by the bench): the TorchServe venv at ~/.cache/modelops/venvs/torchserve (pinned
 torchserve/torch-model-archiver; it borrows torch from the project's venv through a .pth file, so both
@@ -58,6 +64,9 @@ MODEL = "digits"
 INPUT_SHAPE = (1, 8, 8)
 INPUT_NAME, OUTPUT_NAME = "INPUT__0", "OUTPUT__0"
 HOST = "127.0.0.1"
+OLD_STYLE = "old-style sample"
+"""Variants of this version serve model_repo/digits/1 with OLD_MODEL_PY in its folder, as published before."""
+OLD_MODEL_PY = ROOT / "tests" / "data" / "model_py_before_issue_15.py"
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
 """Dropped from the servers' environment: a pod has none of them, the rendered config must do the work."""
 
@@ -244,6 +253,8 @@ class Endpoint:
 class Server:
     label: str
     session: int
+    version = "trained"
+    """Which model version it serves: "trained" (here) or OLD_STYLE."""
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -265,6 +276,10 @@ class TritonVariant(Server):
     before: bool = False
     """Serve it as the operator did before issue 15: a 100 us queue delay, torch on every core in each instance
     (no thread parameters; model.py then used torch's default), Triton's four latency quantiles."""
+    version: str = "trained"
+    own_model_py: bool = False
+    """Serve the version folder itself as Triton's model version, with the model.py in it: how the operator
+    served the python backend before issue 31."""
 
     def prepare(self, workdir: Path, version_dir: Path, signature: dict[str, Any]) -> None:
         from modelops.api.modelservice import ModelServiceSpec
@@ -276,7 +291,8 @@ class TritonVariant(Server):
             "triton": {"backend": "python", **self.triton}, "resources": self.resources})
         meta = build.ServiceMeta("bench", "default", "uid")
         target = build.Target(1, signature)
-        self.config = build.config_map(meta, spec, "bench", target)["data"]["config.pbtxt"]
+        data = build.config_map(meta, spec, "bench", target)["data"]
+        self.config = data["config.pbtxt"]
         args = build.deployment(meta, spec, "bench", target, 1)["spec"]["template"]["spec"]["containers"][0]["args"]
         owned = ("--model-repository", "--model-control-mode", "--load-model", "--exit-on-error", "--http-port",
                  "--grpc-port", "--metrics-port")
@@ -288,9 +304,17 @@ class TritonVariant(Server):
                                                       ("INTER_OP_THREAD_COUNT", len(os.sched_getaffinity(0)))))
         self.repository = workdir / "triton" / _slug(self.label)
         shutil.rmtree(self.repository, ignore_errors=True)
-        (self.repository / MODEL).mkdir(parents=True)
-        shutil.copytree(version_dir, self.repository / MODEL / "1")
-        (self.repository / MODEL / "config.pbtxt").write_text(self.config)
+        if self.own_model_py:  # (its model.py reads no parameters: VERSION_DIRECTORY changes nothing for it)
+            (self.repository / MODEL).mkdir(parents=True)
+            shutil.copytree(version_dir, self.repository / MODEL / "1")
+            (self.repository / MODEL / "config.pbtxt").write_text(self.config)
+        else:  # as the pod mounts the ConfigMap; VERSION_DIRECTORY names the local folder, not the pod's mount
+            from modelops.triton.repository import stage_python_model
+
+            mounted = json.dumps(build.version_path(MODEL, 1))
+            model_dir = stage_python_model(self.repository, MODEL, 1,
+                                           self.config.replace(mounted, json.dumps(str(version_dir))))
+            assert (model_dir / "1" / "model.py").read_text() == data["model.py"]
         self.log_path = workdir / "logs" / f"triton-{_slug(self.label)}.log"
 
     def start(self) -> None:
@@ -532,6 +556,11 @@ def variants() -> list[Server]:
         TritonVariant("triton maxBatchSize 16", {"maxBatchSize": 16}),
         TritonVariant("triton before (default)", before, before=True),
         TritonVariant("triton before (instanceCount 2)", {**before, "instanceCount": 2}, before=True),
+        TritonVariant(f"triton {OLD_STYLE}", {}, version=OLD_STYLE),
+        TritonVariant(f"triton {OLD_STYLE} instanceCount 2", {"instanceCount": 2}, version=OLD_STYLE),
+        TritonVariant(f"triton {OLD_STYLE}, own model.py", {}, version=OLD_STYLE, own_model_py=True),
+        TritonVariant(f"triton {OLD_STYLE} instanceCount 2, own model.py", {"instanceCount": 2}, version=OLD_STYLE,
+                      own_model_py=True),
         TorchServeVariant("torchserve batch 1, 1 worker", batch_size=1, max_batch_delay_ms=0, workers=1, threads=1),
         TorchServeVariant("torchserve batch 16, 2 ms, 1 worker", batch_size=16, max_batch_delay_ms=2, workers=1,
                           threads=1),
@@ -605,17 +634,34 @@ def train(workdir: Path) -> tuple[Path, dict[str, Any], list[float]]:
                     MODEL, "--checkpoint-dir", str(checkpoints)], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     version_dir = repository / MODEL / "1"
-    signature = json.loads((version_dir / "metadata.json").read_text())["signature"]
     import numpy as np
-    import torch
 
     from modelops.trainer.data import Missing, load_builtin, prepare
 
     data = prepare(load_builtin("digits", 0), missing=Missing.DROP, val_fraction=0.1, test_fraction=0.2, seed=0)
-    x = np.ascontiguousarray(data.test.x[:1], dtype=np.float32)
-    _INPUT = x.tobytes()
+    _INPUT = np.ascontiguousarray(data.test.x[:1], dtype=np.float32).tobytes()
+    return _described(version_dir)
+
+
+def old_style_sample(workdir: Path) -> tuple[Path, dict[str, Any], list[float]]:
+    """model_repo/digits/1 as versions were published before issue 31, with a model.py: the one of before
+    issue 15 (no thread rule), which every version published until then carries."""
+    version_dir = workdir / "old-style" / MODEL / "1"
+    shutil.rmtree(version_dir.parent, ignore_errors=True)
+    shutil.copytree(ROOT / "model_repo" / MODEL / "1", version_dir)
+    shutil.copy(OLD_MODEL_PY, version_dir / "model.py")
+    return _described(version_dir)
+
+
+def _described(version_dir: Path) -> tuple[Path, dict[str, Any], list[float]]:
+    """The version folder, its signature, and its TorchScript module's logits for the bench input."""
+    import numpy as np
+    import torch
+
+    signature = json.loads((version_dir / "metadata.json").read_text())["signature"]
+    x = np.frombuffer(_INPUT, np.float32).reshape(1, *INPUT_SHAPE)
     with torch.inference_mode():
-        expected = torch.jit.load(str(version_dir / "model.pt"))(torch.from_numpy(x)).numpy()[0].tolist()
+        expected = torch.jit.load(str(version_dir / "model.pt"))(torch.from_numpy(x.copy())).numpy()[0].tolist()
     return version_dir, signature, expected
 
 
@@ -690,10 +736,15 @@ def verdict(table: list[dict[str, Any]], out: Callable[[str], None] = print) -> 
             out(f"c{c}: default {default['rps']:.0f} req/s = {default['x_rps']:.2f}x TorchServe's best "
                 f"({best['rps']:.0f}); p99 {default['p99_ms']:.2f} ms vs {best['p99_ms']:.2f} ms (that config) and "
                 f"{tail:.2f} ms (TorchServe's lowest p99)")
-        one, two = row("triton default", c), row("triton instanceCount 2", c)
-        if one and two:
-            out(f"c{c}: instanceCount 2 / 1 = {two['rps'] / one['rps']:.2f} (req/s), p99 {two['p99_ms']:.2f} vs "
-                f"{one['p99_ms']:.2f} ms")
+        for what, one_label, two_label in (
+                ("", "triton default", "triton instanceCount 2"),
+                (f"{OLD_STYLE}: ", f"triton {OLD_STYLE}", f"triton {OLD_STYLE} instanceCount 2"),
+                (f"{OLD_STYLE} by its own model.py (as before issue 31): ", f"triton {OLD_STYLE}, own model.py",
+                 f"triton {OLD_STYLE} instanceCount 2, own model.py")):
+            one, two = row(one_label, c), row(two_label, c)
+            if one and two:
+                out(f"c{c}: {what}instanceCount 2 / 1 = {two['rps'] / one['rps']:.2f} (req/s {two['rps']:.0f} vs "
+                    f"{one['rps']:.0f}), p99 {two['p99_ms']:.2f} vs {one['p99_ms']:.2f} ms")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -739,10 +790,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(isinstance(v, TritonVariant) for v in chosen) and find_triton() is None:
         raise SystemExit("tritonserver not found: the project's venv needs nvidia-pytriton")
     print(f"training the digits model into {args.workdir} ...", flush=True)
-    version_dir, signature, expected = train(args.workdir)
+    versions = {"trained": train(args.workdir)}
+    if any(v.version == OLD_STYLE for v in chosen):
+        versions[OLD_STYLE] = old_style_sample(args.workdir)
     for v in chosen:
         if args.no_grpc and isinstance(v, TritonVariant):
             v.grpc = False
+        version_dir, signature, _ = versions[v.version]
         v.prepare(args.workdir, version_dir, signature)  # type: ignore[attr-defined]
         if args.show_configs and isinstance(v, TritonVariant):
             print(f"--- {v.label}: args {' '.join(v.args)}\n{v.config}")
@@ -762,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             v.start()
             try:
                 for endpoint in v.endpoints():
-                    _check_answer(v, endpoint, expected)
+                    _check_answer(v, endpoint, versions[v.version][2])
                     for c in concurrencies:
                         point = run_point(v, endpoint, c, args.seconds, args.warmup)
                         retried = 0

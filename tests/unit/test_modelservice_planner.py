@@ -13,6 +13,7 @@ from modelops.resources.modelservice_plan import (
     ANNOTATION_REJECTED, ANNOTATION_ROLE, ObservedRevision, PlanInputs, plan_revisions, rollout_state)
 from modelops.rollout.canary import Decision, RolloutState
 from modelops.triton.check import compare_metadata
+from modelops.triton.config import python_model_source
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MS = build.ServiceMeta("digits", "ml", "uid-9", 2)
@@ -67,6 +68,45 @@ def test_config_map_renders_serving_settings_with_the_version_pinned() -> None:
     for line in ('backend: "python"', "max_batch_size: 32", "versions: [ 3 ]", "count: 2",
                  "preferred_batch_size: [ 8, 16 ]", "max_queue_delay_microseconds: 500", 'name: "INPUT__0"'):
         assert line in text
+
+
+def test_python_backend_serves_every_version_with_the_operators_runtime() -> None:
+    """The runtime is the ConfigMap's model.py, the only file Triton's repository (/serving) has besides
+    config.pbtxt; the version folder is mounted apart, read-only, and named in config.pbtxt, so a model.py an
+    older trainer left in it is never loaded, and no mount point lies inside another (read-only) mount."""
+    target = build.Target(3, SIGNATURE)
+    s = spec(triton={"backend": "python"})
+    data = build.config_map(MS, s, "digits-v3-abcde", target)["data"]
+    assert data["model.py"] == python_model_source() and "class TritonPythonModel" in data["model.py"]
+    assert '"VERSION_DIRECTORY"\n  value: { string_value: "/models/digits/3" }' in data["config.pbtxt"]
+    pod = build.deployment(MS, s, "digits-v3-abcde", target, 1)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][0] == "--model-repository=/serving"
+    assert container["volumeMounts"] == [
+        {"name": "model-repository", "mountPath": "/models/digits/3", "subPath": "digits/3", "readOnly": True},
+        {"name": "model-config", "mountPath": "/serving/digits/config.pbtxt", "subPath": "config.pbtxt",
+         "readOnly": True},
+        {"name": "model-config", "mountPath": "/serving/digits/3/model.py", "subPath": "model.py", "readOnly": True}]
+    assert {"name": "model-config", "configMap": {"name": "digits-v3-abcde"}} in pod["volumes"]
+    paths = [m["mountPath"] for m in container["volumeMounts"]]
+    assert not [(p, q) for p in paths for q in paths if p.startswith(q + "/")]
+    # pytorch: Triton loads model.pt from the version folder itself, and needs no runtime
+    pytorch = build.config_map(MS, spec(), "r", target)["data"]
+    assert list(pytorch) == ["config.pbtxt"] and "VERSION_DIRECTORY" not in pytorch["config.pbtxt"]
+    args = build.deployment(MS, spec(), "r", target, 1)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "--model-repository=/models"
+
+
+def test_a_new_runtime_rolls_the_python_backend_revisions_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The revision's hash covers the ConfigMap's data: an operator release with another runtime gives
+    python-backend revisions new names (a canary, as any serving change), and leaves pytorch ones alone."""
+    target = build.Target(3, SIGNATURE)
+    python, pytorch = spec(triton={"backend": "python"}), spec()
+    before = build.revision_name(MS, python, target), build.revision_name(MS, pytorch, target)
+    monkeypatch.setattr(build, "python_model_source", lambda: python_model_source() + "# the next release\n")
+    assert build.config_map(MS, python, "r", target)["data"]["model.py"].endswith("# the next release\n")
+    assert build.revision_name(MS, python, target) != before[0]
+    assert build.revision_name(MS, pytorch, target) == before[1]
 
 
 def test_object_store_repository_is_passed_to_triton() -> None:

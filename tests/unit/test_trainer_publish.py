@@ -28,7 +28,8 @@ def test_versions_count_up_from_the_highest(tmp_path: Path) -> None:
     (tmp_path / "m" / "7").mkdir()
     assert publish_one(tmp_path).version == 8
     version_dir = tmp_path / "m" / "8"
-    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.pt", "model.py"]
+    # the model, no serving code: a ModelService serves it with the operator's runtime
+    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.pt"]
     assert (version_dir / "model.pt").read_bytes() == b"torchscript"
     metadata = json.loads((version_dir / "metadata.json").read_text())
     assert metadata["version"] == 8 and metadata["name"] == "m" and metadata["metrics"]["testAccuracy"] == 0.9

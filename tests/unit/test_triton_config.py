@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modelops.triton.config import render_config, threads_per_instance
-from modelops.triton.repository import list_versions, next_version, validate_model_name
+from modelops.triton.config import python_model_source, render_config, threads_per_instance
+from modelops.triton.repository import list_versions, next_version, stage_python_model, validate_model_name
 from modelops.triton.signature import Signature, TensorSpec, load_signature
 
 DIGITS = Signature.classifier((1, 8, 8), 10, {"mean": [4.9], "std": [6.0], "shape": [1, 1, 1]})
@@ -107,6 +107,8 @@ def test_several_tensors_are_comma_separated() -> None:
     ({"version": 0}, "version"),
     ({"backend": "tensorflow"}, "tensorflow"),
     ({"instance_kind": "KIND_TPU"}, "KIND_TPU"),
+    ({"version_directory": "/models/digits/1"}, "python backend only"),
+    ({"version_directory": "digits/1", "backend": "python"}, "absolute path"),
 ])
 def test_invalid_settings(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -140,9 +142,12 @@ def test_repository_versions(tmp_path: Path) -> None:
 
 
 def test_triton_package_never_imports_torch() -> None:
+    """Nor does reading the python-backend runtime for a ConfigMap: its source is data to the operator."""
     code = ("import sys, modelops.triton.config, modelops.triton.server, modelops.triton.signature, "
-            "modelops.triton.repository, modelops.trainer.progress; "
-            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'")
+            "modelops.triton.repository, modelops.trainer.progress, modelops.resources.modelservice; "
+            "assert 'class TritonPythonModel' in modelops.triton.config.python_model_source(); "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'; "
+            "assert 'modelops.triton.python_model' not in sys.modules, 'the runtime was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -179,23 +184,44 @@ def test_threads_per_instance(cores: float, instances: int, threads: int) -> Non
 
 
 def test_the_python_backend_model_applies_the_same_thread_rule() -> None:
-    """model.py (copied into every published version) carries its own copy of the rule, for pods without a
-    CPU limit; it must agree with the renderer's, and read the rendered parameters when they are there."""
-    from modelops.trainer import triton_model
+    """The runtime carries its own copy of the rule, for pods without a CPU limit; it must agree with the
+    renderer's, and read the rendered parameters when they are there."""
+    from modelops.triton import python_model
 
     for cores in range(1, 40):
         for instances in range(1, 9):
-            assert triton_model.threads_per_instance(cores, instances) == threads_per_instance(cores, instances)
+            assert python_model.threads_per_instance(cores, instances) == threads_per_instance(cores, instances)
     rendered = {"parameters": {"INTRA_OP_THREAD_COUNT": {"string_value": "3"},
                                "INTER_OP_THREAD_COUNT": {"string_value": "1"}}}
-    assert triton_model.thread_counts(rendered, cores=64) == (3, 1)
+    assert python_model.thread_counts(rendered, cores=64) == (3, 1)
     two = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}]}
-    assert triton_model.thread_counts(two, cores=8) == (3, 1)
-    assert triton_model.thread_counts(two, cores=2) == (1, 1)
-    assert triton_model.thread_counts({}, cores=4) == (3, 1)
+    assert python_model.thread_counts(two, cores=8) == (3, 1)
+    assert python_model.thread_counts(two, cores=2) == (1, 1)
+    assert python_model.thread_counts({}, cores=4) == (3, 1)
     on_gpus = {"instance_group": [{"count": 2, "kind": "KIND_GPU", "gpus": [0, 1]}]}
-    assert triton_model.thread_counts(on_gpus, cores=9) == (2, 1)
-    assert 1 <= triton_model.available_cores() <= (os.cpu_count() or 1)
+    assert python_model.thread_counts(on_gpus, cores=9) == (2, 1)
+    assert 1 <= python_model.available_cores() <= (os.cpu_count() or 1)
+
+
+def test_the_runtime_serves_the_version_folder_the_config_names(tmp_path: Path) -> None:
+    """The rendered VERSION_DIRECTORY as the runtime reads it from Triton's JSON form of the config; without
+    it, the version folder Triton loaded model.py from. stage_python_model lays a repository out as a
+    python-backend pod sees it: the rendered config and the operator's runtime, nothing of the version."""
+    from modelops.triton import python_model
+
+    text = render_config("digits", DIGITS, backend="python", version=1, version_directory="/models/digits/1")
+    assert text.endswith('parameters {\n  key: "VERSION_DIRECTORY"\n  value: { string_value: "/models/digits/1" }\n}\n')
+    triton_json = {"parameters": {"VERSION_DIRECTORY": {"string_value": "/models/digits/1"}}}
+    args = {"model_repository": "/serving/digits", "model_version": "1"}
+    assert python_model.version_directory(triton_json, args) == "/models/digits/1"
+    assert python_model.version_directory({}, args) == "/serving/digits/1"
+
+    model_dir = stage_python_model(tmp_path, "digits", 1, text)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "digits", "digits/1", "digits/1/model.py", "digits/config.pbtxt"]
+    assert (model_dir / "config.pbtxt").read_text() == text
+    runtime = (model_dir / "1" / "model.py").read_text()
+    assert runtime == python_model_source() == Path(python_model.__file__).read_text()
 
 
 def test_cpu_cores_render_thread_parameters_for_every_instance_of_the_pod() -> None:

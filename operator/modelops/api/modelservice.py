@@ -106,7 +106,7 @@ class TritonSpec(ApiModel):
 
     image: image_reference() = DEFAULT_TRITON_IMAGE  # type: ignore[valid-type]
     backend: Literal["pytorch", "python"] = "pytorch"
-    """pytorch runs model.pt through libtorch; python runs the version's model.py (CPU-only Triton builds)."""
+    """pytorch runs model.pt through libtorch, python through the operator's python-backend runtime (CPU builds)."""
     max_batch_size: int = Field(64, ge=0, le=4096)
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching,
                                               json_schema_extra={"default": DynamicBatching().wire()})

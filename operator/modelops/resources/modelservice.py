@@ -17,7 +17,7 @@ from modelops.quantities import quantity
 from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL, OwnerMeta
 from modelops.resources.pods import compute_resources, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
-from modelops.triton.config import Backend, InstanceKind, render_config
+from modelops.triton.config import PYTHON_MODEL_FILE, Backend, InstanceKind, python_model_source, render_config
 from modelops.triton.signature import Signature, TensorSpec
 
 LABEL_SERVICE = "modelops.dev/model-service"
@@ -32,6 +32,9 @@ ANNOTATION_SIGNATURE = "modelops.dev/signature"
 ANNOTATION_SERVICE_NAME = "modelops.dev/model-service-name"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 REPOSITORY_ROOT = "/models"
+"""Where a pod mounts the published version folder it serves (read-only), and Triton's repository for pytorch."""
+SERVING_ROOT = "/serving"
+"""Triton's repository for the python backend: only the revision's config.pbtxt and the operator's runtime."""
 SUMMARY_QUANTILES = "0.5:0.05,0.99:0.001"
 """Triton's latency summaries: quantile:error pairs (p99 within 0.1% rank, as Triton's default)."""
 
@@ -95,27 +98,37 @@ def triton_signature(signature: dict[str, Any]) -> Signature:
 
 
 def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: Target) -> dict[str, Any]:
-    """The revision's config.pbtxt: serving settings from the spec, the version pinned."""
+    """The revision's config.pbtxt: serving settings from the spec, the version pinned; for the python backend
+    also the operator's runtime (model.py), so that every version, whenever published, is served by it. Both
+    are in the revision's hash: a new runtime rolls the python-backend revisions like any other change."""
     assert target.signature is not None
+    backend = Backend(spec.triton.backend)
+    python = backend is Backend.PYTHON
     text = render_config(
-        spec.model.name, triton_signature(target.signature), backend=Backend(spec.triton.backend),
+        spec.model.name, triton_signature(target.signature), backend=backend,
         max_batch_size=spec.triton.max_batch_size,
         preferred_batch_sizes=spec.triton.dynamic_batching.preferred_batch_sizes,
         max_queue_delay_us=spec.triton.dynamic_batching.max_queue_delay_microseconds,
         instance_count=spec.triton.instance_count,
         instance_kind=InstanceKind.GPU if spec.resources.gpus else InstanceKind.AUTO, version=target.version,
-        cpu_cores=cpu_cores(spec), gpus=spec.resources.gpus)
+        cpu_cores=cpu_cores(spec), gpus=spec.resources.gpus,
+        version_directory=version_path(spec.model.name, target.version) if python else None)
     # What this revision serves, recorded where it outlives a followed TrainingJob (see served_target).
     served = {ANNOTATION_MODEL: f"{spec.model.name}:{target.version}",
               ANNOTATION_SIGNATURE: json.dumps(target.signature, sort_keys=True)}
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision}), "annotations": served},
-            "data": {"config.pbtxt": text}}
+            "data": {"config.pbtxt": text, **({PYTHON_MODEL_FILE: python_model_source()} if python else {})}}
+
+
+def version_path(model: str, version: int) -> str:
+    """Where serving and evaluation pods mount the published version folder."""
+    return f"{REPOSITORY_ROOT}/{model}/{version}"
 
 
 def cpu_cores(spec: ModelServiceSpec) -> float | None:
     """The serving pod's CPU limit in cores (spec.resources.cpu), None when unset: then the python-backend
-    model.py finds the cores at run time."""
+    runtime finds the cores at run time."""
     cores = quantity(spec.resources.cpu) if spec.resources.cpu else None
     return float(cores) if cores is not None and cores > 0 else None
 
@@ -152,17 +165,25 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
     if repository.uri:
         args.insert(0, f"--model-repository={repository.uri}")
     else:
-        args.insert(0, f"--model-repository={REPOSITORY_ROOT}")
+        # Only this version's folder and our ConfigMap: the pod cannot see or load anything else. The python
+        # backend's Triton repository holds only the ConfigMap's files (the runtime finds the version folder
+        # through config.pbtxt), so a model.py an older trainer left in the version folder is never loaded, and
+        # no mount point has to be made inside the read-only version folder (which a container runtime cannot).
+        python = Backend(spec.triton.backend) is Backend.PYTHON
+        triton_root = SERVING_ROOT if python else REPOSITORY_ROOT
+        args.insert(0, f"--model-repository={triton_root}")
         source = ({"persistentVolumeClaim": {**repository.persistent_volume_claim.wire(), "readOnly": True}}
                   if repository.persistent_volume_claim else
                   {"hostPath": {"path": repository.host_path.path, "type": "Directory"}})  # type: ignore[union-attr]
         volumes = [{"name": "model-repository", **source},
                    {"name": "model-config", "configMap": {"name": revision}}]
-        # Only this version's folder and our rendered config: the pod cannot see or load anything else.
-        mounts = [{"name": "model-repository", "mountPath": f"{REPOSITORY_ROOT}/{model}/{version}",
+        mounts = [{"name": "model-repository", "mountPath": version_path(model, version),
                    "subPath": f"{model}/{version}", "readOnly": True},
-                  {"name": "model-config", "mountPath": f"{REPOSITORY_ROOT}/{model}/config.pbtxt",
+                  {"name": "model-config", "mountPath": f"{triton_root}/{model}/config.pbtxt",
                    "subPath": "config.pbtxt", "readOnly": True}]
+        if python:
+            mounts.append({"name": "model-config", "mountPath": f"{triton_root}/{model}/{version}/{PYTHON_MODEL_FILE}",
+                           "subPath": PYTHON_MODEL_FILE, "readOnly": True})
     container = {
         "name": "triton", "image": spec.triton.image, "command": ["tritonserver"],
         "args": args + list(spec.triton.extra_args),
@@ -217,7 +238,7 @@ def evaluation_pod(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, versi
     source = ({"persistentVolumeClaim": {**repository.persistent_volume_claim.wire(), "readOnly": True}}
               if repository.persistent_volume_claim else
               {"hostPath": {"path": repository.host_path.path, "type": "Directory"}})  # type: ignore[union-attr]
-    folder = f"{REPOSITORY_ROOT}/{model}/{version}"
+    folder = version_path(model, version)
     args = ["--version-dir", folder, "--model", model, "--version", str(version), "--candidate", candidate,
             "--batch-size", str(max(1, min(spec.triton.max_batch_size or 1, 64)))]
     if stable:

@@ -21,9 +21,7 @@ from modelops.triton.signature import METADATA_FILE, Signature
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
-PYTHON_MODEL_FILE = "model.py"
 CONFIG_FILE = "config.pbtxt"
-TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 MAX_RENAME_ATTEMPTS = 100
 
 
@@ -62,15 +60,15 @@ def check_repository(repository: Path, model_name: str) -> Path:
 
 def publish(repository: Path, model_name: str, *, model_bytes: bytes, signature: Signature,
             metadata: dict[str, Any], max_batch_size: int, extra_files: dict[str, bytes] | None = None) -> Published:
-    """Write model.pt, model.py and metadata.json into a hidden temporary directory, then rename it to the next
-    free version number (another publisher winning a number makes us take the next one). Finally (re)write
+    """Write model.pt and metadata.json into a hidden temporary directory, then rename it to the next free
+    version number (another publisher winning a number makes us take the next one). Finally (re)write
     `<name>/config.pbtxt` for libtorch Triton images atomically. Nothing half-written is ever visible.
-    `extra_files` (e.g. the held-out evaluation set) go into the version folder too."""
+    `extra_files` (e.g. the held-out evaluation set) go into the version folder too. No serving code: a
+    ModelService serves the python backend with the operator's runtime (modelops.triton.python_model)."""
     model_dir = check_repository(repository, model_name)
     tmp = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))
     try:
         write_synced(tmp / MODEL_FILE, model_bytes)
-        write_synced(tmp / PYTHON_MODEL_FILE, TRITON_MODEL_SOURCE.read_bytes())
         for file_name, content in (extra_files or {}).items():
             write_synced(tmp / file_name, content)
         version = next_version(model_dir)

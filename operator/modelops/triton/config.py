@@ -1,17 +1,24 @@
-"""Pure rendering of a Triton config.pbtxt from a model signature and serving settings."""
+"""What the operator puts in a Triton model directory: config.pbtxt, rendered (pure) from a model signature and
+serving settings, and for the python backend the runtime that Triton loads as model.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
 from enum import Enum
+from importlib import resources
 
 from modelops.triton.signature import Signature, TensorSpec
 
 
+PYTHON_MODEL_FILE = "model.py"
+"""The file Triton's python backend loads from `<model>/<version>/`."""
+
+
 class Backend(str, Enum):
-    """How Triton runs a published version: TorchScript through libtorch, or our python-backend model.py."""
+    """How Triton runs a published version: TorchScript through libtorch, or our python-backend runtime."""
 
     PYTORCH = "pytorch"
     PYTHON = "python"
@@ -42,17 +49,20 @@ def render_config(
     version: int | None = None,
     cpu_cores: float | None = None,
     gpus: int = 0,
+    version_directory: str | None = None,
 ) -> str:
     """Render config.pbtxt text for `model_name`.
 
-    - backend "pytorch" -> `platform: "pytorch_libtorch"` (loads model.pt); "python" -> `backend: "python"` (model.py).
+    - backend "pytorch" -> `platform: "pytorch_libtorch"` (loads model.pt); "python" -> `backend: "python"` (our runtime).
     - max_batch_size > 0 enables batching with `dynamic_batching` (preferred sizes, queue delay);
       0 disables it, and the dims then carry an explicit variable batch dimension (-1).
     - version given -> `version_policy: { specific: { versions: [N] } }`; None -> Triton's default (latest).
     - cpu_cores (the pod's CPU limit) given -> `parameters` INTRA_OP_THREAD_COUNT (threads_per_instance over
       every instance of the pod: instance_count, times `gpus` for KIND_GPU, as Triton puts count instances on
-      each GPU) and INTER_OP_THREAD_COUNT 1, read by the libtorch backend and by our python-backend model.py;
-      without it model.py applies the same rule to the cores it finds at run time.
+      each GPU) and INTER_OP_THREAD_COUNT 1, read by the libtorch backend and by our python-backend runtime;
+      without it the runtime applies the same rule to the cores it finds at run time.
+    - version_directory given (python backend only) -> `parameters` VERSION_DIRECTORY: the published version
+      folder whose model.pt the runtime serves; without it, the folder Triton loads model.py from.
     Raises ValueError on invalid settings. Same inputs, same text.
     """
     backend = Backend(backend)
@@ -73,6 +83,8 @@ def render_config(
         raise ValueError("cpu_cores must be > 0")
     if gpus < 0:
         raise ValueError("gpus must be >= 0")
+    if version_directory is not None and (backend is not Backend.PYTHON or not version_directory.startswith("/")):
+        raise ValueError("version_directory is an absolute path, for the python backend only")
 
     lines = [f"name: {_quote(model_name)}", backend.config_line, f"max_batch_size: {max_batch_size}"]
     if version is not None:
@@ -91,7 +103,16 @@ def render_config(
         instances = instance_count * (max(1, gpus) if instance_kind is InstanceKind.GPU else 1)
         threads = threads_per_instance(cpu_cores, instances)
         lines += _parameters({"INTRA_OP_THREAD_COUNT": str(threads), "INTER_OP_THREAD_COUNT": "1"})
+    if version_directory is not None:
+        lines += _parameters({"VERSION_DIRECTORY": version_directory})
     return "\n".join(lines) + "\n"
+
+
+@functools.cache
+def python_model_source() -> str:
+    """The python-backend runtime (python_model.py in this package) as text, for Triton to load as model.py.
+    Read, never imported: it needs torch and numpy, which the operator has not."""
+    return resources.files(__package__).joinpath("python_model.py").read_text(encoding="utf-8")
 
 
 def threads_per_instance(cores: float, instances: int) -> int:
@@ -101,7 +122,7 @@ def threads_per_instance(cores: float, instances: int) -> int:
     cores up, the rest is split evenly, never below one thread: instances x threads <= cores whenever there
     are more cores than instances. Measured on 2 cores: torch on both cores in one instance was slower than
     on one under load, and two instances on every core each were several times slower than one instance.
-    The python-backend model.py (trainer/triton_model.py) carries the same rule for when the cores are only
+    The python-backend runtime (python_model.py) carries the same rule for when the cores are only
     known at run time.
     """
     usable = max(1, math.floor(cores) - 1)

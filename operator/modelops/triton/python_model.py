@@ -1,4 +1,10 @@
-"""Triton python-backend model: runs the TorchScript model.pt of its version directory (copied there as model.py).
+"""Triton python-backend runtime: serves the TorchScript model.pt of a published model version.
+
+The operator ships this file (it is data to the operator, never imported there: it needs torch and numpy) in
+each python-backend revision's ConfigMap, which the pod mounts as `<model>/<version>/model.py` of Triton's
+repository; the published version folder is mounted elsewhere, read-only, and named by the config's
+VERSION_DIRECTORY parameter. So every version, whenever it was published, is served by the operator's
+current runtime, and a `model.py` that older trainers copied into version folders is never loaded.
 
 Threads: each model instance is its own stub process with its own torch. Left alone, every instance's torch
 starts one OpenMP thread per core, and the instances, Triton's own threads and the OpenMP workers spinning
@@ -24,6 +30,7 @@ except ImportError:  # imported outside Triton, for its thread rule (tests)
 
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
+MODEL_FILE = "model.pt"
 
 
 def threads_per_instance(cores: float, instances: int) -> int:
@@ -63,12 +70,22 @@ def _cgroup_quota() -> float | None:
         return None
 
 
+def _string_parameter(config: dict[str, Any], key: str) -> str:
+    return str((config.get("parameters") or {}).get(key, {}).get("string_value", ""))
+
+
 def _parameter(config: dict[str, Any], key: str) -> int:
-    value = (config.get("parameters") or {}).get(key, {}).get("string_value", "")
     try:
-        return int(value)
+        return int(_string_parameter(config, key))
     except ValueError:
         return 0
+
+
+def version_directory(config: dict[str, Any], args: dict[str, Any]) -> str:
+    """The published version folder to serve: VERSION_DIRECTORY (the pod's mount of it), else the folder
+    Triton loaded this file from (a repository laid out by hand)."""
+    return _string_parameter(config, "VERSION_DIRECTORY") or os.path.join(args["model_repository"],
+                                                                           args["model_version"])
 
 
 def thread_counts(config: dict[str, Any], cores: float | None = None) -> tuple[int, int]:
@@ -99,13 +116,17 @@ class TritonPythonModel:
         except RuntimeError:  # already set by an earlier instance in this process
             pass
         self.torch = torch
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        path = os.path.join(version_directory(config, args), MODEL_FILE)
         self.on_gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{args.get('model_instance_device_id', 0)}" if self.on_gpu else "cpu")
-        self.model = torch.jit.load(os.path.join(version_dir, "model.pt"), map_location=self.device).eval()
+        try:
+            self.model = torch.jit.load(path, map_location=self.device).eval()
+        except Exception as exc:  # Triton reports the load failure with this message (the model check quotes it)
+            raise RuntimeError(f"cannot load {path}: {exc}") from None
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:
-            logger.log_info(f"{args.get('model_instance_name')}: torch threads intra-op {intra}, inter-op {inter}")
+            logger.log_info(f"{args.get('model_instance_name')}: serving {path}, "
+                            f"torch threads intra-op {intra}, inter-op {inter}")
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -124,9 +145,11 @@ class TritonPythonModel:
             logits = (logits.cpu() if self.on_gpu else logits).numpy()
             if logits.dtype != self.output_dtype:
                 logits = logits.astype(self.output_dtype)
-        except Exception as exc:  # answer every request with the error rather than crash the stub
-            error = pb_utils.TritonError(f"inference failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        except Exception as exc:
+            # Raised rather than answered as error responses: Triton fails every request of the batch either
+            # way, but counts only a raised error in nv_inference_request_failure (error responses count as
+            # successes), which the rollout analysis reads to roll back a failing version.
+            raise RuntimeError(f"inference failed: {exc}") from None
         if len(arrays) == 1:
             return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, logits)])]
         responses = []
