@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from modelops.api.trainingjob import TrainingJobSpec
+from modelops.kube import status_patch
 from modelops.resources import trainingjob as tj
 from modelops.resources.naming import dns1035_label, dns_label
 
@@ -156,6 +157,16 @@ def test_status_shows_the_epoch_in_progress_and_the_last_checkpointed_one() -> N
     result = tj.plan(JOB, spec(), [pod(0, progress=saved)], result.status, NOW)
     assert "checkpointError" not in result.status["progress"]
     assert result.status["progressSummary"] == "epoch 3/10 checkpoint 3 loss 0.250"
+
+
+def test_the_status_patch_removes_what_a_report_dropped() -> None:
+    """A merge patch merges nested objects: a checkpointError the trainer no longer reports is nulled."""
+    previous = {"phase": "Running", "restarts": 0,
+                "progress": {"epoch": 2, "checkpointedEpoch": 1, "checkpointError": "epoch 2 not saved: disk full"}}
+    desired = {"phase": "Running", "progress": {"epoch": 2, "checkpointedEpoch": 2}}
+    assert status_patch(previous, desired) == {"restarts": None,
+                                               "progress": {"checkpointedEpoch": 2, "checkpointError": None}}
+    assert status_patch(desired, desired) == {}
 
 
 def test_a_preempted_attempt_keeps_its_checkpointed_epoch_until_the_next_one_reports() -> None:
