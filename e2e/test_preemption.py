@@ -1,7 +1,11 @@
 """A preempted TrainingJob resumes from its checkpoint, for real: the trainer runs as a local process (the kubelet
 stand-in), its worker is evicted mid-training through the Eviction API, the operator restarts the group as a
 preemption (backoffLimit 0 is not consumed) and the next attempt continues from the last epoch it saved. The
-same through Kueue: a higher-priority job preempts a queued one, which is queued again, re-admitted and resumes."""
+same through Kueue: a higher-priority job preempts a queued one, which is queued again, re-admitted and resumes.
+
+No timing guess: the tests wait for status.progress.checkpointedEpoch (an epoch counts once its checkpoint is
+saved), and the attempt resumes from exactly the last checkpoint the evicted worker reported (it reports each
+save before a SIGTERM can end it), which is never below what status showed when the eviction was asked for."""
 
 from __future__ import annotations
 
@@ -29,6 +33,17 @@ def trainer_rbac(kube) -> tuple[dict[str, Any], dict[str, Any]]:  # type: ignore
     return role, binding
 
 
+def checkpointed(status: dict[str, Any]) -> int:
+    return int((status.get("progress") or {}).get("checkpointedEpoch") or 0)
+
+
+def last_reported_checkpoint(log: str) -> int:
+    """The checkpointedEpoch of the last progress report in a worker's log (its `PROGRESS {json}` lines)."""
+    reports = [json.loads(line.removeprefix("PROGRESS ")) for line in log.splitlines() if line.startswith("PROGRESS ")]
+    assert reports, log[-2000:]
+    return int(reports[-1]["checkpointedEpoch"])
+
+
 def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     role, binding = trainer_rbac(kube)
     repository = tmp_path / "models"
@@ -37,12 +52,16 @@ def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, 
                     "output": {"modelName": "digits", "repository": {"hostPath": {"path": str(repository)}}}}}
     apply(kube, role, binding, job)
 
-    def status() -> dict[str, Any]:
-        return dict(get_json(kube, "tj", "resumable").get("status") or {})
+    seen: list[int] = []  # checkpointedEpoch as status showed it, poll after poll
 
-    reached = eventually(lambda: (s := status()).get("progress", {}).get("epoch", 0) >= 3 and s, 240,
-                         "three epochs of the first attempt")
-    victim = f"resumable-a{reached.get('attempt', 0)}-w0"
+    def status() -> dict[str, Any]:
+        current = dict(get_json(kube, "tj", "resumable").get("status") or {})
+        seen.append(checkpointed(current))
+        return current
+
+    reached = eventually(lambda: (s := status()).get("attempt") == 0 and checkpointed(s) >= 3 and s, 240,
+                         "epoch 3 of the first attempt checkpointed")
+    victim = "resumable-a0-w0"
     eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim, "namespace": kube.namespace}}
     kube.kubectl("create", "--raw", f"/api/v1/namespaces/{kube.namespace}/pods/{victim}/eviction", "-f", "-",
                  stdin=json.dumps(eviction))
@@ -52,9 +71,11 @@ def test_an_evicted_worker_resumes_from_its_checkpoint(kube, operator, kubelet, 
     assert condition(get_json(kube, "tj", "resumable"), "Preempted")["status"] == "False"
     metadata = json.loads((repository / "digits" / str(done["model"]["version"]) / "metadata.json").read_text())
     resumed = metadata["trainer"]["resumedFromEpoch"]
-    assert resumed is not None and resumed >= 3, metadata["trainer"]
-    assert "resumed from checkpoint at epoch" in kubelet.logs(kube.namespace, "resumable-a1-w0")
-    assert done["progress"]["epoch"] == 40
+    last_saved = last_reported_checkpoint(kubelet.logs(kube.namespace, victim))
+    assert resumed == last_saved >= checkpointed(reached), (metadata["trainer"], last_saved, reached["progress"])
+    assert f"resumed from checkpoint at epoch {resumed}" in kubelet.logs(kube.namespace, "resumable-a1-w0")
+    assert seen == sorted(seen), seen  # across the preemption status never showed less saved than before
+    assert (done["progress"]["epoch"], done["progress"]["checkpointedEpoch"]) == (40, 40)
 
 
 @pytest.fixture
@@ -90,7 +111,7 @@ def test_a_job_preempted_in_kueue_is_requeued_and_resumes_from_its_checkpoint(ku
     def status(name: str) -> dict[str, Any]:
         return dict(get_json(kube, "tj", name).get("status") or {})
 
-    eventually(lambda: status("routine").get("progress", {}).get("epoch", 0) >= 3, 240, "three epochs of routine")
+    reached = eventually(lambda: checkpointed(s := status("routine")) >= 3 and s, 240, "epoch 3 of routine checkpointed")
     apply(kube, training_job("urgent", 2, priorityClassName="urgent"))
     preempted = eventually(lambda: (s := status("routine")).get("phase") == "Queued" and s.get("preemptions") == 1
                            and s, 60, "routine preempted by Kueue and queued again")
@@ -103,4 +124,6 @@ def test_a_job_preempted_in_kueue_is_requeued_and_resumes_from_its_checkpoint(ku
     assert done["phase"] == "Succeeded", done
     assert (done["restarts"], done["preemptions"], done["attempt"]) == (0, 1, 1), done
     metadata = json.loads((repository / "routine" / str(done["model"]["version"]) / "metadata.json").read_text())
-    assert (metadata["trainer"]["resumedFromEpoch"] or 0) >= 3, metadata["trainer"]
+    last_saved = last_reported_checkpoint(kubelet.logs(kube.namespace, "routine-a0-w0"))
+    assert metadata["trainer"]["resumedFromEpoch"] == last_saved >= checkpointed(reached), \
+        (metadata["trainer"], last_saved, reached["progress"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -247,9 +248,13 @@ class ProcessKubelet:
         log.info("%s: running (pod IP %s, netns %s)", runtime.key, runtime.network.pod_ip, runtime.network.netns)
 
     def _base_env(self) -> dict[str, str]:
-        """What a kubelet adds to every container: PATH (the repo's venv, the e2e shims), and the
-        `kubernetes` Service's variables so in-cluster clients find the API server."""
+        """What a kubelet adds to every container: PATH (the repo's venv, the e2e shims), the tests' PYTHONPATH
+        if they have one (a worktree sharing another checkout's venv: its pods run the code under test, not the
+        venv's editable install), and the `kubernetes` Service's variables so in-cluster clients find the API
+        server."""
         env = {"PATH": f"{Path(sys.prefix) / 'bin'}:{SHIM_DIR}:{SYSTEM_PATH}", "HOME": "/root"}
+        if os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         service = self.api.read(self.api.core.read_namespaced_service, "kubernetes", "default") if self.api else None
         if service:
             host, port = service["spec"]["clusterIP"], str(service["spec"]["ports"][0]["port"])

@@ -330,9 +330,14 @@ class Kube:
 
 
 def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch turning `previous` into `desired` at the top level (absent keys become null)."""
+    """A merge patch turning `previous` into `desired`: what changed, and null for each key `desired` lacks, in
+    nested objects too (a merge patch merges objects: a field a report dropped, e.g. progress.checkpointError,
+    would otherwise stay)."""
     patch: dict[str, Any] = {k: None for k in previous if k not in desired}
-    patch.update({k: v for k, v in desired.items() if previous.get(k) != v})
+    for key, value in desired.items():
+        old = previous.get(key)
+        if old != value:
+            patch[key] = status_patch(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return patch
 
 

@@ -44,8 +44,10 @@ class _Family:
     counter: bool = False  # exposed as <name>_total
 
 
-_EPOCH = _Family("modelops_trainingjob_progress_epoch", "Epochs the TrainingJob's trainer has finished "
-                 "(status.progress.epoch)")
+_EPOCH = _Family("modelops_trainingjob_progress_epoch", "The epoch the TrainingJob's trainer is in, or the last "
+                 "one it trained once training ended (status.progress.epoch)")
+_CHECKPOINTED = _Family("modelops_trainingjob_progress_checkpointed_epoch", "The last epoch whose checkpoint the "
+                        "trainer saved: where a preemption now would resume (status.progress.checkpointedEpoch)")
 _EPOCHS = _Family("modelops_trainingjob_progress_epochs", "Epochs the TrainingJob trains for (status.progress.epochs)")
 _STEP = _Family("modelops_trainingjob_progress_step", "Optimizer steps the trainer has taken (status.progress.step)")
 _LOSS = _Family("modelops_trainingjob_loss", "Training loss of the trainer's last report (status.progress.loss)")
@@ -71,10 +73,10 @@ _VERDICTS = tuple(replace(_ANALYSES, extra=(verdict,)) for verdict in ("Passed",
 
 # The gauges of each kind, in the order of the values record_status computes for it.
 _GAUGES: dict[str, tuple[_Family, ...]] = {
-    "TrainingJob": (_EPOCH, _EPOCHS, _STEP, _LOSS, _VAL_ACCURACY, _SAMPLES, _RESTARTS, _PREEMPTIONS),
+    "TrainingJob": (_EPOCH, _CHECKPOINTED, _EPOCHS, _STEP, _LOSS, _VAL_ACCURACY, _SAMPLES, _RESTARTS, _PREEMPTIONS),
     "ModelService": (_DESIRED, _READY, _CANARY_WEIGHT, _MODEL_VERSION),
 }
-_FAMILIES = (_EPOCH, _EPOCHS, _STEP, _LOSS, _VAL_ACCURACY, _SAMPLES, _RESTARTS, _PREEMPTIONS, _DESIRED,
+_FAMILIES = (_EPOCH, _CHECKPOINTED, _EPOCHS, _STEP, _LOSS, _VAL_ACCURACY, _SAMPLES, _RESTARTS, _PREEMPTIONS, _DESIRED,
              _CANARY_WEIGHT, _MODEL_VERSION, _ANALYSES, _SCALED)
 Values = tuple[Any, ...]
 
@@ -167,8 +169,9 @@ def record_status(kind: str, namespace: str, name: str, status: dict[str, Any]) 
     if kind == "TrainingJob":
         progress = _dict(status.get("progress"))
         gauges: Values = (
-            progress.get("epoch"), progress.get("epochs"), progress.get("step"), progress.get("loss"),
-            progress.get("valAccuracy"), progress.get("samplesPerSecond") if status.get("phase") == "Running" else None,
+            progress.get("epoch"), progress.get("checkpointedEpoch"), progress.get("epochs"), progress.get("step"),
+            progress.get("loss"), progress.get("valAccuracy"),
+            progress.get("samplesPerSecond") if status.get("phase") == "Running" else None,
             status.get("restarts", 0), status.get("preemptions", 0))
         facts: Values = ()
     elif kind == "ModelService":

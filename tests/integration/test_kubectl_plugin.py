@@ -126,8 +126,13 @@ def test_get_watch_and_logs_of_training_jobs(kube, operator, tmp_path) -> None: 
     assert f"pod {kube.namespace}/digits-a0-w1 (attempt 0, rank 1, container trainer)" in logs.stderr
     assert "no worker of rank 2 (ranks: 0, 1)" in plugin(kube, "logs", "tj", "digits", "--rank", "2", code=1).stderr
 
-    report(kube, workers[0], {"phase": "Training", "epoch": 2, "epochs": 2, "step": 25, "loss": 0.4,
-                              "valAccuracy": 0.91, "samplesPerSecond": 640.0}, "digits")
+    report(kube, workers[0], {"phase": "Training", "epoch": 2, "epochs": 2, "step": 25, "checkpointedEpoch": 1,
+                              "loss": 0.4, "valAccuracy": 0.91, "samplesPerSecond": 640.0}, "digits")
+    described = plugin(kube, "describe", "tj", "digits").stdout
+    assert "Checkpoint:      epoch 1" in described, described
+    assert "Preemption cost: epoch 2, resuming after the checkpoint of epoch 1" in described, described
+    assert "WorkersRunning" in described.split("Events:")[1], described  # the job's own Events, by field selector
+    assert json.loads(plugin(kube, "describe", "tj/digits", "-o", "json").stdout)["progress"]["checkpointedEpoch"] == 1
     annotate(kube, workers[0], **{PROGRESS: {"phase": "Succeeded", "epoch": 2, "epochs": 2, "step": 40,
                                              "testAccuracy": 0.93, "model": {"name": "digits", "version": 1,
                                                                              "uri": "/models/digits/1",
@@ -140,13 +145,13 @@ def test_get_watch_and_logs_of_training_jobs(kube, operator, tmp_path) -> None: 
     assert code == 0, out + err
     lines = out.splitlines()
     assert any("[" in line and "epoch 1/2 step 10  loss 0.900  512 samples/s" in line for line in lines), out
-    assert any("epoch 2/2 step 25  loss 0.400  acc 0.910  640 samples/s" in line for line in lines), out
+    assert any("epoch 2/2 step 25 checkpoint 1  loss 0.400  acc 0.910  640 samples/s" in line for line in lines), out
     assert "100%" in lines[-2] and lines[-1] == "tj/digits succeeded: published digits version 1, test accuracy 0.930"
     code, out, err = finish(watch_broken)
     assert code == 1, out + err
     assert out.splitlines()[-1].startswith("tj/broken failed: BackoffLimitExceeded: ")
     rows = {line.split()[0]: line.split() for line in plugin(kube, "get", "tj").stdout.splitlines()}
-    assert rows["tj/digits"][1:8] == ["Succeeded", "epoch", "2/2", "step", "40", "digits", "1"]
+    assert rows["tj/digits"][1:8] == ["Succeeded", "epoch", "2/2", "step", "40", "digits", "1"], rows
 
 
 def rollout_annotation(kube: Any, name: str) -> str | None:

@@ -65,6 +65,16 @@ def test_single_worker_job_succeeds_and_reports_its_model(kube, operator) -> Non
     report(kube, pod, {"phase": "Training", "epoch": 1, "epochs": 2, "loss": 0.5, "valAccuracy": 0.8})
     eventually(lambda: get_json(kube, "tj", "one")["status"].get("progressSummary") == "epoch 1/2 loss 0.500 acc 0.800",
                what="progress mirrored into status")
+    # a failed save shows in status, and goes once the next save succeeds (the status patch removes it)
+    report(kube, pod, {"phase": "Training", "epoch": 2, "epochs": 2, "checkpointedEpoch": 0,
+                       "checkpointError": "epoch 1 not saved: [Errno 28] No space left on device"})
+    failing = eventually(lambda: (s := get_json(kube, "tj", "one")["status"])["progress"].get("checkpointError") and s,
+                         what="the failed save in status")
+    assert failing["progressSummary"] == "epoch 2/2 checkpoint 0 (last save failed)"
+    report(kube, pod, {"phase": "Training", "epoch": 2, "epochs": 2, "checkpointedEpoch": 2})
+    saved = eventually(lambda: (s := get_json(kube, "tj", "one")["status"])["progress"]["checkpointedEpoch"] == 2 and s,
+                       what="the checkpoint of epoch 2 in status")
+    assert "checkpointError" not in saved["progress"] and saved["progressSummary"] == "epoch 2/2 checkpoint 2"
     report(kube, pod, {"phase": "Succeeded", "epoch": 2, "epochs": 2, "testAccuracy": 0.96,
                        "model": {"name": "digits", "version": 1, "uri": "/models/digits/1"}})
     end_pod(kube, pod, 0)

@@ -13,7 +13,8 @@ from modelops.controllers.trainingjob import TrainingJobController
 from modelops.engine.engine import Engine, EngineOptions
 from modelops.metrics import record_phase, record_status
 
-PER_RESOURCE = ("modelops_trainingjob_progress_epoch", "modelops_trainingjob_progress_epochs",
+PER_RESOURCE = ("modelops_trainingjob_progress_epoch", "modelops_trainingjob_progress_checkpointed_epoch",
+                "modelops_trainingjob_progress_epochs",
                 "modelops_trainingjob_progress_step", "modelops_trainingjob_loss", "modelops_trainingjob_val_accuracy",
                 "modelops_trainingjob_samples_per_second", "modelops_trainingjob_restarts",
                 "modelops_trainingjob_preemptions", "modelops_modelservice_replicas",
@@ -33,7 +34,8 @@ def series_of(namespace: str, name: str) -> list[str]:
 
 def job_status(phase: str, epoch: int, restarts: int = 0, preemptions: int | None = None) -> dict[str, Any]:
     return {"phase": phase, "restarts": restarts, **({"preemptions": preemptions} if preemptions is not None else {}),
-            "progress": {"epoch": epoch, "epochs": 5, "step": 40 * epoch, "loss": 0.5 / epoch,
+            "progress": {"epoch": epoch, "checkpointedEpoch": epoch - 1, "epochs": 5, "step": 40 * epoch,
+                         "loss": 0.5 / epoch,
                          "valAccuracy": 0.8, "samplesPerSecond": 1200.0}}
 
 
@@ -41,6 +43,7 @@ def test_training_series_follow_the_status_and_go_with_the_job() -> None:
     record_phase("TrainingJob", "ml", "digits", "Running")
     record_status("TrainingJob", "ml", "digits", job_status("Running", 2))
     assert value("modelops_trainingjob_progress_epoch", "ml", "digits") == 2
+    assert value("modelops_trainingjob_progress_checkpointed_epoch", "ml", "digits") == 1  # what a preemption keeps
     assert value("modelops_trainingjob_progress_epochs", "ml", "digits") == 5
     assert value("modelops_trainingjob_progress_step", "ml", "digits") == 80
     assert value("modelops_trainingjob_samples_per_second", "ml", "digits") == 1200

@@ -92,14 +92,15 @@ def test_bar(fraction: float, text: str) -> None:
 
 
 def test_get_table_lists_jobs_then_services() -> None:
-    jobs = [job("digits", progress={"epoch": 3, "epochs": 10, "step": 1200}, workersReady="2/2"),
+    jobs = [job("digits", progress={"epoch": 3, "epochs": 10, "step": 1200, "checkpointedEpoch": 2},
+                workersReady="2/2"),
             job("tabular", phase="Succeeded", workersReady="0/1",
                 model={"name": "tabular", "version": 4, "uri": "/models/tabular/4"})]
     services = [service(**CANARY_STATUS), service("idle")]
     lines = fmt.get_table(jobs, services, NOW).splitlines()
     assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "CANARY", "READY", "AGE"]
-    assert lines[1].split() == ["tj/digits", "Running", "epoch", "3/10", "step", "1200", "digits", "-", "-", "2/2",
-                                "5m"]
+    assert lines[1].split() == ["tj/digits", "Running", "epoch", "3/10", "step", "1200", "checkpoint", "2", "digits",
+                                "-", "-", "2/2", "5m"]
     assert lines[2].split() == ["tj/tabular", "Succeeded", "-", "tabular", "4", "-", "0/1", "5m"]
     assert lines[3].split() == ["ms/digits", "Progressing", "step", "2/2", "digits", "2", "v3", "50%", "3/4", "120m"]
     assert lines[4].split() == ["ms/idle", "-", "-", "digits", "-", "-", "-", "120m"]
@@ -145,6 +146,25 @@ def test_watch_line_shows_bar_progress_loss_accuracy_throughput() -> None:
                     "acc 0.912  1,850 samples/s")
     done = job(phase="Succeeded", progress={"epoch": 10, "epochs": 10, "step": 3000})
     assert "[" + "#" * fmt.BAR_WIDTH + "] 100%" in fmt.watch_line(done, clock)
+
+
+def test_watch_line_shows_the_checkpointed_epoch_and_a_failed_save() -> None:
+    progress = {"epoch": 3, "epochs": 10, "step": 90, "checkpointedEpoch": 1,
+                "checkpointError": "epoch 2 not saved: [Errno 28] No space left on device"}
+    line = fmt.watch_line(job(progress=progress), fmt.EpochClock())
+    assert "epoch 3/10 step 90 checkpoint 1 (last save failed)" in line
+
+
+@pytest.mark.parametrize(("progress", "cost"), [
+    ({"epoch": 3, "checkpointedEpoch": 2}, "epoch 3, resuming after the checkpoint of epoch 2"),
+    ({"epoch": 4, "checkpointedEpoch": 2}, "epochs 3-4, resuming after the checkpoint of epoch 2"),
+    ({"epoch": 1, "checkpointedEpoch": 0}, "epoch 1, resuming from the start"),
+    ({"epoch": 2, "checkpointedEpoch": 2}, "nothing: epoch 2 is checkpointed"),
+    ({"epoch": 2}, "the trainer reports no checkpoint: a restart trains from the start"),
+    ({}, "-"),
+])
+def test_preemption_cost(progress: dict[str, Any], cost: str) -> None:
+    assert fmt.preemption_cost(progress) == cost
 
 
 def test_watch_line_of_a_waiting_job_says_why() -> None:
@@ -253,6 +273,57 @@ def test_describe_text_sections() -> None:
 def test_describe_of_a_fresh_service_says_none() -> None:
     text = fmt.describe_service(fmt.describe_service_data(service(), [], [], []), NOW)
     assert "Revisions:\n  <none>" in text and "Events:\n  <none>" in text and "Phase:      -" in text
+
+
+def training(**progress: Any) -> dict[str, Any]:
+    running = job(progress={"phase": "Training", "epoch": 5, "epochs": 10, "step": 1200, "loss": 0.23149,
+                            "valAccuracy": 0.9121, "samplesPerSecond": 1850.4, **progress},
+                  workersReady="2/2", attempt=1, restarts=0, preemptions=1,
+                  conditions=[{"type": "Running", "status": "True", "reason": "WorkersRunning",
+                               "message": "2/2 workers running", "lastTransitionTime": ago(60)}])
+    running["metadata"]["uid"] = "tj-uid"
+    return running
+
+
+def test_describe_job_shows_progress_checkpoint_and_what_a_preemption_costs() -> None:
+    events = [{"type": "Warning", "reason": "WorkerPreempted", "message": "worker 0 evicted", "lastTimestamp": ago(90)}]
+    data = fmt.describe_job_data(training(checkpointedEpoch=4), events)
+    assert data["preemptionCost"] == "epoch 5, resuming after the checkpoint of epoch 4"
+    json.dumps(data)  # what -o json prints
+    lines = fmt.describe_job(data, NOW).splitlines()
+    assert "Workers:         2/2 running, attempt 1, 0 restarts, 1 preemptions" in lines
+    assert "Progress:        epoch 5/10 step 1200, loss 0.231, acc 0.912, 1,850 samples/s" in lines
+    assert "Checkpoint:      epoch 4" in lines
+    assert "Preemption cost: epoch 5, resuming after the checkpoint of epoch 4" in lines
+    assert ["Running", "True", "WorkersRunning", "60s", "2/2", "workers", "running"] in [x.split() for x in lines]
+    assert ["90s", "Warning", "WorkerPreempted", "worker", "0", "evicted"] in [x.split() for x in lines]
+
+
+def test_describe_job_shows_a_failed_save_and_a_job_without_checkpoints() -> None:
+    failing = fmt.describe_job(fmt.describe_job_data(
+        training(checkpointedEpoch=3, checkpointError="epoch 4 not saved: [Errno 28] No space left on device"), []),
+        NOW)
+    assert "Preemption cost: epochs 4-5, resuming after the checkpoint of epoch 3" in failing
+    assert "Last save:       failed: epoch 4 not saved: [Errno 28] No space left on device" in failing
+    fresh = fmt.describe_job(fmt.describe_job_data(training(checkpointedEpoch=0), []), NOW)
+    assert "Checkpoint:      none yet" in fresh and "Events:\n  <none>" in fresh
+    done = job(phase="Succeeded", progress={"epoch": 10, "epochs": 10, "checkpointedEpoch": 10},
+               model={"name": "digits", "version": 3, "uri": "/m/3", "testAccuracy": 0.9612})
+    text = fmt.describe_job(fmt.describe_job_data(done, []), NOW)
+    assert "Preemption cost: -" in text and "Model:           digits version 3 at /m/3, test accuracy 0.961" in text
+
+
+def test_describe_takes_a_training_job(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    event = {"kind": "Event", "type": "Normal", "reason": "WorkersRunning", "message": "2/2 workers running",
+             "metadata": {"name": "e1"}, "lastTimestamp": ago(30)}
+    kube = fake(training(checkpointedEpoch=4), event)
+    monkeypatch.setattr(commands, "session", lambda args: commands.Session(kube, "ml"))
+    assert commands.main(["describe", "tj/digits"]) == 0
+    out = capsys.readouterr().out
+    assert "Preemption cost: epoch 5, resuming after the checkpoint of epoch 4" in out and "WorkersRunning" in out
+    assert commands.main(["describe", "tj", "digits", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["progress"]["checkpointedEpoch"] == 4
+    assert commands.main(["describe", "tj", "missing"]) == 1
 
 
 # ---- arguments --------------------------------------------------------------------------------------

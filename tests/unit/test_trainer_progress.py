@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from modelops.trainer.distributed import DistEnv
-from modelops.trainer.progress import PROGRESS_ANNOTATION, PodAnnotationSink, ProgressReporter
+from modelops.trainer.progress import PROGRESS_ANNOTATION, PodAnnotationSink, ProgressReporter, deferred_termination
 
 
 class Clock:
@@ -78,3 +82,46 @@ def test_dist_env_parsing() -> None:
     assert DistEnv.from_env({}) == DistEnv()
     env = DistEnv.from_env({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500"})
     assert env.distributed and not env.is_main and env.world_size == 2
+
+
+def test_forget_drops_a_field_from_the_following_reports() -> None:
+    sink = RecordingSink()
+    reporter = ProgressReporter(sink, min_interval=0, out=io.StringIO(), termination_log=None)
+    reporter.update(epoch=2, checkpointedEpoch=1, checkpointError="epoch 2 not saved: disk full")
+    reporter.forget("checkpointError", "never-reported")
+    reporter.update(epoch=3, checkpointedEpoch=3)
+    assert [(r["epoch"], r["checkpointedEpoch"], r.get("checkpointError")) for r in sink.sent] == [
+        (2, 1, "epoch 2 not saved: disk full"), (3, 3, None)]
+
+
+DEFERRED_CHILD = """
+import os, signal
+from modelops.trainer.progress import deferred_termination
+with deferred_termination():
+    os.kill(os.getpid(), signal.SIGTERM)  # an eviction arriving mid-save
+    print("saved", flush=True)
+    print("reported", flush=True)
+print("after the block", flush=True)
+"""
+
+
+def test_a_sigterm_during_deferred_termination_ends_the_process_after_the_block() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run([sys.executable, "-c", DEFERRED_CHILD], env=env, capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGTERM, child.stderr
+    assert child.stdout.splitlines() == ["saved", "reported"]
+
+
+def test_deferred_termination_hands_a_held_sigterm_to_the_previous_handler() -> None:
+    received: list[int] = []
+    original = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        with deferred_termination():
+            signal.raise_signal(signal.SIGTERM)
+            assert received == []
+        assert received == [signal.SIGTERM]
+        with deferred_termination():  # nothing held: nothing raised
+            pass
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, original)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from modelops.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from modelops.kube import status_patch
 from modelops.resources import trainingjob as tj
 from modelops.resources.naming import dns1035_label, dns_label
 
@@ -155,6 +156,44 @@ def test_running_group_reports_running_and_mirrors_progress() -> None:
     assert result.status["progress"]["epoch"] == 3
     assert result.status["progressSummary"] == "epoch 3/10 loss 0.250 acc 0.938"
     assert [e.reason for e in result.events] == ["WorkersRunning"]
+
+
+def test_status_shows_the_epoch_in_progress_and_the_last_checkpointed_one() -> None:
+    """What a preemption now would cost: epoch 3 is in progress, the last saved checkpoint is epoch 1 since
+    saving epoch 2 failed; the report says so and status shows it."""
+    report = {"phase": "Training", "epoch": 3, "epochs": 10, "checkpointedEpoch": 1, "loss": 0.25, "step": 60,
+              "checkpointError": "epoch 2 not saved: [Errno 28] No space left on device"}
+    result = tj.plan(JOB, spec(), [pod(0, progress=report)], {"phase": "Running", "startTime": stamp(NOW)}, NOW)
+    progress = result.status["progress"]
+    assert (progress["epoch"], progress["checkpointedEpoch"]) == (3, 1)
+    assert progress["checkpointError"] == report["checkpointError"]
+    assert result.status["progressSummary"] == "epoch 3/10 checkpoint 1 (last save failed) loss 0.250"
+    saved = {**report, "checkpointedEpoch": 3}
+    del saved["checkpointError"]
+    result = tj.plan(JOB, spec(), [pod(0, progress=saved)], result.status, NOW)
+    assert "checkpointError" not in result.status["progress"]
+    assert result.status["progressSummary"] == "epoch 3/10 checkpoint 3 loss 0.250"
+
+
+def test_the_status_patch_removes_what_a_report_dropped() -> None:
+    """A merge patch merges nested objects: a checkpointError the trainer no longer reports is nulled."""
+    previous = {"phase": "Running", "restarts": 0,
+                "progress": {"epoch": 2, "checkpointedEpoch": 1, "checkpointError": "epoch 2 not saved: disk full"}}
+    desired = {"phase": "Running", "progress": {"epoch": 2, "checkpointedEpoch": 2}}
+    assert status_patch(previous, desired) == {"restarts": None,
+                                               "progress": {"checkpointedEpoch": 2, "checkpointError": None}}
+    assert status_patch(desired, desired) == {}
+
+
+def test_a_preempted_attempt_keeps_its_checkpointed_epoch_until_the_next_one_reports() -> None:
+    report = {"phase": "Training", "epoch": 5, "epochs": 10, "checkpointedEpoch": 4}
+    running = tj.plan(JOB, spec(), [pod(0, progress=report)], {"phase": "Running", "startTime": stamp(NOW)}, NOW)
+    evicted = pod(0, "Failed", exit_code=143, disruption="EvictionByEvictionAPI", progress=report)
+    restarted = tj.plan(JOB, spec(), [evicted], running.status, NOW)
+    assert restarted.status["preemptions"] == 1 and restarted.status["progress"]["checkpointedEpoch"] == 4
+    resumed = {"phase": "Training", "epoch": 4, "epochs": 10, "checkpointedEpoch": 4, "step": 400}
+    later = tj.plan(JOB, spec(), [pod(0, attempt=1, progress=resumed)], restarted.status, NOW)
+    assert later.status["progressSummary"] == "epoch 4/10 checkpoint 4"
 
 
 def test_success_records_the_published_model() -> None:

@@ -218,11 +218,18 @@ class WorkerCounts(ApiModel):
 
 
 class Progress(ApiModel):
-    """The trainer's last report (pod annotation modelops.dev/progress of rank 0)."""
+    """The trainer's last report (pod annotation modelops.dev/progress of rank 0). What a preemption now
+    would cost: the work from checkpointedEpoch to epoch (a restarted group resumes after checkpointedEpoch)."""
 
     phase: str | None = None
     epoch: int | None = None
+    """The epoch in progress (1 = the first); once training ended, the last one trained."""
     epochs: int | None = None
+    checkpointed_epoch: int | None = None
+    """The last epoch whose checkpoint is saved (durably, atomically); 0 = none yet. Unset: the trainer keeps
+    no checkpoints, so a restart starts over."""
+    checkpoint_error: str | None = None
+    """Why the last checkpoint could not be saved; unset once one is saved again."""
     step: int | None = None
     loss: float | None = None
     val_accuracy: float | None = None

@@ -77,8 +77,9 @@ def add_commands(commands: Any) -> None:
     command("watch", watch_command, "follow a TrainingJob's progress until it ends (exit 0: Succeeded)") \
         .add_argument("target", nargs="+", metavar="tj NAME")
     describe = command("describe", describe_command,
-                       "a ModelService's revisions, rollout and analysis, gates, autoscaling, conditions, Events")
-    describe.add_argument("target", nargs="+", metavar="ms NAME")
+                       "a ModelService's revisions, rollout and analysis, gates, autoscaling, conditions, Events; "
+                       "a TrainingJob's progress, last checkpoint and what a preemption would cost, conditions, Events")
+    describe.add_argument("target", nargs="+", metavar="ms|tj NAME")
     _output_flag(describe)
     for action, effect in (("promote", "promotes the canary"), ("abort", "rolls the canary back")):
         command(action, functools.partial(rollout_command, action),
@@ -226,6 +227,8 @@ def _owned(objects: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
 
 
 def describe_command(args: argparse.Namespace) -> int:
+    if KINDS.get(args.target[0].partition("/")[0].lower()) == "TrainingJob":
+        return describe_job_command(args)
     name = target(args.target, "ModelService")
     s = session(args)
     service = fetch(s.kube, "ModelService", s.namespace, name)
@@ -240,6 +243,21 @@ def describe_command(args: argparse.Namespace) -> int:
         dump(data, args.output)
     else:
         print(fmt.describe_service(data, _now()))
+    return 0
+
+
+def describe_job_command(args: argparse.Namespace) -> int:
+    name = target(args.target, "TrainingJob")
+    s = session(args)
+    job = fetch(s.kube, "TrainingJob", s.namespace, name)
+    uid = job["metadata"]["uid"]
+    events = s.kube.list_objects("v1", "Event", s.namespace,
+                                 fields=f"involvedObject.kind=TrainingJob,involvedObject.uid={uid}")[0]
+    data = fmt.describe_job_data(job, events)
+    if args.output:
+        dump(data, args.output)
+    else:
+        print(fmt.describe_job(data, _now()))
     return 0
 
 

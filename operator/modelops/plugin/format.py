@@ -1,4 +1,4 @@
-"""Pure formatting for `kubectl modelops`: ages, tables, the training progress bar, the describe view.
+"""Pure formatting for `kubectl modelops`: ages, tables, the training progress bar, the describe views.
 No I/O: every function takes objects as the API server returns them and gives text (or plain data)."""
 
 from __future__ import annotations
@@ -83,12 +83,33 @@ def condition(obj: dict[str, Any], cond_type: str) -> dict[str, Any]:
 
 
 def progress_text(progress: Any) -> str:
-    """'epoch 3/10 step 1200' from a TrainingJob's status.progress; '-' before the first report."""
+    """'epoch 3/10 step 1200 checkpoint 2' from a TrainingJob's status.progress (the epoch in progress, then
+    the last one saved: a preemption now would redo the epochs in between); '-' before the first report."""
     progress = _dict(progress)
     if progress.get("epoch") is None:
         return NONE
+    text = _epoch_text(progress)
+    text += f" checkpoint {progress['checkpointedEpoch']}" if progress.get("checkpointedEpoch") is not None else ""
+    return text + (" (last save failed)" if progress.get("checkpointError") else "")
+
+
+def _epoch_text(progress: dict[str, Any]) -> str:
     text = f"epoch {progress['epoch']}/{progress.get('epochs', '?')}"
     return text + (f" step {progress['step']}" if progress.get("step") is not None else "")
+
+
+def preemption_cost(progress: Any) -> str:
+    """What a preemption now would cost: the epochs after the last checkpoint, up to the one in progress."""
+    progress = _dict(progress)
+    epoch, saved = progress.get("epoch"), progress.get("checkpointedEpoch")
+    if not isinstance(epoch, int):
+        return NONE
+    if not isinstance(saved, int):
+        return "the trainer reports no checkpoint: a restart trains from the start"
+    if saved >= epoch:
+        return f"nothing: epoch {saved} is checkpointed"
+    lost = f"epoch {epoch}" if epoch == saved + 1 else f"epochs {saved + 1}-{epoch}"
+    return f"{lost}, resuming " + (f"after the checkpoint of epoch {saved}" if saved else "from the start")
 
 
 def job_row(job: dict[str, Any], now: datetime) -> list[str]:
@@ -200,6 +221,49 @@ def outcome_line(job: dict[str, Any]) -> str:
         return f"tj/{name} succeeded"
     failed = condition(job, "Failed")
     return f"tj/{name} failed: {failed.get('reason') or 'Failed'}: {failed.get('message') or 'no message'}"
+
+
+# ---- describe tj -------------------------------------------------------------------------------------
+
+
+def describe_job_data(job: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything `describe tj` shows, as plain data (what -o json/yaml prints)."""
+    status = _status(job)
+    return {
+        "name": job["metadata"]["name"], "namespace": job["metadata"].get("namespace"),
+        "phase": status.get("phase"), "workersReady": status.get("workersReady"), "attempt": status.get("attempt"),
+        "restarts": status.get("restarts", 0), "preemptions": status.get("preemptions", 0),
+        "progress": _dict(status.get("progress")),
+        "preemptionCost": NONE if status.get("phase") in TERMINAL else preemption_cost(status.get("progress")),
+        "model": status.get("model"), "conditions": status.get("conditions") or [], "events": event_entries(events),
+    }
+
+
+def describe_job(data: dict[str, Any], now: datetime) -> str:
+    """`describe tj` as text, from describe_job_data."""
+    progress, model = data["progress"], _dict(data["model"])
+    measured = [f"loss {_number(progress['loss'])}" if progress.get("loss") is not None else "",
+                f"acc {_number(progress['valAccuracy'])}" if progress.get("valAccuracy") is not None else "",
+                f"{progress['samplesPerSecond']:,.0f} samples/s"
+                if isinstance(progress.get("samplesPerSecond"), (int, float)) else ""]
+    saved = progress.get("checkpointedEpoch")
+    epochs = _epoch_text(progress) if progress.get("epoch") is not None else NONE
+    lines = [f"Name:            {data['name']}", f"Namespace:       {data['namespace']}",
+             f"Phase:           {data['phase'] or NONE}",
+             f"Workers:         {data['workersReady'] or NONE} running, attempt {data['attempt']}, "
+             f"{data['restarts']} restarts, {data['preemptions']} preemptions",
+             f"Progress:        {', '.join([epochs, *filter(None, measured)])}",
+             f"Checkpoint:      {NONE if saved is None else f'epoch {saved}' if saved else 'none yet'}",
+             f"Preemption cost: {data['preemptionCost']}"]
+    if progress.get("checkpointError"):
+        lines.append(f"Last save:       failed: {progress['checkpointError']}")
+    if model:
+        accuracy = f", test accuracy {_number(model['testAccuracy'])}" if model.get("testAccuracy") is not None else ""
+        lines.append(f"Model:           {model.get('name')} version {model.get('version')} at {model.get('uri')}"
+                     f"{accuracy}")
+    lines += _section("Conditions", _condition_rows(data["conditions"], now))
+    lines += _section("Events", _event_rows(data["events"][-10:], now))
+    return "\n".join(lines)
 
 
 # ---- describe ms -------------------------------------------------------------------------------------
@@ -380,10 +444,14 @@ def _autoscaling_rows(data: dict[str, Any], now: datetime) -> list[str]:
     return lines
 
 
+def _condition_rows(conditions: list[dict[str, Any]], now: datetime) -> list[str]:
+    rows = [[str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""),
+             age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in conditions]
+    return table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows).splitlines() if rows else []
+
+
 def describe_service(data: dict[str, Any], now: datetime) -> str:
     """`describe ms` as text, from describe_service_data."""
-    conditions = [[str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""),
-                   age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in data["conditions"]]
     checks = [[c["pod"], str(c["revision"]), str(c["passed"]), c["reason"], c["message"]] for c in data["modelChecks"]]
     gates = [f"{k}: {_gate_text(v)}" for k, v in data["gates"].items()]
     if checks:
@@ -398,7 +466,6 @@ def describe_service(data: dict[str, Any], now: datetime) -> str:
     lines += _section("Analysis", [_analysis_text(a, now) for a in data["analysisHistory"]])
     lines += _section("Gates", gates)
     lines += _section("Autoscaling", _autoscaling_rows(data, now))
-    lines += _section("Conditions", table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], conditions).splitlines()
-                      if conditions else [])
+    lines += _section("Conditions", _condition_rows(data["conditions"], now))
     lines += _section("Events", _event_rows(data["events"][-10:], now))
     return "\n".join(lines)

@@ -206,7 +206,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         log.info("training %s on %s (world size %d, augmentation %s)", args.model, device, dist.world_size,
                  augmentation.to_dict() if augmentation.enabled else "off")
-        reporter.update(phase="Training", epoch=0, epochs=args.epochs, step=0, worldSize=dist.world_size)
         config = loop.LoopConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                  augmentation=augmentation, run_key=key, weight_decay=args.weight_decay,
                                  checkpoint_dir=args.checkpoint_dir)

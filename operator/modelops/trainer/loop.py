@@ -21,12 +21,13 @@ from torch.utils.data import Dataset, DistributedSampler
 from modelops.trainer import checkpoint
 from modelops.trainer.data import Augmentation, Prepared
 from modelops.trainer.distributed import DistEnv
-from modelops.trainer.progress import ProgressReporter
+from modelops.trainer.progress import ProgressReporter, deferred_termination
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EVAL_BATCH = 1024
+MAX_ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
         cast("Dataset[int]", range(len(train_y))), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
         seed=cfg.seed)
     loss_fn = nn.CrossEntropyLoss()
+    # checkpointedEpoch: where a restart would resume now (0: from the start); unset without checkpoints
+    reporter.update(phase="Training", epoch=start_epoch, epochs=cfg.epochs, step=step, worldSize=dist.world_size,
+                    checkpointedEpoch=start_epoch if cfg.checkpoint_dir is not None else None, force=True)
 
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -229,18 +233,17 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
         throughput = epoch_samples / max(epoch_time, 1e-9)
         log.info("epoch %d/%d step %d loss %.4f val_accuracy %.4f %.0f samples/s", epoch + 1, cfg.epochs, step,
                  loss_value, val_acc, throughput)
-        reporter.update(phase="Training", epoch=epoch + 1, epochs=cfg.epochs, step=step, loss=loss_value,
-                        valAccuracy=finite(val_acc), samplesPerSecond=throughput)
+        report: dict[str, Any] = {"phase": "Training", "epoch": epoch + 1, "epochs": cfg.epochs, "step": step,
+                                  "loss": loss_value, "valAccuracy": finite(val_acc), "samplesPerSecond": throughput}
         rng = _gather(_rng_state(generator), dist)
         if dist.is_main and cfg.checkpoint_dir is not None:
             state = {"format": 1, "runKey": cfg.run_key, "epoch": epoch + 1, "step": step,
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "rng": rng, "metrics": {"loss": loss_value, "valAccuracy": val_acc},
                      "trainTime": train_time, "samplesSeen": samples_seen, "worldSize": dist.world_size}
-            try:
-                checkpoint.save_checkpoint(cfg.checkpoint_dir, state)
-            except OSError as exc:
-                log.warning("checkpoint of epoch %d not saved: %s", epoch + 1, exc)
+            save_then_report(cfg.checkpoint_dir, state, reporter, report)
+        else:
+            reporter.update(**report)
 
     if dist.distributed:  # BatchNorm running stats are per rank; rank 0's are the ones DDP keeps
         for buffer in model.buffers():
@@ -250,6 +253,25 @@ def train(model: nn.Module, data: Prepared, cfg: LoopConfig, *, device: torch.de
     return TrainResult(epoch=max(cfg.epochs, start_epoch), step=step, loss=loss_value, val_accuracy=val_acc,
                        samples_per_second=samples_seen / train_time if train_time else 0.0,
                        resumed_from_epoch=resumed, state_sha256=digest)
+
+
+def save_then_report(directory: Path, state: dict[str, Any], reporter: ProgressReporter,
+                     report: dict[str, Any]) -> None:
+    """Save the epoch's checkpoint atomically, then report the epoch with checkpointedEpoch at once (not
+    throttled): status never counts an epoch as saved before its file is durable, and a SIGTERM in between
+    waits for the report. A failed save is reported too (checkpointError), checkpointedEpoch staying at the
+    last epoch saved."""
+    epoch = int(state["epoch"])
+    with deferred_termination():
+        try:
+            checkpoint.save_checkpoint(directory, state)
+        except OSError as exc:
+            log.warning("checkpoint of epoch %d not saved: %s", epoch, exc)
+            error = f"epoch {epoch} not saved: {exc}"
+            reporter.update(**report, checkpointError=error[:MAX_ERROR_CHARS], force=True)
+            return
+        reporter.forget("checkpointError")
+        reporter.update(**report, checkpointedEpoch=epoch, force=True)
 
 
 def finite(value: float) -> float | None:

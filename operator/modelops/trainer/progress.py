@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -98,6 +101,11 @@ class ProgressReporter:
         self._last_sent = self.clock()
         return True
 
+    def forget(self, *keys: str) -> None:
+        """Leave `keys` out of the reports from now on (a field that no longer holds, e.g. a past error)."""
+        for key in keys:
+            self.last.pop(key, None)
+
     def final(self, **fields: Any) -> dict[str, Any]:
         """Send the final report now (never throttled) and write it to the termination log."""
         self.last = self._payload(fields)
@@ -116,6 +124,25 @@ class ProgressReporter:
         print(STDOUT_PREFIX + text, file=out, flush=True)
         if self.sink is not None:
             self.sink.send(text)
+
+
+@contextmanager
+def deferred_termination() -> Iterator[None]:
+    """Hold a SIGTERM until the block ends, then take it as before (by default: the process ends). An evicted
+    or preempted pod gets SIGTERM first: this keeps it from ending between a checkpoint's save and the report
+    of it. A SIGKILL is not held, so a report may lag the checkpoint but never lead it. Signals are handled
+    in the main thread only: elsewhere the block runs unguarded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def write_termination_log(text: str, path: Path | None = TERMINATION_LOG) -> None:

@@ -99,6 +99,10 @@ def _summary(progress: dict[str, Any] | None) -> str | None:
     if not progress or progress.get("epoch") is None:
         return None
     text = f"epoch {progress['epoch']}/{progress.get('epochs', '?')}"
+    if progress.get("checkpointedEpoch") is not None:  # where a preemption now would resume
+        text += f" checkpoint {progress['checkpointedEpoch']}"
+    if progress.get("checkpointError"):
+        text += " (last save failed)"
     if progress.get("loss") is not None:
         text += f" loss {progress['loss']:.3f}"
     if progress.get("valAccuracy") is not None:
