@@ -14,7 +14,8 @@ measures:
 - API requests per minute by verb made by the operator over a steady-state window, from the API
   server's audit log (the operator is the only client using its certificate's user name);
 - after `kill -9` of the converged operator: time until idle (no operator request but watches for 10 s)
-  and the writes it made meanwhile;
+  and the writes it made meanwhile; its RSS before the kill, its peak during the resync (VmHWM) and its
+  RSS once idle;
 - up to 200 training pods finishing at once: time until their jobs all show Succeeded;
 - fds and RSS at the start and end of the steady window, while every serving pod's model check stays
   pending (kwok runs no Triton).
@@ -85,6 +86,7 @@ def _die_with_parent() -> None:
 @dataclass
 class ProcessSample:
     rss_mb: float
+    peak_rss_mb: float  # VmHWM: the most RSS the process ever had, between samples too
     cpu_s: float
     fds: int
     threads: int
@@ -123,7 +125,8 @@ def sample_process(pid: int, api_port: int) -> ProcessSample:
             # remote address is HEX_IP:HEX_PORT; state 01 = ESTABLISHED; column 9 is the socket inode
             if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == api_port and cols[9] in sockets:
                 connections += 1
-    return ProcessSample(rss_mb=int(status["VmRSS"].split()[0]) / 1024, cpu_s=(int(stat[11]) + int(stat[12])) / ticks,
+    return ProcessSample(rss_mb=int(status["VmRSS"].split()[0]) / 1024,
+                         peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024, cpu_s=(int(stat[11]) + int(stat[12])) / ticks,
                          fds=fds, threads=int(status["Threads"]), api_connections=connections,
                          fd_kinds=dict(kinds.most_common()))
 
@@ -824,6 +827,7 @@ class Bench:
 
     def restart(self) -> None:
         log("restart: kill -9 the operator, start it again, wait for it to go idle")
+        before = self.sample()
         self.operator.kill(signal.SIGKILL)
         time.sleep(0.5)
         self.tally_phase("before restart")
@@ -843,12 +847,20 @@ class Bench:
             if idle or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+        after = self.sample()
         went_idle = (last_request - started_wall) if idle and last_request else math.inf
         self.report.data["restart"] = {"idle_after_s": went_idle, "idle_definition_s": IDLE_SECONDS,
-                                       "timeout_s": self.args.restart_timeout, "requests": tally.as_json()}
+                                       "timeout_s": self.args.restart_timeout, "requests": tally.as_json(),
+                                       "rss_before_kill_mb": before.rss_mb, "peak_rss_mb": after.peak_rss_mb,
+                                       "rss_after_mb": after.rss_mb}
         self.report.add("restart: time until idle", (f"{went_idle:.1f}s" if idle else
                         f"not idle within {self.args.restart_timeout:.0f}s") + f" ({tally.reads} reads)")
         self.report.add("restart: writes until idle", str(tally.writes), "0", tally.writes == 0)
+        # The grown operator is the yardstick: a restart lists everything at once, and CPython keeps its peak.
+        self.report.add("restart: RSS before kill / peak / idle",
+                        f"{before.rss_mb:.0f} / {after.peak_rss_mb:.0f} / {after.rss_mb:.0f} MB",
+                        "idle <= 1.3x before", after.rss_mb <= 1.3 * before.rss_mb)
+        self.report.detail(f"restart: the killed operator had peaked at {before.peak_rss_mb:.0f} MB while it grew")
         writes = [f"{k} {v}" for k, v in tally.by_verb_resource.most_common() if k.split()[0] in WRITE_VERBS]
         self.report.detail(f"restart, operator writes: {', '.join(writes) or 'none'}")
 

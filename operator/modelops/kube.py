@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -25,6 +25,10 @@ USER_AGENT = "modelops-operator/0.1"
 WRITE_VERBS = frozenset({"create", "apply", "patch", "delete"})
 # A DNS-1123 subdomain (what object names are; namespaces are the stricter labels, which match too).
 OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Objects per list page: client-go's reflector pages by 500 too. A page is parsed whole, so this (times the
+# pages parsed at once, LIST_CONCURRENCY) bounds the memory a list takes beyond what the caller keeps.
+LIST_PAGE = 500
+LIST_CONCURRENCY = 2
 log = logging.getLogger(__name__)
 # The client's errors that callers outside this module handle themselves (the kubectl plugin: a kubeconfig it
 # cannot load; ResourceNotFoundError, imported above: a kind the cluster does not serve), taken from here so
@@ -93,6 +97,7 @@ class Kube:
         self._dynamic = DynamicClient(api_client)
         self._resources: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._listing = threading.BoundedSemaphore(LIST_CONCURRENCY)
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -191,16 +196,41 @@ class Kube:
             raise
 
     def list_objects(self, api_version: str, kind: str, namespace: str | None, *, labels: str | None = None,
-                     fields: str | None = None) -> tuple[list[dict[str, Any]], str]:
-        """Every matching object and the list's resourceVersion (where a watch continues from)."""
+                     fields: str | None = None, transform: Callable[[dict[str, Any]], Any] | None = None,
+                     page: int = LIST_PAGE) -> tuple[list[Any], str]:
+        """Every matching object, through `transform`, and the list's resourceVersion (where a watch
+        continues from).
+
+        Lists in pages of `page` objects with continue tokens, as client-go's pager does, and transforms
+        each page as it arrives: only what `transform` keeps accumulates. One response per kind is parsed
+        whole (its managedFields included) and CPython keeps that high-water mark for good. A continue
+        token that expired (410: its snapshot was compacted while we paged) starts over with one unpaged
+        list, client-go's fallback: a paged list slower than compaction would otherwise never end."""
         query = [("labelSelector", labels)] if labels else []
         query += [("fieldSelector", fields)] if fields else []
-        result = self._call("list", kind, "GET", self.path(api_version, kind, namespace), query=query, timeout=120)
-        items = result.get("items") or []
-        for item in items:  # list items come without apiVersion/kind
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
-        return items, str(result.get("metadata", {}).get("resourceVersion", ""))
+        path = self.path(api_version, kind, namespace)
+        out: list[Any] = []
+        token = ""
+        while True:
+            paging = ([("limit", page)] if page else []) + ([("continue", token)] if token else [])
+            with self._listing:  # a few raw pages in memory at once, not one per informer
+                try:
+                    result = self._call("list", kind, "GET", path, query=query + paging, timeout=120)
+                except ApiError as error:
+                    if not (token and error.gone):
+                        raise
+                    log.info("listing %s: the continue token expired (%s); listing again, unpaged", kind, error)
+                    out, token, page = [], "", 0
+                    continue
+                for item in result.get("items") or []:  # list items come without apiVersion/kind
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                    out.append(transform(item) if transform else item)
+                metadata = result.get("metadata") or {}
+                del result  # the raw page goes before another one comes
+            token = str(metadata.get("continue") or "")
+            if not token:
+                return out, str(metadata.get("resourceVersion", ""))
 
     def watch_objects(self, api_version: str, kind: str, namespace: str | None, resource_version: str, *,
                       labels: str | None = None, fields: str | None = None,

@@ -1,12 +1,15 @@
-"""The control loop against the real API server: failed passes are retried until the object converges,
-a converged restart writes nothing, a paused peering replica stays silent and takes over when the leader dies."""
+"""The control loop against the real API server: lists come in pages (and start over when etcd compacted
+their snapshot), failed passes are retried until the object converges, a converged restart writes nothing, a
+paused peering replica stays silent and takes over when the leader dies."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from modelops.controllers.trainingjob import TrainingJobController
 from modelops.dev.cluster import free_port
 from modelops.engine.engine import Engine, EngineOptions
 from modelops.kube import ApiError, Kube, WRITE_VERBS
+from modelops.metrics import API_REQUESTS
 from support import OperatorProcess, condition, eventually, get_json
 from test_modelservice import deployments, model_service
 from test_trainingjob import end_pod, job, phase_is, running_pods
@@ -68,6 +72,83 @@ def converged_pair(kube) -> None:  # type: ignore[no-untyped-def]
     eventually(lambda: deployments(kube, "steady-ms"), what="the revision Deployment")
     eventually(lambda: condition(get_json(kube, "ms", "steady-ms"), "Ready").get("reason") == "NoReadyReplicas",
                what="the ModelService status")
+
+
+def config_maps(kube, count: int, size: int = 0) -> list[str]:  # type: ignore[no-untyped-def]
+    """`count` labelled ConfigMaps in the test's namespace, each with `size` bytes of data; their names."""
+    names = [f"page-{i:03d}" for i in range(count)]
+    kube.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"test": "paging"}},
+         "data": {"blob": "x" * size}} for name in names]}))
+    return names
+
+
+def compact_etcd(cluster) -> None:  # type: ignore[no-untyped-def]
+    """Compact etcd up to its current revision, as the API server does every 5 minutes: a continue token
+    from before now has lost its snapshot (etcd's gRPC gateway, on the cluster's loopback port)."""
+    base = f"http://127.0.0.1:{cluster.status()['ports']['etcd']}/v3/kv"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with opener.open(request, timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    revision = post("/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"]
+    post("/compaction", {"revision": revision, "physical": True})
+
+
+def lists(code: str) -> float:
+    return API_REQUESTS.labels("list", "ConfigMap", code)._value.get()
+
+
+def test_a_list_comes_in_pages_and_starts_over_unpaged_when_its_continue_token_expired(kube) -> None:  # type: ignore[no-untyped-def]
+    from kubernetes import config
+
+    client = Kube(config.new_client_from_config(str(kube.kubeconfig)))
+    names = config_maps(kube, 7)
+    ok = lists("200")
+    found, version = client.list_objects("v1", "ConfigMap", kube.namespace, labels="test=paging", page=3,
+                                         transform=lambda o: (o["kind"], o["metadata"]["name"]))
+    assert found == [("ConfigMap", name) for name in names] and int(version) > 0
+    assert lists("200") - ok == 3  # 3 + 3 + 1
+
+    # Between the first page and the next, an object changes and etcd compacts past the list's snapshot:
+    # the continue token expires (410), and the list starts over, whole, with the change in it.
+    compacted: list[str] = []
+
+    def after_first_page(obj: dict[str, Any]) -> str:
+        if not compacted:
+            compacted.append(obj["metadata"]["name"])
+            kube.kubectl("label", "configmap", names[-1], "changed=yes")
+            compact_etcd(kube.cluster)
+        return f"{obj['metadata']['name']}{'*' if 'changed' in obj['metadata']['labels'] else ''}"
+
+    ok, gone = lists("200"), lists("410")
+    found, later = client.list_objects("v1", "ConfigMap", kube.namespace, labels="test=paging", page=3,
+                                       transform=after_first_page)
+    assert found == names[:-1] + [names[-1] + "*"] and int(later) > int(version)
+    assert (lists("200") - ok, lists("410") - gone) == (2, 1)  # the first page, the unpaged list; one 410
+
+
+def test_a_paged_list_holds_one_page_of_raw_objects_at_a_time(kube) -> None:  # type: ignore[no-untyped-def]
+    """What a restarted operator's informers rely on: trimmed page by page, the raw objects never pile up."""
+    from kubernetes import config
+
+    client = Kube(config.new_client_from_config(str(kube.kubeconfig)))
+    names = config_maps(kube, 60, size=20_000)  # 1.2 MB of data, which the transform drops
+    peaks = {}
+    for page in (0, 10):
+        tracemalloc.start()
+        try:
+            found, _ = client.list_objects("v1", "ConfigMap", kube.namespace, labels="test=paging", page=page,
+                                           transform=lambda o: o["metadata"]["name"])
+            peaks[page] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert found == names
+    assert peaks[10] < peaks[0] / 3, peaks
 
 
 def test_converged_restart_makes_zero_writes(kube, crds_installed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -224,9 +224,10 @@ class Informer:
                 self._stop.wait(5.0)
 
     def _list(self) -> str:
+        # trimmed page by page as the list comes: the raw objects never pile up
         items, version = self.kube.list_objects(self.api_version, self.kind, self.namespace, labels=self.labels,
-                                                fields=self.fields)
-        for change, old, new in self.store.replace([self.transform(o) for o in items], self.namespace):
+                                                fields=self.fields, transform=self.transform)
+        for change, old, new in self.store.replace(items, self.namespace):
             self._tell(change, old, new)
         if not self.synced.is_set():
             log.debug("cache of %s in %s synced: %d objects", self.kind, self.namespace or "all namespaces", len(items))

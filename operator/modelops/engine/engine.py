@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelops.autoscale.prometheus import Prometheus
-from modelops.engine.cache import Caches, Informer, Obj, Store, trim
+from modelops.engine.cache import Caches, Informer, Obj, Store, object_key, trim
 from modelops.engine.children import NamespaceTerminating, OwnerGone
 from modelops.engine.pause import Pause
 from modelops.engine.peering import PeeringFollower
@@ -203,12 +203,11 @@ class Engine:
             store = self.caches.store(kind)
             for namespace in self._scopes():
                 try:
-                    items, version = self.kube.list_objects(API_VERSION, kind, namespace)
+                    present, version = self.kube.list_objects(API_VERSION, kind, namespace, transform=object_key)
                 except ApiError as error:
                     log.warning("could not list %s to resync: %s", kind, error)
                     continue
-                for gone in store.prune({(o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in items},
-                                        namespace, version):
+                for gone in store.prune(set(present), namespace, version):
                     log.info("%s %s/%s was deleted meanwhile", kind, gone["metadata"].get("namespace"),
                              gone["metadata"].get("name"))
                     # its pass finds it gone and forgets it (backoffs, the by-phase count, its series)
