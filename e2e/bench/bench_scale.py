@@ -125,10 +125,10 @@ def sample_process(pid: int, api_port: int) -> ProcessSample:
             # remote address is HEX_IP:HEX_PORT; state 01 = ESTABLISHED; column 9 is the socket inode
             if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == api_port and cols[9] in sockets:
                 connections += 1
-    return ProcessSample(rss_mb=int(status["VmRSS"].split()[0]) / 1024,
-                         peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024, cpu_s=(int(stat[11]) + int(stat[12])) / ticks,
-                         fds=fds, threads=int(status["Threads"]), api_connections=connections,
-                         fd_kinds=dict(kinds.most_common()))
+    megabytes = lambda field: int(status[field].split()[0]) / 1024  # noqa: E731 - "123456 kB"
+    return ProcessSample(rss_mb=megabytes("VmRSS"), peak_rss_mb=megabytes("VmHWM"),
+                         cpu_s=(int(stat[11]) + int(stat[12])) / ticks, fds=fds, threads=int(status["Threads"]),
+                         api_connections=connections, fd_kinds=dict(kinds.most_common()))
 
 
 class Operator:
