@@ -170,18 +170,43 @@ class Analysis(ApiModel):
     """How much the canary's error rate may exceed the stable revision's in the same window; null turns it off."""
 
 
+REPOSITORY_FILE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\.npz$"
+"""A path inside the model repository: relative, segments without a leading '.' (so no '..'), ending .npz."""
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class ReferenceSet(ApiModel):
+    """A fixed evaluation set in the model repository that no training run produced (a curated, checked set):
+    every candidate and the stable revision are scored on it."""
+
+    path: checked(f"self.matches({lit(REPOSITORY_FILE)})",  # type: ignore[valid-type]
+                  "referenceSet.path must be a relative path inside the model repository, ending in .npz, "
+                  "without '..' or segments starting with '.'",
+                  lambda v: re.fullmatch(REPOSITORY_FILE, v) is not None, max_length=512)
+    """The .npz file (arrays x, y and optionally classes: the class name of each label index), relative to the
+    repository's root, e.g. digits/reference.npz."""
+    sha256: checked(f"self.matches({lit(SHA256)})",  # type: ignore[valid-type]
+                    "referenceSet.sha256 must be 64 lowercase hexadecimal digits",
+                    lambda v: re.fullmatch(SHA256, v) is not None, max_length=64) | None = None
+    """When set, the file must have this digest, or the gate fails (the reference changed under it)."""
+
+
 class EvaluationGate(ApiModel):
-    """Before a revision takes traffic, its held-out evaluation set (published with the version by the trainer)
-    goes through one of its pods, and the stable revision's score on the same set is the reference."""
+    """Before a revision takes traffic, it is scored on evidence it did not produce as well as its own: its
+    version's held-out set (published with it by the trainer), the stable version's held-out set, and the
+    referenceSet when one is named; the stable revision is scored on the same rows of each set."""
 
     enabled: bool = True
-    """On by default; a version without an evaluation set skips the gate (a condition says so)."""
+    """On by default; a version is skipped (a condition says so) only when no set can be scored."""
     min_accuracy: float | None = Field(None, ge=0, le=1)
-    """Absolute floor for the new version's accuracy on its evaluation set."""
+    """Absolute floor for the new version's accuracy on each set it is scored on."""
     max_regression: float = Field(0.01, ge=0, le=1)
-    """How far below the stable revision's accuracy (on the same set) the new version may score."""
+    """How far below the stable revision's accuracy the new version may score, on each set (on any set more
+    than this refuses it)."""
+    reference_set: ReferenceSet | None = None
     image: image_reference() | None = None  # type: ignore[valid-type]
-    """Image of the evaluation pod (needs Python with numpy); default: the operator's trainer image."""
+    """Image of the evaluation pod (needs Python with numpy); default: the operator's trainer image (never the
+    candidate's own trainer image: the candidate does not write its exam)."""
     timeout_seconds: int = Field(300, ge=10, le=86400)
     """An evaluation pod still running after this long counts as a failed evaluation."""
 
@@ -221,18 +246,38 @@ class ModelServiceSpec(ApiModel):
     out onto full GPU nodes, preempts training workers (their job resumes from its checkpoint)."""
 
 
+class EvaluationSetScore(ApiModel):
+    """Both revisions' scores on one evaluation set (the same rows for both)."""
+
+    name: Literal["candidate", "stable", "reference"]
+    """Whose set: the candidate version's own held-out set, the stable version's, or the spec's referenceSet."""
+    source: str
+    """Where the set came from (a version's held-out set, the reference file)."""
+    accuracy: float | None = None
+    """The candidate's score (none: it could not be scored on this set; note says why)."""
+    stable_accuracy: float | None = None
+    samples: int | None = None
+    """Rows both scores were computed on."""
+    sha256: str | None = None
+    note: str | None = None
+    """Rows left out, a score missing, and why."""
+
+
 class EvaluationStatus(ApiModel):
     """The evaluation gate's record for one revision (also on its Deployment, annotation modelops.dev/evaluation)."""
 
     verdict: Literal["Pending", "Passed", "Failed", "Skipped"]
     metric: str | None = None
     accuracy: float | None = None
+    """The candidate's score on its own held-out set."""
     stable_accuracy: float | None = None
     """The stable revision's score on the same held-out set."""
     stable_revision: str | None = None
     samples: int | None = None
     sha256: str | None = None
     """Fingerprint of the held-out set both scores were computed on."""
+    sets: list[EvaluationSetScore] | None = None
+    """Each set the candidate was scored on (its own, the stable version's, the reference set), both scores."""
     attempts: int | None = None
     message: str = ""
 

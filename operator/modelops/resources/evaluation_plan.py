@@ -37,11 +37,12 @@ class GatePlan:
 
 
 def plan_gate(meta: build.ServiceMeta, spec: ModelServiceSpec, revisions: dict[str, tuple[int, dict[str, Any] | None]],
-              state: RolloutState, serving_pods: list[Obj], evaluation_pods: list[Obj], image: str | None,
+              state: RolloutState, serving_pods: list[Obj], evaluation_pods: list[Obj],
               now: datetime) -> GatePlan:
     """`revisions`: each observed revision's (model version, evaluation record); `serving_pods`: the
-    ModelService's serving pods; `evaluation_pods`: its evaluation pods; `image`: the image that trained the
-    candidate (the evaluation runs its code)."""
+    ModelService's serving pods; `evaluation_pods`: its evaluation pods. The evaluation runs the operator's
+    trainer image (or gates.evaluation.image), never the image that trained the candidate: a candidate does
+    not write its own exam."""
     plan = GatePlan()
     due: list[float] = []
     gate = spec.rollout.gates.evaluation
@@ -70,7 +71,7 @@ def plan_gate(meta: build.ServiceMeta, spec: ModelServiceSpec, revisions: dict[s
             continue
         elif pod is None:
             started = _evaluation_pod(meta, spec, revision, version, revisions, state, serving_pods,
-                                      gate.image or image or DEFAULT_TRAINER_IMAGE)
+                                      gate.image or DEFAULT_TRAINER_IMAGE)
             if started:  # else no pod of the revision has a verified model yet: a pod update wakes us
                 plan.start.append(started)
             continue
@@ -98,10 +99,11 @@ def _evaluation_pod(meta: build.ServiceMeta, spec: ModelServiceSpec, revision: s
     candidate = serving_address(serving_pods, revision, PENDING_REASON)
     if candidate is None:
         return None
+    # The stable version's folder is mounted even while no stable pod is ready: its held-out set is evidence
+    # the candidate did not produce, with the score its training run recorded on it.
     stable = None
     if state.stable and state.stable != revision and state.stable in revisions:
-        address = serving_address(serving_pods, state.stable, None)
-        stable = (address, revisions[state.stable][0]) if address else None
+        stable = (serving_address(serving_pods, state.stable, None) or "", revisions[state.stable][0])
     return build.evaluation_pod(meta, spec, revision, version, image, candidate=candidate, stable=stable)
 
 

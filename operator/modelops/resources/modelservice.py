@@ -231,23 +231,39 @@ def evaluation_pod_name(revision: str) -> str:
 
 def evaluation_pod(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, version: int, image: str, *,
                    candidate: str, stable: tuple[str, int] | None) -> dict[str, Any]:
-    """A one-shot pod in the ModelService's namespace that sends the version's held-out set through the
-    candidate pod's Triton (and the stable one's) and reports both scores on its termination message.
-    It mounts only the version's folder, read-only; the operator itself never reads a tenant's volume."""
+    """A one-shot pod in the ModelService's namespace that scores the candidate pod's Triton (and the stable
+    one's) on the candidate version's held-out set, the stable version's and the reference set, and reports
+    the scores on its termination message. `stable`: the stable pod's address ("" when none is ready) and
+    version. It mounts only those version folders and the reference file, read-only; the operator itself
+    never reads a tenant's volume."""
     model, repository = spec.model.name, spec.repository
     source = ({"persistentVolumeClaim": {**repository.persistent_volume_claim.wire(), "readOnly": True}}
               if repository.persistent_volume_claim else
               {"hostPath": {"path": repository.host_path.path, "type": "Directory"}})  # type: ignore[union-attr]
+
+    def mount(path: str) -> dict[str, Any]:
+        return {"name": "model-repository", "mountPath": f"{REPOSITORY_ROOT}/{path}", "subPath": path,
+                "readOnly": True}
+
     folder = version_path(model, version)
     args = ["--version-dir", folder, "--model", model, "--version", str(version), "--candidate", candidate,
             "--batch-size", str(max(1, min(spec.triton.max_batch_size or 1, 64)))]
+    mounts = [mount(f"{model}/{version}")]
     if stable:
-        args += ["--stable", stable[0], "--stable-version", str(stable[1])]
+        address, stable_version = stable
+        args += ["--stable", address, "--stable-version", str(stable_version),
+                 "--stable-dir", version_path(model, stable_version)]
+        if stable_version != version:
+            mounts.append(mount(f"{model}/{stable_version}"))
+    reference = spec.rollout.gates.evaluation.reference_set
+    if reference:
+        args += ["--reference", f"{REPOSITORY_ROOT}/{reference.path}", "--reference-name", reference.path]
+        args += ["--reference-sha256", reference.sha256] if reference.sha256 else []
+        mounts.append(mount(reference.path))
     container = {"name": "evaluate", "image": image, "command": ["python", "-m", "modelops.trainer.evaluate"],
                  "args": args, "terminationMessagePolicy": "FallbackToLogsOnError",
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-                 "volumeMounts": [{"name": "model-repository", "mountPath": folder, "subPath": f"{model}/{version}",
-                                   "readOnly": True}],
+                 "volumeMounts": mounts,
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": ms.child_metadata(evaluation_pod_name(revision), {

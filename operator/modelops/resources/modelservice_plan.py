@@ -126,8 +126,7 @@ def plan_service(seen: ServiceObservation) -> Plan:
     """The whole pass: gate, rollout decision, replicas, then children, status and Events."""
     meta, spec, state = seen.meta, seen.spec, seen.state
     gate = plan_gate(meta, spec, {name: (r.version, r.evaluation) for name, r in seen.observed.items()}, state,
-                     seen.serving_pods, seen.evaluation_pods, (seen.target.lineage or {}).get("image")
-                     if seen.target else None, seen.now)
+                     seen.serving_pods, seen.evaluation_pods, seen.now)
     observed = dict(seen.observed)
     for revision, record in gate.records.items():
         observed[revision] = with_evaluation(observed[revision], record, gate.lineages.get(revision))
@@ -519,7 +518,8 @@ def evaluation_status(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """The record as status shows it (what the API's EvaluationStatus knows)."""
     if not record:
         return None
-    keys = ("verdict", "metric", "accuracy", "stableAccuracy", "stableRevision", "samples", "sha256", "attempts")
+    keys = ("verdict", "metric", "accuracy", "stableAccuracy", "stableRevision", "samples", "sha256", "sets",
+            "attempts")
     # message always set: the schema defaults it to "", and a status that differs from what the API server
     # stores would be written again on every pass
     return {k: record[k] for k in keys if record.get(k) is not None} | {"message": str(record.get("message") or "")}

@@ -1,5 +1,10 @@
 """The evaluation gate (pure): what a revision's evaluation pod reported, judged against the gate's rules.
 
+The candidate is scored on its own held-out set and on evidence it did not produce (the stable version's
+held-out set, the spec's reference set); a regression beyond maxRegression on any of them refuses it, and a
+candidate that matches stable on its own set but loses on the others is refused as a likely data or label
+shift: its training data disagrees with the data the stable version was checked on.
+
 The verdict is recorded on the revision's Deployment (annotation modelops.dev/evaluation), so it is rebuilt
 from the world after a restart and outlives the evaluation pod, which is deleted once read."""
 
@@ -24,19 +29,72 @@ Verdict = Literal["Pending", "Passed", "Failed", "Skipped"]
 FINAL: frozenset[str] = frozenset({"Passed", "Failed", "Skipped"})
 
 
-@dataclass(frozen=True)
-class Report:
-    """What an evaluation pod wrote to its termination message."""
+SET_NAMES = ("candidate", "stable", "reference")
+SET_WORDS = {"candidate": "its own held-out set", "stable": "the stable version's held-out set",
+             "reference": "the reference set"}
 
+
+@dataclass(frozen=True)
+class SetScore:
+    """Both revisions on one evaluation set, as the pod measured them (the same rows for both)."""
+
+    name: str
+    """candidate (the version's own held-out set), stable (the stable version's) or reference."""
+    source: str = ""
     accuracy: float | None = None
     stable_accuracy: float | None = None
     samples: int = 0
     sha256: str = ""
-    trained_accuracy: float | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{SET_WORDS[self.name]} ({self.source})" if self.source else SET_WORDS[self.name]
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {"name": self.name, "source": self.source, "sha256": self.sha256 or None, "note": self.note or None,
+                  "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
+                  "stableAccuracy": None if self.stable_accuracy is None else round(self.stable_accuracy, 6),
+                  "samples": self.samples or None}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an evaluation pod wrote to its termination message."""
+
+    sets: tuple[SetScore, ...] = ()
     skipped: str = ""
     failed: str = ""
-    """The model answered the held-out set with errors."""
+    """The model answered with errors, or the reference set is missing or not the pinned file."""
     lineage: dict[str, Any] | None = None
+
+    @property
+    def own(self) -> SetScore | None:
+        """The candidate's own held-out set, when it was scored."""
+        return next((s for s in self.sets if s.name == "candidate" and s.accuracy is not None), None)
+
+
+def _score(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= 1:
+        raise ValueError(key)
+    return float(value)
+
+
+def _set(data: Any) -> SetScore:
+    if not isinstance(data, dict) or data.get("name") not in SET_NAMES:
+        raise ValueError("set")
+    scored = SetScore(name=data["name"], source=str(data.get("source") or "")[:300],
+                      accuracy=_score(data, "accuracy"), stable_accuracy=_score(data, "stableAccuracy"),
+                      samples=int(data.get("samples") or 0), sha256=str(data.get("sha256") or "")[:64],
+                      note=str(data.get("note") or "")[:500])
+    if (scored.accuracy is not None or scored.stable_accuracy is not None) and scored.samples < 1:
+        raise ValueError("samples")
+    return scored
 
 
 def parse_report(message: str) -> Report | None:
@@ -47,52 +105,92 @@ def parse_report(message: str) -> Report | None:
         return None
     if not isinstance(data, dict):
         return None
-
-    def score(key: str) -> float | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0 <= value <= 1:
-            raise ValueError(key)
-        return float(value)
-
+    sets = data.get("sets")
+    if sets is None and "accuracy" in data:  # an evaluator from before per-set reports: its own set only
+        sets = [{**data, "name": "candidate"}]
     try:
-        report = Report(accuracy=score("accuracy"), stable_accuracy=score("stableAccuracy"),
-                        samples=int(data.get("samples") or 0), sha256=str(data.get("sha256") or "")[:64],
-                        trained_accuracy=score("trainedAccuracy"), skipped=str(data.get("skipped") or "")[:500],
+        if not isinstance(sets or [], list) or len(sets or []) > len(SET_NAMES):
+            return None
+        report = Report(sets=tuple(_set(s) for s in sets or []), skipped=str(data.get("skipped") or "")[:500],
                         failed=str(data.get("failed") or "")[:500],
                         lineage=data["lineage"] if isinstance(data.get("lineage"), dict) else None)
     except (ValueError, TypeError):
         return None
-    if not (report.skipped or report.failed) and (report.accuracy is None or report.samples < 1):
+    if len({s.name for s in report.sets}) != len(report.sets):
+        return None
+    if not (report.skipped or report.failed) and not any(s.accuracy is not None for s in report.sets):
         return None
     return report
 
 
 def judge(report: Report, gate: EvaluationGate, *, stable: str | None) -> dict[str, Any]:
-    """The record of a finished evaluation: verdict, both scores and why."""
+    """The record of a finished evaluation: verdict, each set's two scores, and why in words."""
     if report.skipped:
         return {"verdict": "Skipped", "message": f"evaluation gate skipped: {report.skipped}"}
     if report.failed:
         return {"verdict": "Failed", "message": report.failed}
-    assert report.accuracy is not None
-    record: dict[str, Any] = {"accuracy": round(report.accuracy, 6), "samples": report.samples,
-                              "sha256": report.sha256, "metric": "accuracy"}
-    if report.stable_accuracy is not None:
-        record |= {"stableAccuracy": round(report.stable_accuracy, 6), "stableRevision": stable}
-    scores = f"accuracy {report.accuracy:.4f} on {report.samples} held-out samples"
-    if report.stable_accuracy is not None:
-        scores += f", stable {stable} {report.stable_accuracy:.4f} on the same set"
-    if gate.min_accuracy is not None and report.accuracy < gate.min_accuracy:
-        return record | {"verdict": "Failed",
-                         "message": f"{scores}: below minAccuracy {gate.min_accuracy}"}
-    if report.stable_accuracy is not None and report.accuracy < report.stable_accuracy - gate.max_regression:
-        return record | {"verdict": "Failed", "message": f"{scores}: {report.stable_accuracy - report.accuracy:.4f} "
-                                                         f"worse than stable (maxRegression {gate.max_regression})"}
-    if report.stable_accuracy is None and stable:
-        scores += " (no ready stable pod to compare with)"
-    return record | {"verdict": "Passed", "message": scores}
+    scored = [s for s in report.sets if s.accuracy is not None]
+    compared = [s for s in scored if s.stable_accuracy is not None]
+    record: dict[str, Any] = {"metric": "accuracy", "sets": [s.to_dict() for s in report.sets]}
+    if own := report.own:
+        record |= {"accuracy": round(own.accuracy, 6), "samples": own.samples,  # type: ignore[arg-type]
+                   "sha256": own.sha256 or None}
+        if own.stable_accuracy is not None:
+            record["stableAccuracy"] = round(own.stable_accuracy, 6)
+    if compared:
+        record["stableRevision"] = stable
+    worse = [s for s in compared if s.accuracy < s.stable_accuracy - gate.max_regression]  # type: ignore[operator]
+    floor = gate.min_accuracy
+    below = [s for s in scored if floor is not None and s.accuracy < floor]  # type: ignore[operator]
+    reasons = []
+    if worse:
+        reasons.append(_regression(worse, own, gate.max_regression))
+    if below:
+        reasons.append(f"below minAccuracy {floor} on {_names(below)}")
+    if not reasons:
+        reasons.append(_passed(report, compared, stable, gate.max_regression))
+    scores = "; ".join(_scores(s) for s in report.sets)
+    versus = f" (candidate vs stable {stable})" if compared else ""
+    message = f"{'; '.join(reasons)}. Scores{versus}: {scores}"
+    return {k: v for k, v in record.items() if v is not None} | \
+        {"verdict": "Failed" if worse or below else "Passed", "message": message}
+
+
+def _names(sets: list[SetScore]) -> str:
+    return " and ".join(s.label for s in sets)
+
+
+def _regression(worse: list[SetScore], own: SetScore | None, max_regression: float) -> str:
+    gap = max(s.stable_accuracy - s.accuracy for s in worse)  # type: ignore[operator]
+    independent = [s for s in worse if s.name != "candidate"]
+    own_holds = own is not None and own not in worse
+    if independent and own_holds:
+        return (f"likely data or label shift: it does as well as stable on its own held-out set but is {gap:.4f} "
+                f"worse on {_names(independent)} (maxRegression {max_regression}); the data it was trained and "
+                f"tested on disagrees with data the stable version was checked on (labels shifted or permuted, "
+                f"features swapped or rescaled?): check the new data before rolling it out")
+    if independent and own in worse:
+        return f"worse than stable on every set they share, by up to {gap:.4f} (maxRegression {max_regression})"
+    return f"{gap:.4f} worse than stable on {_names(worse)} (maxRegression {max_regression})"
+
+
+def _passed(report: Report, compared: list[SetScore], stable: str | None, max_regression: float) -> str:
+    independent = any(s.name != "candidate" and s.accuracy is not None for s in report.sets)
+    alone = "" if independent else ", and it has been scored on its own held-out set only"
+    if compared:
+        return f"no worse than stable (maxRegression {max_regression}) on {_names(compared)}{alone}"
+    if stable is None:
+        return f"first version: no stable revision to compare with{alone}"
+    return f"not compared with stable {stable}: no ready stable pod, or no set both could take{alone}"
+
+
+def _scores(s: SetScore) -> str:
+    if s.accuracy is None:
+        return f"{s.label}: not scored ({s.note})"
+    text = f"{s.label}: {s.accuracy:.4f}"
+    if s.stable_accuracy is not None:
+        text += f" vs {s.stable_accuracy:.4f}"
+    return text + f" on {s.samples} samples" + (f" ({s.note})" if s.note else "")
 
 
 RETRY_SECONDS = 10.0
