@@ -168,11 +168,24 @@ def test_evaluation_pod_program_scores_the_published_held_out_set(served: tuple[
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     report = json.loads(report_file.read_text())
-    assert report["samples"] == described["samples"] and report["sha256"] == described["sha256"]
-    assert report["accuracy"] == pytest.approx(described["accuracy"], abs=1e-9)
-    assert report["stableAccuracy"] == report["accuracy"] >= 0.9
+    [own] = report["sets"]  # the stable revision serves the same version: one set
+    assert (own["name"], own["source"]) == ("candidate", "version 1")
+    assert own["samples"] == described["samples"] and own["sha256"] == described["sha256"]
+    assert own["accuracy"] == pytest.approx(described["accuracy"], abs=1e-9)
+    assert own["stableAccuracy"] == own["accuracy"] >= 0.9
     assert report["lineage"]["testAccuracy"] == metadata["metrics"]["testAccuracy"]
     assert report["lineage"]["datasetFingerprint"] == metadata["dataset"]["fingerprint"]
+
+    # A reference set the spec names must be there and be the file its sha256 pins: else the gate fails, at once.
+    with np.load(version_dir / "eval.npz") as held_out:
+        np.savez(tmp_path / "reference.npz", x=held_out["x"][:50], y=held_out["y"][:50])
+    for path, pinned, why in [(tmp_path / "absent.npz", "", "is not a file in the model repository"),
+                              (tmp_path / "reference.npz", "0" * 64, "not the 000000000000... recorded for it")]:
+        run = subprocess.run([sys.executable, "-m", "modelops.trainer.evaluate", "--version-dir", str(version_dir),
+                              "--model", "digits", "--version", "1", "--candidate", address, "--reference",
+                              str(path), "--reference-name", "ref.npz", "--reference-sha256", pinned,
+                              "--report", str(report_file)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and why in json.loads(report_file.read_text())["failed"], run.stderr
 
     # A version folder without an evaluation set is reported as skipped, not as a failure.
     bare = tmp_path / "bare"
