@@ -196,7 +196,8 @@ class Lifecycle:
 
     def worse_model_refused(self) -> str:
         """A version trained to be worse (one epoch at a tiny learning rate) is pinned; the evaluation gate scores
-        it and the stable revision on the same held-out set and rolls it back before its pods ever serve."""
+        it and the stable revision on its held-out set and on the stable version's, and rolls it back before its
+        pods ever serve."""
         stable = self.ms_status()["modelVersion"]
         worse_job = self.training_job()
         worse_job["metadata"]["name"] = f"{MODEL}-worse"
@@ -228,14 +229,19 @@ class Lifecycle:
         if verdict.get("verdict") != "Failed" or verdict.get("stableAccuracy") is None \
                 or "evaluation gate failed" not in rolled_back["message"]:
             raise StepFailed(f"not refused by the gate: {verdict} / {rolled_back['message']}")
+        # the stable version's own held-out set (its folder mounted into the evaluation pod) was scored too
+        sets = {s["name"]: s for s in verdict.get("sets") or []}
+        if (sets.get("stable") or {}).get("stableAccuracy") is None or sets["stable"].get("accuracy") is None:
+            raise StepFailed(f"the stable version's held-out set was not scored: {verdict.get('sets')}")
         if served_by_canary or load.stats.failed:
             raise StepFailed(f"the worse version had {served_by_canary} ready pods; {load.stats.failed} requests failed")
         events = self.space.kubectl("get", "events", "--field-selector", "reason=EvaluationFailed", "-o", "name")
         if not events.strip():
             raise StepFailed("no EvaluationFailed Event")
         return (f"version {worse} refused before traffic: accuracy {verdict['accuracy']:.3f} vs stable "
-                f"{verdict['stableAccuracy']:.3f} on the same {verdict.get('samples')} held-out digits; version {stable} "
-                f"kept serving ({load.stats.ok} requests ok, 0 failed)")
+                f"{verdict['stableAccuracy']:.3f} on its {verdict.get('samples')} held-out digits, "
+                f"{sets['stable']['accuracy']:.3f} vs {sets['stable']['stableAccuracy']:.3f} on stable's "
+                f"{sets['stable'].get('samples')}; version {stable} kept serving ({load.stats.ok} requests ok, 0 failed)")
 
     def canary_rolled_back(self) -> str:
         stable = self.ms_status()["modelVersion"]
