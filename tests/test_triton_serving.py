@@ -176,6 +176,20 @@ def test_evaluation_pod_program_scores_the_published_held_out_set(served: tuple[
     assert report["lineage"]["testAccuracy"] == metadata["metrics"]["testAccuracy"]
     assert report["lineage"]["datasetFingerprint"] == metadata["dataset"]["fingerprint"]
 
+    # A stable version copied in by hand, without metadata.json: no set of its own, and that is said. A stable
+    # revision answering with errors (this server has no version 2) costs its scores, not the candidate's verdict.
+    bare_stable = tmp_path / "2"
+    bare_stable.mkdir()
+    run = subprocess.run([sys.executable, "-m", "modelops.trainer.evaluate", "--version-dir", str(version_dir),
+                          "--model", "digits", "--version", "1", "--candidate", address, "--stable", address,
+                          "--stable-version", "2", "--stable-dir", str(bare_stable), "--report", str(report_file)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    own, stable = json.loads(report_file.read_text())["sets"]
+    assert own["accuracy"] >= 0.9 and "stableAccuracy" not in own and "no stable score" in own["note"]
+    assert stable == {"name": "stable", "source": "version 2", "note": "version 2 has no metadata.json, so no "
+                                                                       "evaluation set"}
+
     # A reference set the spec names must be there and be the file its sha256 pins: else the gate fails, at once.
     with np.load(version_dir / "eval.npz") as held_out:
         np.savez(tmp_path / "reference.npz", x=held_out["x"][:50], y=held_out["y"][:50])

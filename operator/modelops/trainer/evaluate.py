@@ -269,14 +269,19 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     candidate = Served(args.candidate, args.version, metadata["signature"], class_names(metadata))
     sets = [version_set("candidate", version_dir, args.version, metadata)]
     stable = None
-    if args.stable_dir:
-        stable_dir = Path(args.stable_dir)
+    stable_dir = Path(args.stable_dir) if args.stable_dir else None
+    if stable_dir and (stable_dir / METADATA_FILE).is_file():
         stable_metadata = read_metadata(stable_dir)
         stable = Served(args.stable, args.stable_version, stable_metadata["signature"], class_names(stable_metadata))
         if args.stable_version != args.version:
             sets.append(version_set("stable", stable_dir, args.stable_version, stable_metadata))
-    elif args.stable:  # the stable version's folder not mounted: it serves the candidate's signature
-        stable = Served(args.stable, args.stable_version, candidate.signature, candidate.classes)
+    elif stable_dir or args.stable:
+        # A stable version published without metadata (copied in by hand), or not mounted: it serves the
+        # candidate's signature (the model check verified what it loaded); it has no set of its own to offer.
+        stable = Served(args.stable, args.stable_version, candidate.signature, None)
+        if stable_dir and args.stable_version != args.version:
+            sets.append({"name": "stable", "source": f"version {args.stable_version}",
+                         "note": f"version {args.stable_version} has no {METADATA_FILE}, so no evaluation set"})
     if args.reference:
         sets.append(reference_set(Path(args.reference), args.reference_name or args.reference,
                                   args.reference_sha256 or None))
