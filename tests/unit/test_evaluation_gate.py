@@ -86,8 +86,9 @@ def test_a_candidate_trained_on_shifted_labels_is_refused_as_a_likely_data_shift
     record = judged(own(0.975, 0.103), stables(0.094, 0.961))
     assert record["verdict"] == "Failed"
     message = record["message"]
-    assert message.startswith("likely data or label shift: it does as well as stable on its own held-out set but "
-                              "is 0.8670 worse on the stable version's held-out set (version 3)"), message
+    assert message.startswith("likely data or label shift: on its own held-out set it scores 0.9750 (stable 0.1030), "
+                              "but on the stable version's held-out set (version 3) it is up to 0.8670 worse than "
+                              "stable (maxRegression 0.01)"), message
     assert "labels shifted or permuted" in message
     assert "its own held-out set (version 4): 0.9750 vs 0.1030 on 360 samples" in message
     assert "the stable version's held-out set (version 3): 0.0940 vs 0.9610 on 359 samples" in message
@@ -103,7 +104,7 @@ def test_a_reference_set_catches_a_shift_the_stable_set_cannot_show() -> None:
                     reference(0.41, 0.93))
     assert record["verdict"] == "Failed"
     assert "likely data or label shift" in record["message"]
-    assert "0.5200 worse on the reference set (digits/reference.npz)" in record["message"]
+    assert "on the reference set (digits/reference.npz) it is up to 0.5200 worse than stable" in record["message"]
     assert "the stable version's held-out set (version 3): not scored (version 3 has no evaluation set " \
            "(eval.npz))" in record["message"]
 
@@ -115,6 +116,7 @@ def test_a_reference_set_catches_a_shift_the_stable_set_cannot_show() -> None:
      "held-out set (version 3) and the reference set (digits/reference.npz)"),
     # within maxRegression everywhere
     ([own(0.95, 0.955), stables(0.95, 0.957)], {}, "Passed", "0.9500 vs 0.9550"),
+    ([own(0.95, 0.96), stables(0.95, 0.96)], {}, "Passed", "no worse than stable"),  # exactly maxRegression
     # a weaker model: behind on every set, not a shift
     ([own(0.80, 0.95), stables(0.79, 0.96)], {}, "Failed",
      "worse than stable on every set they share, by up to 0.1700 (maxRegression 0.01)"),
@@ -146,6 +148,18 @@ def test_the_first_version_is_judged_without_a_stable_revision_and_says_so() -> 
     assert record["message"].startswith("below minAccuracy 0.8 on the reference set (digits/reference.npz)")
     assert judged(own(0.97), reference(0.9), stable=None, minAccuracy=0.8)["message"].startswith(
         "first version: no stable revision to compare with. Scores")
+
+
+def test_a_shift_is_named_even_when_stable_could_not_score_the_candidates_own_set() -> None:
+    """No ready stable pod: the stable version's set carries the score its training run recorded."""
+    recorded = "the stable score is the one its training run recorded on this set (no ready stable pod)"
+    record = judged(own(0.95), stables(0.10, 0.96, note=recorded))
+    assert record["verdict"] == "Failed"
+    assert record["message"].startswith("likely data or label shift: on its own held-out set it scores 0.9500, but "
+                                        "on the stable version's held-out set (version 3) it is up to 0.8600 worse")
+    assert f"0.1000 vs 0.9600 on 359 samples ({recorded})" in record["message"]
+    # a candidate poor on its own set too is a weaker model, not a shift
+    assert judged(own(0.50), stables(0.45, 0.96))["message"].startswith("0.5100 worse than stable on the stable")
 
 
 def test_sets_with_other_shapes_or_classes_are_explained() -> None:

@@ -48,6 +48,13 @@ class SetScore:
     note: str = ""
 
     @property
+    def gap(self) -> float:
+        """How far the candidate is below stable on this set (0 when not both were scored)."""
+        if self.accuracy is None or self.stable_accuracy is None:
+            return 0.0
+        return self.stable_accuracy - self.accuracy
+
+    @property
     def label(self) -> str:
         return f"{SET_WORDS[self.name]} ({self.source})" if self.source else SET_WORDS[self.name]
 
@@ -139,7 +146,7 @@ def judge(report: Report, gate: EvaluationGate, *, stable: str | None) -> dict[s
             record["stableAccuracy"] = round(own.stable_accuracy, 6)
     if compared:
         record["stableRevision"] = stable
-    worse = [s for s in compared if s.accuracy < s.stable_accuracy - gate.max_regression]  # type: ignore[operator]
+    worse = [s for s in compared if round(s.gap, 9) > gate.max_regression]  # exactly maxRegression below passes
     floor = gate.min_accuracy
     below = [s for s in scored if floor is not None and s.accuracy < floor]  # type: ignore[operator]
     reasons = []
@@ -161,14 +168,18 @@ def _names(sets: list[SetScore]) -> str:
 
 
 def _regression(worse: list[SetScore], own: SetScore | None, max_regression: float) -> str:
-    gap = max(s.stable_accuracy - s.accuracy for s in worse)  # type: ignore[operator]
+    gap = max(s.gap for s in worse)
     independent = [s for s in worse if s.name != "candidate"]
-    own_holds = own is not None and own not in worse
-    if independent and own_holds:
-        return (f"likely data or label shift: it does as well as stable on its own held-out set but is {gap:.4f} "
-                f"worse on {_names(independent)} (maxRegression {max_regression}); the data it was trained and "
-                f"tested on disagrees with data the stable version was checked on (labels shifted or permuted, "
-                f"features swapped or rescaled?): check the new data before rolling it out")
+    # Its own set says it is as good as stable there (or, with no stable score there, as good as stable elsewhere).
+    bar = own.stable_accuracy if own and own.stable_accuracy is not None else \
+        max((s.stable_accuracy or 0.0 for s in independent), default=1.0)
+    if independent and own is not None and own not in worse and (own.accuracy or 0.0) >= bar - max_regression:
+        versus = f" (stable {own.stable_accuracy:.4f})" if own.stable_accuracy is not None else ""
+        return (f"likely data or label shift: on its own held-out set it scores {own.accuracy:.4f}{versus}, but on "
+                f"{_names(independent)} it is up to {gap:.4f} worse than stable (maxRegression {max_regression}): "
+                f"the data it was trained and tested on disagrees with data the stable version was checked on "
+                f"(labels shifted or permuted, features swapped or rescaled?); check the new data before rolling "
+                f"it out")
     if independent and own in worse:
         return f"worse than stable on every set they share, by up to {gap:.4f} (maxRegression {max_regression})"
     return f"{gap:.4f} worse than stable on {_names(worse)} (maxRegression {max_regression})"
