@@ -241,7 +241,8 @@ class Lifecycle:
         return (f"version {worse} refused before traffic: accuracy {verdict['accuracy']:.3f} vs stable "
                 f"{verdict['stableAccuracy']:.3f} on its {verdict.get('samples')} held-out digits, "
                 f"{sets['stable']['accuracy']:.3f} vs {sets['stable']['stableAccuracy']:.3f} on stable's "
-                f"{sets['stable'].get('samples')}; version {stable} kept serving ({load.stats.ok} requests ok, 0 failed)")
+                f"{sets['stable'].get('samples')}; version {stable} kept serving "
+                f"({load.stats.ok} requests ok, 0 failed)")
 
     def canary_rolled_back(self) -> str:
         stable = self.ms_status()["modelVersion"]

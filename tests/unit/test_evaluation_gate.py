@@ -119,7 +119,9 @@ def test_a_reference_set_catches_a_shift_the_stable_set_cannot_show() -> None:
     ([own(0.95, 0.96), stables(0.95, 0.96)], {}, "Passed", "no worse than stable"),  # exactly maxRegression
     # a weaker model: behind on every set, not a shift
     ([own(0.80, 0.95), stables(0.79, 0.96)], {}, "Failed",
-     "worse than stable on every set they share, by up to 0.1700 (maxRegression 0.01)"),
+     "worse than stable on every set both were scored on, by up to 0.1700 (maxRegression 0.01)"),
+    ([own(0.80, 0.95), stables(0.79, 0.96), reference(0.95, 0.95)], {}, "Failed",
+     "0.1700 worse than stable on its own held-out set (version 4) and the stable version's held-out set"),
     # behind on its own set only
     ([own(0.90, 0.95), stables(0.96, 0.96)], {}, "Failed",
      "0.0500 worse than stable on its own held-out set (version 4) (maxRegression 0.01)"),

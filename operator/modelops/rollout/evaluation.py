@@ -140,18 +140,17 @@ def judge(report: Report, gate: EvaluationGate, *, stable: str | None) -> dict[s
     compared = [s for s in scored if s.stable_accuracy is not None]
     record: dict[str, Any] = {"metric": "accuracy", "sets": [s.to_dict() for s in report.sets]}
     if own := report.own:
-        record |= {"accuracy": round(own.accuracy, 6), "samples": own.samples,  # type: ignore[arg-type]
-                   "sha256": own.sha256 or None}
+        record |= {"accuracy": round(own.accuracy or 0.0, 6), "samples": own.samples, "sha256": own.sha256 or None}
         if own.stable_accuracy is not None:
             record["stableAccuracy"] = round(own.stable_accuracy, 6)
     if compared:
         record["stableRevision"] = stable
     worse = [s for s in compared if round(s.gap, 9) > gate.max_regression]  # exactly maxRegression below passes
     floor = gate.min_accuracy
-    below = [s for s in scored if floor is not None and s.accuracy < floor]  # type: ignore[operator]
+    below = [s for s in scored if floor is not None and (s.accuracy or 0.0) < floor]
     reasons = []
     if worse:
-        reasons.append(_regression(worse, own, gate.max_regression))
+        reasons.append(_regression(worse, own, compared, gate.max_regression))
     if below:
         reasons.append(f"below minAccuracy {floor} on {_names(below)}")
     if not reasons:
@@ -167,7 +166,7 @@ def _names(sets: list[SetScore]) -> str:
     return " and ".join(s.label for s in sets)
 
 
-def _regression(worse: list[SetScore], own: SetScore | None, max_regression: float) -> str:
+def _regression(worse: list[SetScore], own: SetScore | None, compared: list[SetScore], max_regression: float) -> str:
     gap = max(s.gap for s in worse)
     independent = [s for s in worse if s.name != "candidate"]
     # Its own set says it is as good as stable there (or, with no stable score there, as good as stable elsewhere).
@@ -180,8 +179,9 @@ def _regression(worse: list[SetScore], own: SetScore | None, max_regression: flo
                 f"the data it was trained and tested on disagrees with data the stable version was checked on "
                 f"(labels shifted or permuted, features swapped or rescaled?); check the new data before rolling "
                 f"it out")
-    if independent and own in worse:
-        return f"worse than stable on every set they share, by up to {gap:.4f} (maxRegression {max_regression})"
+    if len(worse) > 1 and worse == compared:
+        return (f"worse than stable on every set both were scored on, by up to {gap:.4f} "
+                f"(maxRegression {max_regression})")
     return f"{gap:.4f} worse than stable on {_names(worse)} (maxRegression {max_regression})"
 
 
