@@ -51,9 +51,9 @@ class TritonPoolClient:
         before = self._memory(self.timeout)
         self._call("POST", f"/v2/repository/models/{quote(model.name, safe='')}/load", load_request(model),
                    self.timeout)
-        state = self._state(model.name, model.version)
-        if state != "READY":
-            raise TritonPoolError(f"{model.name} version {model.version} is {state} after its load")
+        if not self._ready(model.name, model.version):
+            raise TritonPoolError(f"{model.name} version {model.version} is not ready after its load "
+                                  f"({self._state(model.name, model.version)})")
         after = self._memory(self.timeout)
         if before.gpu is not None and after.gpu is not None:
             self._gpu_bytes[(model.name, model.version)] = max(0, after.gpu - before.gpu)
@@ -84,7 +84,17 @@ class TritonPoolClient:
             return None  # nothing of it was measured (pytorch backend on CPU, or metrics off)
         return max(0, before.model(name) - after.model(name))
 
+    def _ready(self, name: str, version: int) -> bool:
+        request = urllib.request.Request(f"{self.base_url}/v2/models/{quote(name, safe='')}/versions/{version}/ready")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return bool(response.status == 200)
+        except (OSError, HTTPException, ValueError):  # HTTPError (not ready) included
+            return False
+
     def _state(self, name: str, version: int) -> str:
+        """The index's word on a version, for messages. The index lists the repository's folders only: a
+        pool's models always have one (the published versions live there)."""
         index = self._call("POST", "/v2/repository/index", {}, self.timeout)
         entry = next((e for e in index or [] if e.get("name") == name and str(e.get("version")) == str(version)),
                      None)
