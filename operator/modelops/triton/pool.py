@@ -27,9 +27,9 @@ Memory, and why from these sources:
 - GPU servers: Triton's per-GPU gauge nv_gpu_memory_used_bytes (summed over the GPUs) read before and after a
   load or unload; the caller serializes loads and unloads per server, so the difference is the model's. This
   also catches what Triton does not give back (triton#3320): an unload's bytes given back is the gauge's fall.
-- CPU servers: Triton's nv_cpu_memory_used_bytes is the host's used memory (MemTotal - MemAvailable of
-  /proc/meminfo: every pod on the node, and 0 where Triton cannot read CPU metrics, as here), and Triton has
-  no per-model CPU figure. A python-backend model lives in its own stub process, one per instance, so the
+- CPU servers: Triton's nv_cpu_memory_used_bytes is the host's used memory ("system-wide", from
+  /proc/meminfo: every pod on the node; 0 until its first update; here it moved by 380 MB in 4 s with our
+  server idle, with other people's processes), and Triton has no per-model CPU figure. A python-backend model lives in its own stub process, one per instance, so the
   operator's runtime exports that process's anonymous memory (RssAnon + RssShmem) as the gauge
   modelops_model_memory_bytes{model, version, instance}; a model's bytes are the sum over its instances. That
   is what an unload gives back (the process exits), and it needs no serialized window. Not in it: Triton's
