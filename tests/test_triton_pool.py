@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelops.triton.pool import POOL_REPOSITORY, ModelToLoad, ResidentModel, ServerReport, load_config
+from modelops.triton.pool import (POOL_REPOSITORY, ModelToLoad, ResidentModel, ServerReport, load_config,
+                                  server_args)
 from modelops.triton.pool_client import TritonPoolClient, TritonPoolError
 from modelops.triton.server import TritonServer, find_triton
 
@@ -60,9 +61,21 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class PoolServer(TritonServer):
+    """tritonserver with the pool server's own args (server_args), on free loopback ports, its repository
+    the local folder instead of the pod's mount at POOL_REPOSITORY."""
+
+    def command(self) -> list[str]:
+        args = server_args(self.http_port, self.grpc_port, self.metrics_port)
+        args[args.index(f"--model-repository={POOL_REPOSITORY}")] = f"--model-repository={self.model_repository}"
+        return [str(self.install.binary), f"--backend-directory={self.install.backends}",
+                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", *args]
+
+
 @pytest.fixture
 def pool(repository: Path) -> Iterator[tuple[TritonServer, TritonPoolClient]]:
-    with TritonServer(repository, env={"OMP_NUM_THREADS": "1"}) as server:  # explicit mode, no model
+    with PoolServer(repository, env={"OMP_NUM_THREADS": "1"}) as server:
+        assert not any(arg.startswith("--load-model") for arg in server.command())
         yield server, TritonPoolClient(f"http://{server.http_url}", metrics_url=server.metrics_url)
 
 

@@ -29,12 +29,13 @@ Memory, and why from these sources:
   also catches what Triton does not give back (triton#3320): an unload's bytes given back is the gauge's fall.
 - CPU servers: Triton's nv_cpu_memory_used_bytes is the host's used memory ("system-wide", from
   /proc/meminfo: every pod on the node; 0 until its first update; here it moved by 380 MB in 4 s with our
-  server idle, with other people's processes), and Triton has no per-model CPU figure. A python-backend model lives in its own stub process, one per instance, so the
-  operator's runtime exports that process's anonymous memory (RssAnon + RssShmem) as the gauge
-  modelops_model_memory_bytes{model, version, instance}; a model's bytes are the sum over its instances. That
-  is what an unload gives back (the process exits), and it needs no serialized window. Not in it: Triton's
-  own process (about 35 MB RSS here) and the shared libraries' file pages (libtorch, about 240 MB of page
-  cache mapped by every stub, counted once per server): a pool's capacity must leave room for them.
+  server idle, with other people's processes), and Triton has no per-model CPU figure. A python-backend
+  model lives in its own stub process, one per instance, so the operator's runtime exports that process's
+  anonymous memory (RssAnon + RssShmem) as the gauge modelops_model_memory_bytes{model, version, instance};
+  a model's bytes are the sum over its instances. That is what an unload gives back (the process exits),
+  and it needs no serialized window. Not in it: Triton's own process (about 35-45 MB RSS here) and the
+  shared libraries' file pages (torch's, about 250 MB of page cache mapped by every stub, counted once per
+  server): a pool's capacity must leave room for them.
   A pytorch-backend model on a CPU server runs inside Triton's process: not measured (None), the planner
   keeps the ModelService's declared size.
 Measured here (e2e/bench/bench_pool_triton.py --models 8; python backend, the sample digits CNN, torch 2.15
