@@ -69,7 +69,7 @@ class PoolServer(TritonServer):
         args = server_args(self.http_port, self.grpc_port, self.metrics_port)
         args[args.index(f"--model-repository={POOL_REPOSITORY}")] = f"--model-repository={self.model_repository}"
         return [str(self.install.binary), f"--backend-directory={self.install.backends}",
-                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", *args]
+                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", *args, *self.extra_args]
 
 
 @pytest.fixture
@@ -217,6 +217,20 @@ def test_a_failed_load_raises_and_the_server_keeps_serving(pool: tuple[TritonSer
     assert [(m.name, m.ready) for m in client.report().models] == [("other", True)]
     assert infer(server, "other", images(1))[0] == 200
     assert client.unload("never-loaded") is None  # idempotent: Triton accepts it, nothing was there to give back
+
+
+def test_without_metrics_a_copy_serves_unmeasured(repository: Path) -> None:
+    """A server whose metrics are off (a user's extra args): the runtime serves without its gauge, and the
+    client says "not measured" rather than failing or guessing."""
+    with PoolServer(repository, extra_args=["--allow-metrics=false"], env={"OMP_NUM_THREADS": "1"}) as server:
+        client = TritonPoolClient(f"http://{server.http_url}", metrics_url=server.metrics_url)
+        assert client.load(copy(repository, "digits", 1)) is None
+        status, logits = infer(server, "digits", images(2))
+        assert status == 200 and logits.shape == (2, 10)
+        report = client.report()
+        assert [(m.name, m.ready, m.bytes) for m in report.models] == [("digits", True, None)]
+        assert report.memory_bytes is None
+        assert client.unload("digits") is None and client.report().models == ()
 
 
 def slow_module(seconds_per_call: float) -> Any:
