@@ -12,6 +12,13 @@ while they wait all fight over the cores: two instances ran several times slower
 takes INTRA_OP_THREAD_COUNT torch threads (config.pbtxt `parameters`, rendered by the operator from the pod's
 CPU limit), or, without it, the share the same rule gives of the cores this process may use (its CPU affinity
 and the cgroup's cpu.max quota).
+
+Memory: each instance exports its stub process's anonymous memory (RssAnon + RssShmem of /proc/self/status:
+the interpreter, torch's heap, the weights, activations -- what the process gives back when it exits; the
+shared libraries' file pages are page cache, mapped once per server) as the gauge
+modelops_model_memory_bytes{model, version, instance} on Triton's metrics endpoint, set after the model loads
+and refreshed at most once a second while it serves. The pool client (modelops.triton.pool) sizes a resident
+model by it: Triton itself has no per-model CPU memory figure.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -31,6 +39,21 @@ except ImportError:  # imported outside Triton, for its thread rule (tests)
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
 MODEL_FILE = "model.pt"
+MEMORY_METRIC = "modelops_model_memory_bytes"
+MEMORY_REFRESH_S = 1.0
+
+
+def process_memory(status_path: str = "/proc/self/status") -> int:
+    """This process's anonymous and shared-memory resident bytes (RssAnon + RssShmem); 0 if unreadable."""
+    total = 0
+    try:
+        with open(status_path) as handle:
+            for line in handle:
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def threads_per_instance(cores: float, instances: int) -> int:
@@ -128,6 +151,25 @@ class TritonPythonModel:
             logger.log_info(f"{args.get('model_instance_name')}: serving {path}, "
                             f"torch threads intra-op {intra}, inter-op {inter}")
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+        self.memory = self.memory_family = None
+        metric_family: Any = getattr(pb_utils, "MetricFamily", None)
+        try:
+            self.memory_family = metric_family(name=MEMORY_METRIC, kind=metric_family.GAUGE,
+                                               description="anonymous resident memory of a model instance's process")
+            self.memory = self.memory_family.Metric(labels={"model": str(args.get("model_name", "")),
+                                                            "version": str(args.get("model_version", "")),
+                                                            "instance": str(args.get("model_instance_name", ""))})
+        except Exception as exc:  # noqa: BLE001 -- Triton's metrics off: serve anyway, the pool sees "not measured"
+            if logger is not None:
+                logger.log_warn(f"{args.get('model_instance_name')}: no {MEMORY_METRIC}: {exc}")
+        self.memory_at = -MEMORY_REFRESH_S
+        self._report_memory()
+
+    def _report_memory(self) -> None:
+        now = time.monotonic()
+        if self.memory is not None and now - self.memory_at >= MEMORY_REFRESH_S:
+            self.memory_at = now
+            self.memory.set(process_memory())
 
     def execute(self, requests: list[Any]) -> list[Any]:
         torch = self.torch
@@ -150,6 +192,7 @@ class TritonPythonModel:
             # way, but counts only a raised error in nv_inference_request_failure (error responses count as
             # successes), which the rollout analysis reads to roll back a failing version.
             raise RuntimeError(f"inference failed: {exc}") from None
+        self._report_memory()
         if len(arrays) == 1:
             return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, logits)])]
         responses = []
@@ -162,4 +205,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.model = None
+        self.model = self.memory = self.memory_family = None
