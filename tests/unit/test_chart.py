@@ -35,6 +35,8 @@ NAMESPACED_RULES: Rules = {
     ("modelops.dev", "modelservices"): verbs("get", "list", "watch", "patch", "update"),
     ("modelops.dev", "trainingjobs/status"): verbs("get", "patch", "update"),
     ("modelops.dev", "modelservices/status"): verbs("get", "patch", "update"),
+    ("modelops.dev", "modelpools"): verbs("get", "list", "watch", "patch", "update"),
+    ("modelops.dev", "modelpools/status"): verbs("get", "patch", "update"),
     ("", "pods"): CRUD,
     ("", "pods/status"): verbs("patch"),
     ("", "services"): CRUD,

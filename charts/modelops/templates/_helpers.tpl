@@ -70,14 +70,14 @@ resource added or removed here fails until that table is updated too.
 {{- define "modelops.rules.namespaced" -}}
 # The custom resources; update for kopf's annotation-based progress storage.
 - apiGroups: [modelops.dev]
-  resources: [trainingjobs, modelservices]
+  resources: [trainingjobs, modelservices, modelpools]
   verbs: [get, list, watch, patch, update]
 # ttlSecondsAfterFinished removes finished TrainingJobs.
 - apiGroups: [modelops.dev]
   resources: [trainingjobs]
   verbs: [delete]
 - apiGroups: [modelops.dev]
-  resources: [trainingjobs/status, modelservices/status]
+  resources: [trainingjobs/status, modelservices/status, modelpools/status]
   verbs: [get, patch, update]
 # Training workers, their rendezvous Services, Triton's Services and config.pbtxt ConfigMaps.
 - apiGroups: [""]
