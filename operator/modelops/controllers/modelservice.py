@@ -36,6 +36,12 @@ def _follows(obj: Obj) -> Iterable[str]:
     return [f"{obj['metadata'].get('namespace', '')}/{followed}"] if isinstance(followed, str) else []
 
 
+def pooled_by(obj: Obj) -> Iterable[str]:
+    """"<namespace>/<pool>" of a pooled ModelService (its pool's controller reads its demand by this index)."""
+    pool = (obj.get("spec") or {}).get("pool")
+    return [f"{obj['metadata'].get('namespace', '')}/{pool}"] if isinstance(pool, str) else []
+
+
 class ModelServiceController:
     kind = KIND
     child_kinds = [
@@ -46,7 +52,7 @@ class ModelServiceController:
         ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid}),
         ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid}, optional=True),
     ]
-    resource_indexes: dict[str, IndexFn] = {"follows": _follows}
+    resource_indexes: dict[str, IndexFn] = {"follows": _follows, "pool": pooled_by}
 
     def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None:
         key = (KIND, namespace, name)
