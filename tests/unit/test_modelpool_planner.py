@@ -241,6 +241,8 @@ def test_an_outdated_server_is_replaced_and_an_empty_one_beyond_the_minimum_remo
     assert [d.name for d in plan.delete] == ["shared-s0"] and created(plan) == ["shared-s1"]
     idle = plan_pool(observe(server(0, resident("a")), server(1), demands=[demand("a")], minServers=1))
     assert [d.name for d in idle.delete] == ["shared-s1"]
+    unready = plan_pool(observe(server(0), server(1), server(2, ready=False), demands=[], minServers=1, maxServers=3))
+    assert sorted(d.name for d in unready.delete) == ["shared-s1", "shared-s2"]  # the one not serving yet first
     floor = plan_pool(observe(server(0, resident("a")), server(1), demands=[demand("a")], minServers=2))
     assert floor.delete == [] and floor.status["phase"] == "Ready" and floor.requeue_after == 10.0
 

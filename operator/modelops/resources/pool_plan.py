@@ -295,8 +295,9 @@ def plan_pool(obs: PoolObservation) -> Plan:
                     f"minimum"))
         needs_server = []
     if not needs_server and not waiting and len(active) > floor:
-        idle = [s for s in ready_active if not placement.holds[s.name] and s.name not in placement.busy]
-        deletes += [s.name for s in sorted(idle, key=lambda s: -s.index)[:len(active) - floor]]
+        # beyond the floor, servers holding nothing go: those not serving yet first, then the newest
+        idle = [s for s in active if not placement.holds[s.name] and s.name not in placement.busy]
+        deletes += [s.name for s in sorted(idle, key=lambda s: (s.ready, -s.index))[:len(active) - floor]]
 
     taken = {s.index for s in obs.servers}
     keep = [s for s in active if s.name not in deletes]

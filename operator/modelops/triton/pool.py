@@ -1,8 +1,9 @@
 """PLACEHOLDER for issue 24's Triton half (helper 24b owns this module; the lead keeps 24b's at merge).
 
 Exactly the names the pool's Kubernetes half imports, with the contract's signatures. `server_args` and
-`load_config` return the minimum the contract describes so the pure builders and planner run; the client's
-calls raise NotImplementedError (unit tests inject an in-memory fake server instead)."""
+`load_config` return the minimum the contract describes so the pure builders and planner run; the client
+reports every server unreachable and its load/unload raise NotImplementedError (unit tests inject an
+in-memory server instead)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ class TritonPoolClient:
         self.base_url, self.timeout = base_url, timeout
 
     def report(self) -> ServerReport:
-        raise NotImplementedError("issue 24b: TritonPoolClient.report")
+        """Placeholder: this module cannot talk to Triton, so every server reads as unreachable (the contract's
+        answer for a server that does not answer): the planner then places nothing on it."""
+        return ServerReport(reachable=False, models=(), memory_bytes=None)
 
     def load(self, model: ModelToLoad) -> int | None:
         raise NotImplementedError("issue 24b: TritonPoolClient.load")
