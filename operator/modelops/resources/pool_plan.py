@@ -513,6 +513,10 @@ def _bins(items: list[tuple[int, _Wanted, bool]], limit: int) -> int:
     return len(bins)
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def _size(value: int) -> str:
     for unit, scale in (("Gi", 1 << 30), ("Mi", MiB), ("Ki", 1 << 10)):
         if value >= scale:
@@ -562,7 +566,8 @@ def _status(obs: PoolObservation, limit: int, live: list[Server], placement: _Pl
                  Cond("Stalled", False, "Placing", "")]
     else:
         phase = "Ready"
-        detail = f"{len(ready_servers)} servers, {copies} copies of {len(resident)} model versions placed"
+        detail = (f"{_count(len(ready_servers), 'server')}, {_count(copies, 'copy', 'copies')} of "
+                  f"{_count(len(resident), 'model version')} placed")
         conds = [Cond("Ready", True, "Placed", detail), Cond("Reconciling", False, "Placed", ""),
                  Cond("Stalled", False, "Placed", "")]
     status = {
