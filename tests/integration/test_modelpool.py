@@ -92,3 +92,20 @@ def test_server_pods_status_columns_and_the_scale_subresource(kube, operator) ->
 
     kube.kubectl("scale", "mp", "shared", "--replicas=1")  # the floor goes down: the empty servers above it go
     eventually(lambda: sorted(servers()) == ["shared-s0"], timeout=60, what="scaled down to 1 server")
+
+
+def test_a_pooled_model_service_gets_a_selector_less_service_and_its_endpoint_slice(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    assert apply(kube, pool(minServers=1)).returncode == 0
+    assert apply(kube, pooled_service(resources={"memory": "300Mi"})).returncode == 0
+    service = eventually(lambda: get_json(kube, "services", "-l", "modelops.dev/model-service=probe")["items"],
+                         what="the Service")[0]
+    assert "selector" not in service["spec"] and [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002]
+    [endpoints] = eventually(lambda: get_json(kube, "endpointslices", "-l", "kubernetes.io/service-name=probe")
+                             ["items"], what="the EndpointSlice")
+    assert endpoints["metadata"]["ownerReferences"][0]["kind"] == "ModelService"
+    assert not endpoints.get("endpoints")  # kwok runs no Triton: no server holds a ready copy
+    status = eventually(lambda: (s := get_json(kube, "ms", "probe").get("status", {})).get("pool") and s,
+                        what="pooled status")
+    assert status["pool"]["name"] == "shared" and status["phase"] == "Pending"
+    assert condition(get_json(kube, "ms", "probe"), "Ready")["reason"] == "Placing"
+    assert get_json(kube, "deployments", "-l", "modelops.dev/model-service=probe")["items"] == []

@@ -467,3 +467,48 @@ def test_a_server_whose_unloads_leak_is_drained_and_replaced(pool_world) -> None
     assert ("load", "http://10.0.0.1:8000", "a:4") in triton.calls  # ...after its model was placed elsewhere
     assert "Draining" in [e.reason for _, e in world.kube.events]
     assert world.status("ModelPool", "shared")["phase"] == "Ready"
+
+
+def settle(world: World, *names: str, rounds: int = 6) -> None:
+    for _ in range(rounds):
+        world.reconcile("ModelPool", "shared")
+        run_servers(world)
+        for name in names:
+            world.reconcile("ModelService", name)
+
+
+def test_a_pooled_model_service_routes_to_the_servers_where_its_version_is_ready(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_pool())
+    world.add(pooled("alpha", "a", 500))
+    writes = world.reconcile("ModelService", "alpha")
+    assert ("create", "Service", "alpha") in writes and ("create", "EndpointSlice", "alpha") in writes
+    assert not any(kind in ("Deployment", "ConfigMap") for _, kind, _ in writes)  # no pods of its own
+    service = world.kube.objects[("Service", "ml", "alpha")]
+    assert "selector" not in service["spec"]
+    assert world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"] == []
+    assert world.status("ModelService", "alpha")["phase"] == "Pending"
+
+    settle(world, "alpha")
+    endpoints = world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]
+    assert [(e["addresses"], e["targetRef"]["name"]) for e in endpoints] == [(["10.0.0.0"], "shared-s0")]
+    status = world.status("ModelService", "alpha")
+    assert status["phase"] == "Ready" and status["pool"] == {"name": "shared", "copies": 1, "servers": ["shared-s0"]}
+    assert world.kube.objects[("EndpointSlice", "ml", "alpha")]["metadata"]["labels"]["kubernetes.io/service-name"] \
+        == "alpha"
+
+    # version 4: placed beside version 3 (never on its server), then the Service switches to it whole
+    alpha = world.kube.objects[("ModelService", "ml", "alpha")]
+    world.add({**alpha, "spec": {**alpha["spec"], "model": {**alpha["spec"]["model"], "version": 4}},
+               "metadata": {**alpha["metadata"], "generation": 2}})
+    world.reconcile("ModelService", "alpha")
+    assert world.status("ModelService", "alpha")["canary"]["version"] == 4
+    assert [e["addresses"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
+        [["10.0.0.0"]]  # version 3 keeps serving meanwhile
+    settle(world, "alpha", rounds=8)
+    status = world.status("ModelService", "alpha")
+    assert status["modelVersion"] == 4 and "canary" not in status
+    assert [e["targetRef"]["name"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
+        ["shared-s1"]
+    assert ("unload", "http://10.0.0.0:8000", "a") in triton.calls  # version 3 left the pool
+    assert "Switched" in [e.reason for _, e in world.kube.events]

@@ -100,6 +100,10 @@ resource added or removed here fails until that table is updated too.
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
+# A pooled ModelService: the EndpointSlice of its selector-less Service (the pool servers where its model is ready).
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch, create, patch, delete]
 # TrainingJob with Kueue (label kueue.x-k8s.io/queue-name): its Workload, when Kueue is installed; the
 # status write hands an evicted workload's quota back and marks it finished with its job.
 - apiGroups: [kueue.x-k8s.io]

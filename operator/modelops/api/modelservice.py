@@ -337,6 +337,19 @@ class AutoscalingStatus(ApiModel):
     reason: str = ""
 
 
+class PooledStatus(ApiModel):
+    """Where a pooled ModelService's copies serve."""
+
+    name: str
+    """The ModelPool."""
+    copies: int = 0
+    """Ready copies of the version the Service routes to."""
+    servers: list[str] = []
+    """The pool servers the Service's EndpointSlice lists."""
+    canary_servers: list[str] | None = None
+    """Where the new version is ready, while it is placed."""
+
+
 class ModelServiceStatus(ApiModel):
     observed_generation: int | None = None
     phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
@@ -359,3 +372,5 @@ class ModelServiceStatus(ApiModel):
     """The evaluation gate's last verdict (kept after a rejected revision is gone)."""
     autoscaling: AutoscalingStatus | None = None
     url: str | None = None
+    pool: PooledStatus | None = None
+    """A pooled ModelService's copies (spec.pool)."""
