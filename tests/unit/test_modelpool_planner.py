@@ -56,9 +56,11 @@ def test_the_template_hash_follows_what_shapes_the_pods_only() -> None:
 
 # ---- the placement planner --------------------------------------------------------------------------------
 
+from dataclasses import replace  # noqa: E402
 from datetime import datetime, timedelta, timezone  # noqa: E402
 
 from modelops.api.modelservice import Autoscaling  # noqa: E402
+from modelops.autoscale.decision import ScaleMemory  # noqa: E402
 from modelops.resources.plan import ModelLoad, ModelUnload  # noqa: E402
 from modelops.resources.pool_plan import (CopyMemory, Demand, Ledger, PoolMemory, PoolObservation, Server,  # noqa: E402
                                           ledger_after, plan_pool)
@@ -162,10 +164,16 @@ def test_two_versions_of_one_model_never_share_a_server() -> None:
 
 
 def test_a_version_no_longer_served_is_unloaded_before_anything_else_on_its_server() -> None:
-    plan = plan_pool(observe(server(0, resident("a", 1), resident("gone")), server(1, resident("a", 2)),
-                             demands=[demand("a", versions=(2,), copies=2), demand("b")]))
-    assert unloads(plan) == [("shared-s0", "a", False)]
-    assert loads(plan) == [("shared-s1", "b", 1)]  # s0 is busy: gone waits for the next pass
+    servers = (server(0, resident("a", 1), resident("gone")), server(1, resident("a", 2)))
+    demands = [demand("a", versions=(2,), copies=2), demand("b")]
+    plan = plan_pool(observe(*servers, demands=demands))
+    # no ModelService serves "gone": it goes at once; a:1 may still be in kube-proxy's rules: it leaves first
+    assert unloads(plan) == [("shared-s0", "gone", False)]
+    assert [m["leaving"] for m in plan.status["servers"][0]["models"] if m["name"] == "a"] == [True]
+    assert loads(plan) == [("shared-s1", "b", 1)]  # s0 is busy
+    later = plan_pool(observe(server(0, resident("a", 1)), server(1, resident("a", 2), resident("b")),
+                              demands=demands, memory=plan.memory, now=NOW + timedelta(seconds=6)))
+    assert unloads(later) == [("shared-s0", "a", False)]
 
 
 def test_a_copy_that_failed_to_load_is_unloaded_and_not_retried_on_that_server() -> None:
@@ -183,12 +191,17 @@ def test_lru_copy_beyond_its_minimum_is_evicted_for_a_model_below_its_minimum() 
     scaling = Autoscaling(min_replicas=1, max_replicas=2, target=1000)
     demands = [demand("hot", mib=400, copies=1, max_copies=2, autoscaling=scaling),
                demand("old", mib=400, copies=1, max_copies=2, autoscaling=scaling), demand("new", mib=400)]
-    two_each = PoolMemory({"hot:1": CopyMemory(desired=2), "old:1": CopyMemory(desired=2)})
+    # both asked for 2 copies within the scale-down window: they keep 2 while idle for a while
+    recent = CopyMemory(desired=2, scale=ScaleMemory(recommendations=((NOW, 2),)))
+    two_each = PoolMemory({"hot:1": recent, "old:1": recent})
     plan = plan_pool(observe(s0, s1, demands=demands, maxServers=2, memory=two_each))
-    # old's copy on s0 is the least recently used of all copies beyond their minimum
-    assert unloads(plan) == [("shared-s0", "old", True)] and loads(plan) == []
+    # old's copy on s0 is the least recently used of all copies beyond their minimum: it leaves, then goes
+    assert plan.model_actions == [] and plan.status["servers"][0]["models"][1]["leaving"] is True
+    evict = plan_pool(observe(s0, s1, demands=demands, maxServers=2, memory=plan.memory,
+                              now=NOW + timedelta(seconds=6)))
+    assert unloads(evict) == [("shared-s0", "old", True)] and loads(evict) == []
     after = plan_pool(observe(server(0, resident("hot", mib=400, last=9_000)), s1, demands=demands, maxServers=2,
-                              memory=plan.memory))
+                              memory=evict.memory, now=NOW + timedelta(seconds=7)))
     assert loads(after) == [("shared-s0", "new", 1)]
 
 
@@ -202,6 +215,24 @@ def test_copies_at_their_minimum_are_never_evicted_to_place_something_new() -> N
 def test_surplus_copies_go_least_recently_used_first() -> None:
     s0, s1 = server(0, resident("a", last=5)), server(1, resident("a", last=9))
     plan = plan_pool(observe(s0, s1, demands=[demand("a", copies=1)]))
+    assert unloads(plan) == [] and plan.requeue_after == 1.0
+    later = plan_pool(observe(s0, s1, demands=[demand("a", copies=1)], memory=plan.memory,
+                              now=NOW + timedelta(seconds=6)))
+    assert unloads(later) == [("shared-s0", "a", False)]
+
+
+def test_a_copy_in_its_services_endpoints_is_never_unloaded_until_it_left_them() -> None:
+    """The pool marks it leaving (the ModelService drops it from its EndpointSlice), then waits the grace."""
+    s0, s1 = server(0, resident("a", last=5)), server(1, resident("a", last=9))
+    routed = replace(demand("a", copies=1), routed=("shared-s0", "shared-s1"), routed_version=1)
+    plan = plan_pool(observe(s0, s1, demands=[routed]))
+    for seconds in (6, 60):  # however long: still listed, never unloaded
+        plan = plan_pool(observe(s0, s1, demands=[routed], memory=plan.memory, now=NOW + timedelta(seconds=seconds)))
+        assert unloads(plan) == [] and plan.status["servers"][0]["models"][0]["leaving"] is True
+    left = replace(routed, routed=("shared-s1",))
+    plan = plan_pool(observe(s0, s1, demands=[left], memory=plan.memory, now=NOW + timedelta(seconds=61)))
+    assert unloads(plan) == []  # out of the slice just now: kube-proxy may not know yet
+    plan = plan_pool(observe(s0, s1, demands=[left], memory=plan.memory, now=NOW + timedelta(seconds=67)))
     assert unloads(plan) == [("shared-s0", "a", False)]
 
 

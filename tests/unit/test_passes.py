@@ -337,6 +337,7 @@ def test_a_job_past_its_ttl_deletes_itself_and_is_forgotten(world: World) -> Non
 # ---- ModelPool -----------------------------------------------------------------------------------------------
 
 from modelops.resources.modelpool import ANNOTATION_LEDGER  # noqa: E402
+from modelops.resources import pool_plan  # noqa: E402
 from modelops.resources.pool_plan import Ledger  # noqa: E402
 from modelops.triton.pool import ModelToLoad, ResidentModel, ServerReport  # noqa: E402
 
@@ -399,7 +400,10 @@ def run_servers(world: World) -> None:
 
 
 @pytest.fixture
-def pool_world() -> tuple[World, FakeTriton]:
+def pool_world(monkeypatch: pytest.MonkeyPatch) -> tuple[World, FakeTriton]:
+    # passes here follow each other in microseconds: no wait for kube-proxy after a copy left its endpoints
+    # (the wait itself is tested in test_modelpool_planner.py)
+    monkeypatch.setattr(pool_plan, "UNROUTE_GRACE_SECONDS", 0.0)
     triton = FakeTriton({"a": 600 * MiB, "b": 300 * MiB, "c": 600 * MiB})
     return World(TrainingJobController(), ModelServiceController(), ModelPoolController(), pool_client=triton), triton
 

@@ -64,6 +64,8 @@ class ResidentModelStatus(ApiModel):
     measured: bool = False
     last_inference: str | None = None
     """Triton's last inference time of this copy (RFC 3339), absent if never."""
+    leaving: bool = False
+    """To be unloaded: out of its Service's endpoints first, then unloaded."""
 
 
 class ServerStatus(ApiModel):

@@ -20,6 +20,7 @@ from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.quantities import quantity
 from modelops.resources import modelpool as build
+from modelops.resources.modelservice import ServiceMeta, service_name
 from modelops.resources.pool_plan import Demand, Ledger, PoolMemory, PoolObservation, Server, plan_pool
 
 KIND = "ModelPool"
@@ -103,10 +104,15 @@ def demand_of(ctx: Context, ms: Obj) -> Demand | None:
     if not versions:
         target, _ = resolve_target(ctx, ms["metadata"]["namespace"], spec)
         versions = [target.version] if target else []
+    slices = ctx.caches.stores.get("EndpointSlice")
+    endpoints = slices.get(ms["metadata"]["namespace"], service_name(ServiceMeta.of(ms))) if slices else None
+    routed = tuple(str((e.get("targetRef") or {}).get("name")) for e in (endpoints or {}).get("endpoints") or [])
+    stable = status.get("stable")
     scaling = spec.autoscaling
     low, high = (scaling.min_replicas, scaling.max_replicas) if scaling else (spec.replicas, spec.replicas)
     declared = quantity(spec.resources.memory) if spec.resources.memory else None
     return Demand(service=ms["metadata"]["name"], created=str(ms["metadata"].get("creationTimestamp", "")),
                   model=spec.model.name, versions=tuple(dict.fromkeys(versions)), min_copies=low, max_copies=high,
                   declared_bytes=int(declared) if declared else None, autoscaling=scaling,
-                  triton=spec.triton.wire(), involved=ms)
+                  triton=spec.triton.wire(), involved=ms, routed=routed,
+                  routed_version=stable.get("version") if isinstance(stable, dict) else None)

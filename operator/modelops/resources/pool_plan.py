@@ -56,6 +56,10 @@ DEFAULT_ESTIMATE = 256 * MiB
 LEAK_FRACTION = 0.1
 LEAK_MIN_BYTES = 16 * MiB
 """Only unloads of copies measured at least this large are judged (smaller deltas are the gauge's noise)."""
+UNROUTE_GRACE_SECONDS = 5.0
+"""A ready copy a Service may route to is unloaded only after its ModelService's EndpointSlice stopped listing
+its server (the copy is marked leaving in the status until then) and this long after (kube-proxy's rules
+follow the slice with a delay): moving, evicting or dropping a copy never fails a request sent to it."""
 BUSY_SECONDS = 1.0
 STEADY_SECONDS = 10.0
 """Triton's state is not watched: a pool with work left looks again soon, a settled one every 10 s (reports,
@@ -156,6 +160,10 @@ class Demand:
     """The ModelService's spec.triton (wire form): what load_config makes the model's config from."""
     involved: dict[str, Any] = field(default_factory=dict)
     """The ModelService object (for Events on it)."""
+    routed: tuple[str, ...] = ()
+    """The servers its EndpointSlice lists now..."""
+    routed_version: int | None = None
+    """...for this version (the one its Service serves)."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +185,8 @@ class PoolMemory:
     """Per model version: the last counters and the scaling windows (held by the engine between passes)."""
 
     copies: dict[str, CopyMemory] = field(default_factory=dict)
+    unrouted_since: dict[str, datetime] = field(default_factory=dict)
+    """"<server>|<name:version>": since when a copy to unload has been out of every Service's endpoints."""
 
 
 @dataclass(frozen=True)
@@ -199,8 +209,17 @@ class _Placement:
 
     limit: int
     holds: dict[str, dict[str, int]]  # server -> {name:version -> bytes}
+    now: datetime
+    routed: dict[str, set[str]] = field(default_factory=dict)
+    """name:version -> servers a Service lists for it."""
+    guarded: set[str] = field(default_factory=set)
+    """Model names a ModelService serves (their ready copies may be in a Service's endpoints)."""
+    unrouted_since: dict[str, datetime] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)
     actions: list[ModelAction] = field(default_factory=list)
+    leaving: set[tuple[str, str]] = field(default_factory=set)
+    """(server, name:version) copies to unload that wait for their Service to stop routing to them."""
+    still_unrouted: dict[str, datetime] = field(default_factory=dict)
 
     def used(self, server: str) -> int:
         return sum(self.holds[server].values())
@@ -261,7 +280,11 @@ def plan_pool(obs: PoolObservation) -> Plan:
             copies_memory[key] = remembered
             wanted[key] = _Wanted(demand, version, size, key in measured, target)
 
-    placement = _Placement(limit, {s.name: {} for s in live})
+    placement = _Placement(limit, {s.name: {} for s in live}, obs.now,
+                           guarded={d.model for d in owners}, unrouted_since=obs.memory.unrouted_since)
+    for demand in owners:
+        if demand.routed_version is not None:
+            placement.routed[key_of(demand.model, demand.routed_version)] = set(demand.routed)
     for server in live:
         for model in server.resident():
             key = key_of(model.name, model.version)
@@ -311,11 +334,12 @@ def plan_pool(obs: PoolObservation) -> Plan:
     plan.create_only = frozenset({"Pod"})
     plan.delete = [Delete("v1", "Pod", name) for name in dict.fromkeys(deletes)]
     plan.model_actions = placement.actions
-    plan.memory = PoolMemory(copies_memory)
+    plan.memory = PoolMemory(copies_memory, placement.still_unrouted)
 
     plan.status, plan.events, plan.notices = _status(obs, limit, live, placement, wanted, unplaced, retiring,
                                                      new_servers, waiting or bool(needs_server))
-    settled = not placement.actions and not plan.delete and not new_servers and not waiting and not pending
+    settled = not placement.actions and not plan.delete and not new_servers and not waiting and not pending \
+        and not placement.leaving
     plan.requeue_after = STEADY_SECONDS if settled else BUSY_SECONDS
     return plan
 
@@ -391,11 +415,23 @@ def _last_inference(servers: list[Server]) -> dict[tuple[str, str], int]:
     return {(s.name, key_of(m.name, m.version)): m.last_inference_ms for s in servers for m in s.resident()}
 
 
-def _unload(placement: _Placement, server: str, key: str, *, eviction: bool, measured: dict[str, int]) -> None:
+def _unload(placement: _Placement, server: str, key: str, *, eviction: bool, measured: dict[str, int],
+            ready: bool = True) -> bool:
+    """Unload now (True), or mark the copy leaving while a Service may still route to it (False)."""
     name, _, version = key.rpartition(":")
+    if ready and name in placement.guarded:
+        if server in placement.routed.get(key, set()):
+            placement.leaving.add((server, key))
+            return False
+        since = placement.unrouted_since.get(f"{server}|{key}", placement.now)
+        if (placement.now - since).total_seconds() < UNROUTE_GRACE_SECONDS:
+            placement.still_unrouted[f"{server}|{key}"] = since
+            placement.leaving.add((server, key))
+            return False
     placement.actions.append(ModelUnload(server, name, int(version), measured.get(key), eviction))
     placement.holds[server].pop(key, None)
     placement.busy.add(server)
+    return True
 
 
 def _unload_unwanted(live: list[Server], wanted: dict[str, _Wanted], placement: _Placement) -> None:
@@ -406,7 +442,7 @@ def _unload_unwanted(live: list[Server], wanted: dict[str, _Wanted], placement: 
             if server.name in placement.busy:
                 break
             if key not in wanted or not model.ready:
-                _unload(placement, server.name, key, eviction=False, measured=server.ledger.sizes)
+                _unload(placement, server.name, key, eviction=False, measured=server.ledger.sizes, ready=model.ready)
 
 
 def _unload_surplus(active: list[Server], wanted: dict[str, _Wanted], have: dict[str, list[str]],
@@ -417,8 +453,8 @@ def _unload_surplus(active: list[Server], wanted: dict[str, _Wanted], have: dict
         holders = [s for s in have.get(key, []) if s not in placement.busy and key in placement.holds[s]]
         surplus = len(have.get(key, [])) - item.target
         for server in sorted(holders, key=lambda s: last.get((s, key), 0))[:max(surplus, 0)]:
-            _unload(placement, server, key, eviction=False, measured=ledgers[server])
-            have[key].remove(server)
+            if _unload(placement, server, key, eviction=False, measured=ledgers[server]):
+                have[key].remove(server)
 
 
 def _place_missing(ready: list[Server], wanted: dict[str, _Wanted], have: dict[str, list[str]],
@@ -489,8 +525,8 @@ def _evict_for(item: _Wanted, fits: list[Server], wanted: dict[str, _Wanted], ha
     if best is None:
         return None
     server, victim = best[2], best[3][0]
-    _unload(placement, server.name, victim, eviction=True, measured=server.ledger.sizes)
-    have[victim].remove(server.name)
+    if _unload(placement, server.name, victim, eviction=True, measured=server.ledger.sizes):
+        have[victim].remove(server.name)
     return server.name
 
 
@@ -538,6 +574,8 @@ def _status(obs: PoolObservation, limit: int, live: list[Server], placement: _Pl
             size = model.bytes or server.ledger.sizes.get(key)
             entry: dict[str, Any] = {"name": model.name, "version": model.version, "ready": model.ready,
                                      "measured": size is not None}
+            if (server.name, key) in placement.leaving:
+                entry["leaving"] = True
             entry["bytes"] = size or (wanted[key].size if key in wanted else None)
             if entry["bytes"] is None:
                 entry.pop("bytes")

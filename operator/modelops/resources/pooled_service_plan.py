@@ -51,10 +51,12 @@ def min_copies(spec: ModelServiceSpec) -> int:
 
 
 def where_ready(pool: dict[str, Any] | None, model: str, version: int) -> list[str]:
-    """The pool servers whose report says this version is loaded and ready (pool status)."""
+    """The pool servers whose report says this version is loaded and ready (pool status), less the copies the
+    pool is about to unload (leaving: they go out of the endpoints first)."""
     servers = ((pool or {}).get("status") or {}).get("servers") or []
     return sorted(s["name"] for s in servers if not s.get("draining") and any(
-        m.get("name") == model and m.get("version") == version and m.get("ready") for m in s.get("models") or []))
+        m.get("name") == model and m.get("version") == version and m.get("ready") and not m.get("leaving")
+        for m in s.get("models") or []))
 
 
 def service(meta: build.ServiceMeta) -> dict[str, Any]:
