@@ -243,8 +243,13 @@ def test_a_server_whose_unloads_leak_is_drained_then_replaced() -> None:
     assert plan.delete == [] and "shared-s0" not in created(plan)
     assert plan.status["servers"][0]["draining"] is True
     assert [e.reason for e in plan.events] == ["Draining"]
-    moved = plan_pool(observe(leaky, server(1, resident("a", mib=400)), demands=[demand("a", mib=400)], maxServers=2))
-    assert [d.name for d in moved.delete] == ["shared-s0"]
+    placed = server(1, resident("a", mib=400))
+    moved = plan_pool(observe(leaky, placed, demands=[demand("a", mib=400)], maxServers=2))
+    # a is ready elsewhere: its copy on s0 leaves the Service first, and s0 goes once no Service routes to it
+    assert moved.delete == [] and moved.status["servers"][0]["models"][0]["leaving"] is True
+    gone = plan_pool(observe(leaky, placed, demands=[demand("a", mib=400)], maxServers=2, memory=moved.memory,
+                             now=NOW + timedelta(seconds=6)))
+    assert [d.name for d in gone.delete] == ["shared-s0"] and gone.model_actions == []
 
 
 def test_leaks_are_judged_from_what_an_unload_gave_back() -> None:

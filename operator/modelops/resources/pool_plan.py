@@ -300,8 +300,12 @@ def plan_pool(obs: PoolObservation) -> Plan:
     ready_elsewhere = _copies(ready_active, placement, ready_only=True)
     deletes: list[str] = [s.name for s in obs.servers if s.failed and not s.deleting]
     for server in retiring:
+        # its copies leave their Services once their models have their minimum ready elsewhere; it goes when
+        # no Service can route to it any more
         held = [k for k in placement.holds[server.name] if k in wanted]
-        if server.name not in placement.busy and all(len(ready_elsewhere.get(k, [])) >= max(1, wanted[k].demand.min_copies) for k in held):
+        if server.name not in placement.busy and all(
+                len(ready_elsewhere.get(k, [])) >= max(1, wanted[k].demand.min_copies) for k in held) and \
+                all([_unrouted(placement, server.name, k) for k in held]):
             deletes.append(server.name)
     pending = [s for s in active if not s.ready]
     new_servers = max(0, _bins(needs_server, limit) - len(pending)) if needs_server else 0
@@ -419,19 +423,26 @@ def _unload(placement: _Placement, server: str, key: str, *, eviction: bool, mea
             ready: bool = True) -> bool:
     """Unload now (True), or mark the copy leaving while a Service may still route to it (False)."""
     name, _, version = key.rpartition(":")
-    if ready and name in placement.guarded:
-        if server in placement.routed.get(key, set()):
-            placement.leaving.add((server, key))
-            return False
-        since = placement.unrouted_since.get(f"{server}|{key}", placement.now)
-        if (placement.now - since).total_seconds() < UNROUTE_GRACE_SECONDS:
-            placement.still_unrouted[f"{server}|{key}"] = since
-            placement.leaving.add((server, key))
-            return False
+    if ready and not _unrouted(placement, server, key):
+        return False
     placement.actions.append(ModelUnload(server, name, int(version), measured.get(key), eviction))
     placement.holds[server].pop(key, None)
     placement.busy.add(server)
     return True
+
+
+def _unrouted(placement: _Placement, server: str, key: str) -> bool:
+    """Whether no Service can send a request to this copy any more: out of its ModelService's EndpointSlice for
+    UNROUTE_GRACE_SECONDS. Until then the copy is marked leaving (its ModelService drops it from the slice)."""
+    if key.rpartition(":")[0] not in placement.guarded:
+        return True
+    if server not in placement.routed.get(key, set()):
+        since = placement.unrouted_since.get(f"{server}|{key}", placement.now)
+        if (placement.now - since).total_seconds() >= UNROUTE_GRACE_SECONDS:
+            return True
+        placement.still_unrouted[f"{server}|{key}"] = since
+    placement.leaving.add((server, key))
+    return False
 
 
 def _unload_unwanted(live: list[Server], wanted: dict[str, _Wanted], placement: _Placement) -> None:

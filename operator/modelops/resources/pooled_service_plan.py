@@ -54,7 +54,7 @@ def where_ready(pool: dict[str, Any] | None, model: str, version: int) -> list[s
     """The pool servers whose report says this version is loaded and ready (pool status), less the copies the
     pool is about to unload (leaving: they go out of the endpoints first)."""
     servers = ((pool or {}).get("status") or {}).get("servers") or []
-    return sorted(s["name"] for s in servers if not s.get("draining") and any(
+    return sorted(s["name"] for s in servers if any(
         m.get("name") == model and m.get("version") == version and m.get("ready") and not m.get("leaving")
         for m in s.get("models") or []))
 
