@@ -516,3 +516,22 @@ def test_a_pooled_model_service_routes_to_the_servers_where_its_version_is_ready
         ["shared-s1"]
     assert ("unload", "http://10.0.0.0:8000", "a") in triton.calls  # version 3 left the pool
     assert "Switched" in [e.reason for _, e in world.kube.events]
+
+
+def test_a_model_service_moving_into_a_pool_keeps_its_pods_until_a_copy_serves(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_service("alpha"))
+    converged(world, "ModelService", "alpha")
+    [revision] = [name for kind, _, name in world.kube.objects if kind == "Deployment"]
+    world.add(model_pool())
+    alpha = world.kube.objects[("ModelService", "ml", "alpha")]
+    spec = {**alpha["spec"], "pool": "shared", "replicas": 1, "resources": {"memory": "500Mi"},
+            "model": {**alpha["spec"]["model"], "name": "a"}}
+    world.add({**alpha, "spec": spec, "metadata": {**alpha["metadata"], "generation": 2}})
+    world.reconcile("ModelService", "alpha")
+    assert ("Deployment", "ml", revision) in world.kube.objects  # nothing in the pool serves it yet
+    settle(world, "alpha")
+    assert ("Deployment", "ml", revision) not in world.kube.objects and ("ConfigMap", "ml", revision) not in \
+        world.kube.objects
+    assert [e["targetRef"]["name"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
+        ["shared-s0"]

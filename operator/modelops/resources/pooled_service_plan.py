@@ -43,7 +43,7 @@ class PooledObservation:
     """The pool's server pods."""
     owned: list[tuple[str, str, str]]
     """(apiVersion, kind, name) of children left from serving on pods of its own (Deployments, ConfigMaps, an
-    HPA): a pooled ModelService has none."""
+    HPA): a pooled ModelService has none (they go once the pool serves a ready copy)."""
 
 
 def min_copies(spec: ModelServiceSpec) -> int:
@@ -85,7 +85,7 @@ def plan_pooled_service(obs: PooledObservation) -> Plan:
     wanted = obs.target.version if obs.target else None
     recorded: dict[str, Any] = previous["stable"] if isinstance(previous.get("stable"), dict) else {}
     stable = recorded.get("version") if isinstance(recorded.get("version"), int) else None
-    if stable is None or (obs.waiting and wanted is None):
+    if stable is None:  # (a followed TrainingJob gone: the recorded version keeps serving)
         stable = wanted
     floor = max(1, min_copies(spec))
     canary = wanted if wanted is not None and wanted != stable else None
@@ -135,6 +135,8 @@ def plan_pooled_service(obs: PooledObservation) -> Plan:
         events.append(Event("Normal", "Serving", why.message))
     if stable is not None and recorded.get("version") not in (None, stable):
         events.append(Event("Normal", "Switched", f"the Service now routes to {model}:{stable}"))
+    # Moving from pods of its own into a pool: they serve until the pool has a ready copy.
+    handed_over = bool(pods) or min_copies(spec) == 0
     return Plan(apply=[service(meta), endpoint_slice(meta, pods)],
-                delete=[Delete(api_version, kind, name) for api_version, kind, name in obs.owned],
+                delete=[Delete(api_version, kind, name) for api_version, kind, name in obs.owned] if handed_over else [],
                 status=status, events=events, requeue_after=RESYNC_SECONDS)
