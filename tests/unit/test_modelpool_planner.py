@@ -111,6 +111,9 @@ def test_a_new_pool_starts_its_minimum_of_servers_and_says_it_is_progressing() -
     assert created(plan) == ["shared-s0", "shared-s1"] and plan.create_only == frozenset({"Pod"})
     assert plan.status["phase"] == "Progressing" and plan.status["serversReady"] == "0/2"
     assert plan.requeue_after == 1.0
+    starting = plan_pool(observe(server(0, ready=False), server(1, ready=False), demands=[], minServers=2))
+    assert starting.apply and starting.status["phase"] == "Progressing"
+    assert starting.requeue_after == 10.0  # their pods' events wake the pool
 
 
 def test_copies_go_on_the_fullest_server_that_has_room_one_load_per_server() -> None:

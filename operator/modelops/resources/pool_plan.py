@@ -342,8 +342,9 @@ def plan_pool(obs: PoolObservation) -> Plan:
 
     plan.status, plan.events, plan.notices = _status(obs, limit, live, placement, wanted, unplaced, retiring,
                                                      new_servers, waiting or bool(needs_server))
-    settled = not placement.actions and not plan.delete and not new_servers and not waiting and not pending \
-        and not placement.leaving
+    # servers still starting wake the pool with their pod's events (and the steady poll covers a Triton that
+    # does not answer yet): only this pass's own work asks to look again soon
+    settled = not placement.actions and not plan.delete and not new_servers and not waiting and not placement.leaving
     plan.requeue_after = STEADY_SECONDS if settled else BUSY_SECONDS
     return plan
 
