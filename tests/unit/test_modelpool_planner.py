@@ -64,7 +64,7 @@ from modelops.autoscale.decision import ScaleMemory  # noqa: E402
 from modelops.resources.plan import ModelLoad, ModelUnload  # noqa: E402
 from modelops.resources.pool_plan import (CopyMemory, Demand, Ledger, PoolMemory, PoolObservation, Server,  # noqa: E402
                                           ledger_after, plan_pool)
-from modelops.triton.pool import ModelToLoad, ResidentModel, ServerReport  # noqa: E402
+from modelops.triton.pool import ModelToLoad, ResidentModel, ServerReport, load_config  # noqa: E402
 
 Mi = 1 << 20
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -122,6 +122,9 @@ def test_copies_go_on_the_fullest_server_that_has_room_one_load_per_server() -> 
                                       demand("d", mib=100)]))
     # c (150Mi) fits on s0 (800 used of 1024) best; d would too, but s0 is busy this pass: d goes to s1
     assert loads(plan) == [("shared-s0", "c", 1), ("shared-s1", "d", 1)]
+    first = plan.model_actions[0]
+    assert isinstance(first, ModelLoad) and first.model == ModelToLoad("c", 1, "python", load_config(
+        "c", 1, {"backend": "python"}, 2.0))  # the pool's CPU limit (2 cores) sizes the copy's config
     assert plan.status["phase"] == "Progressing" and plan.requeue_after == 1.0
 
 

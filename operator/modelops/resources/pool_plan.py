@@ -210,6 +210,8 @@ class _Placement:
     limit: int
     holds: dict[str, dict[str, int]]  # server -> {name:version -> bytes}
     now: datetime
+    cpu_limit: float | None = None
+    """A server's CPU limit in cores (load_config sizes a copy's instances and threads by it)."""
     routed: dict[str, set[str]] = field(default_factory=dict)
     """name:version -> servers a Service lists for it."""
     guarded: set[str] = field(default_factory=set)
@@ -280,7 +282,8 @@ def plan_pool(obs: PoolObservation) -> Plan:
             copies_memory[key] = remembered
             wanted[key] = _Wanted(demand, version, size, key in measured, target)
 
-    placement = _Placement(limit, {s.name: {} for s in live}, obs.now,
+    cores = quantity(spec.resources.cpu) if spec.resources.cpu else None
+    placement = _Placement(limit, {s.name: {} for s in live}, obs.now, float(cores) if cores else None,
                            guarded={d.model for d in owners}, unrouted_since=obs.memory.unrouted_since)
     for demand in owners:
         if demand.routed_version is not None:
@@ -500,7 +503,7 @@ def _place_missing(ready: list[Server], wanted: dict[str, _Wanted], have: dict[s
             idle = [s for s in free if s.name not in placement.busy]
             if idle:
                 best = min(idle, key=lambda s: (placement.limit - placement.used(s.name) - item.size, s.index))
-                placement.actions.append(ModelLoad(best.name, _to_load(item)))
+                placement.actions.append(ModelLoad(best.name, _to_load(item, placement.cpu_limit)))
                 placement.holds[best.name][item.key] = item.size
                 placement.busy.add(best.name)
                 have.setdefault(item.key, []).append(best.name)
@@ -542,10 +545,10 @@ def _evict_for(item: _Wanted, fits: list[Server], wanted: dict[str, _Wanted], ha
     return server.name
 
 
-def _to_load(item: _Wanted) -> ModelToLoad:
+def _to_load(item: _Wanted, cpu_limit: float | None) -> ModelToLoad:
     triton = item.demand.triton
     return ModelToLoad(item.demand.model, item.version, str(triton.get("backend", "pytorch")),
-                       load_config(item.demand.model, item.version, triton, None))
+                       load_config(item.demand.model, item.version, triton, cpu_limit))
 
 
 def _bins(items: list[tuple[int, _Wanted, bool]], limit: int) -> int:
