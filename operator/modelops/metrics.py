@@ -69,15 +69,31 @@ _ANALYSES = _Family("modelops_rollout_analysis", "Canary analyses, by verdict", 
 _SCALED = _Family("modelops_autoscale_decisions", "Replica changes the builtin autoscaler decided, by direction",
                   label="direction", counter=True)
 _UP, _DOWN = replace(_SCALED, extra=("up",)), replace(_SCALED, extra=("down",))
+_POOL_SERVERS = _Family("modelops_modelpool_servers", "Server pods of the ModelPool: desired (status.replicas) and "
+                        "ready (their Triton answers: status.readyServers)", ("desired",), "state")
+_POOL_READY = replace(_POOL_SERVERS, extra=("ready",))
+_POOL_COPIES = _Family("modelops_modelpool_copies", "Ready model copies resident on the ModelPool's servers")
+_POOL_MODELS = _Family("modelops_modelpool_models", "Model versions with a ready copy in the ModelPool")
+_POOL_USED = _Family("modelops_modelpool_memory_bytes", "Memory of the resident copies (measured, else declared) "
+                     "and the servers' capacity x (1 + overcommit), over all servers", ("used",), "state")
+_POOL_CAPACITY = replace(_POOL_USED, extra=("capacity",))
+_POOL_OPS = _Family("modelops_modelpool_operations", "Loads, unloads and evictions done by the ModelPool's live "
+                    "servers (status.totals, from the servers' ledgers: a replaced server's go with it)",
+                    ("loads",), "operation")
+_POOL_UNLOADS, _POOL_EVICTIONS = replace(_POOL_OPS, extra=("unloads",)), replace(_POOL_OPS, extra=("evictions",))
+_POOL_UNPLACED = _Family("modelops_modelpool_unplaced", "Copies asked for that the ModelPool cannot place")
 _VERDICTS = tuple(replace(_ANALYSES, extra=(verdict,)) for verdict in ("Passed", "Failed", "Inconclusive"))
 
 # The gauges of each kind, in the order of the values record_status computes for it.
 _GAUGES: dict[str, tuple[_Family, ...]] = {
     "TrainingJob": (_EPOCH, _CHECKPOINTED, _EPOCHS, _STEP, _LOSS, _VAL_ACCURACY, _SAMPLES, _RESTARTS, _PREEMPTIONS),
     "ModelService": (_DESIRED, _READY, _CANARY_WEIGHT, _MODEL_VERSION),
+    "ModelPool": (_POOL_SERVERS, _POOL_READY, _POOL_COPIES, _POOL_MODELS, _POOL_USED, _POOL_CAPACITY, _POOL_OPS,
+                  _POOL_UNLOADS, _POOL_EVICTIONS, _POOL_UNPLACED),
 }
 _FAMILIES = (_EPOCH, _CHECKPOINTED, _EPOCHS, _STEP, _LOSS, _VAL_ACCURACY, _SAMPLES, _RESTARTS, _PREEMPTIONS, _DESIRED,
-             _CANARY_WEIGHT, _MODEL_VERSION, _ANALYSES, _SCALED)
+             _CANARY_WEIGHT, _MODEL_VERSION, _ANALYSES, _SCALED, _POOL_SERVERS, _POOL_COPIES, _POOL_MODELS, _POOL_USED,
+             _POOL_OPS, _POOL_UNPLACED)
 Values = tuple[Any, ...]
 
 
@@ -180,6 +196,14 @@ def record_status(kind: str, namespace: str, name: str, status: dict[str, Any]) 
                   _dict(status.get("canary")).get("weight", 0), status.get("modelVersion"))
         facts = (analysis.get("time"), analysis.get("verdict"), scaling.get("desiredReplicas"),
                  isinstance(status.get("canary"), dict))
+    elif kind == "ModelPool":
+        servers = [s for s in status.get("servers") or [] if isinstance(s, dict)]
+        totals = _dict(status.get("totals"))
+        gauges = (status.get("replicas", 0), status.get("readyServers", 0), status.get("copies", 0),
+                  status.get("models", 0), sum(_number(s.get("bytesUsed")) or 0 for s in servers),
+                  sum(_number(s.get("capacityBytes")) or 0 for s in servers), totals.get("loads", 0),
+                  totals.get("unloads", 0), totals.get("evictions", 0), len(status.get("unplaced") or []))
+        facts = ()
     else:
         return
     gauges = tuple(_number(v) for v in gauges)

@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from modelops import GROUP, VERSION
 from modelops.autoscale.prometheus import Prometheus
 from modelops.controllers.model_check import check_pod
+from modelops.controllers.modelpool import ModelPoolController
 from modelops.controllers.modelservice import ModelServiceController
 from modelops.controllers.trainingjob import TrainingJobController
 from modelops.engine.engine import Engine, EngineOptions
@@ -80,6 +81,10 @@ def register_handlers(registry: kopf.OperatorRegistry, options: RunOptions) -> N
     async def modelservice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.engine.observe_resource("ModelService", event.get("type"), event["object"])
 
+    @kopf.on.event(GROUP, VERSION, "modelpools", registry=registry)
+    async def modelpool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.engine.observe_resource("ModelPool", event.get("type"), event["object"])
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)  # the same kubeconfig / in-cluster account as our client
@@ -104,7 +109,7 @@ def run_operator(options: RunOptions) -> int:
     identity = own_identity()
     engine = Engine(
         Kube.from_environment(), Prometheus(options.prometheus_url),
-        [TrainingJobController(), ModelServiceController()],
+        [TrainingJobController(), ModelServiceController(), ModelPoolController()],
         EngineOptions(namespaces=options.namespaces, workers=options.workers, check_workers=options.check_workers,
                       peering=options.peering, identity=identity, priority=options.priority),
         checker=check_pod)

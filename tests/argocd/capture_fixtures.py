@@ -1,5 +1,5 @@
 """Drive the real operator on the local cluster into each state the Argo CD health scripts tell apart, and
-capture the TrainingJobs and ModelServices as they are then: the fixtures in
+capture the TrainingJobs, ModelServices and ModelPools as they are then: the fixtures in
 docs/argocd/resource_customizations/modelops.dev/<Kind>/testdata/.
 
     .venv/bin/python tests/argocd/capture_fixtures.py    # starts its own local cluster, rewrites testdata/
@@ -63,6 +63,11 @@ def modelservice(name: str, **spec: Any) -> dict[str, Any]:
     model = {"name": "digits", "version": 1, "signature": SIGNATURE}
     return {"apiVersion": API, "kind": "ModelService", "metadata": {"name": name},
             "spec": {"model": model, "repository": REPOSITORY, **spec}}
+
+
+def modelpool(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "ModelPool", "metadata": {"name": name},
+            "spec": {"repository": REPOSITORY, "capacity": "1Gi", **spec}}
 
 
 def normalise(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -185,12 +190,13 @@ def capture(kube: Kube, start_operator: Callable[[], None], stop_operator: Calla
         found[(kind, fixture)] = normalise(obj, kube.namespace)
 
     # Before the operator runs: objects with no status yet; and a pod that takes a worker's name.
-    d.create(trainingjob("digits"), modelservice("digits"))
+    d.create(trainingjob("digits"), modelservice("digits"), modelpool("shared", minServers=0))
     # someone else's Service where the job's headless Service goes (a squatted worker pod name is simply
     # skipped: the group starts as the next attempt)
     kube.kubectl("create", "service", "clusterip", "squat-workers", "--clusterip=None")
     take("TrainingJob", "progressing_new", d.get("tj", "digits"))
     take("ModelService", "progressing_new", d.get("ms", "digits"))
+    take("ModelPool", "progressing_new", d.get("mp", "shared"))
 
     start_operator()
     canary_rollout = {"steps": [{"weight": 50, "pauseSeconds": 600}], "progressDeadlineSeconds": 600}
@@ -206,6 +212,9 @@ def capture(kube: Kube, start_operator: Callable[[], None], stop_operator: Calla
         modelservice("canary", replicas=2, rollout=canary_rollout),
         modelservice("unverified"),
         modelservice("idle", replicas=0),
+        modelpool("starting", minServers=1),
+        modelpool("small", minServers=0),
+        modelservice("oversized", pool="small", resources={"memory": "2Gi"}),
     )
 
     # TrainingJobs: play the workers.
@@ -251,6 +260,14 @@ def capture(kube: Kube, start_operator: Callable[[], None], stop_operator: Calla
     for fixture, (name, check) in ms_states.items():
         take("ModelService", fixture, d.status_of("ms", name, check, fixture))
 
+    pool_states = {
+        "progressing_servers_starting": ("starting", lambda o: current(o) and phase(o) == "Progressing"),
+        "degraded_unplaced": ("small", lambda o: is_true(o, "Stalled", "TooLarge")),
+        "suspended_no_servers": ("shared", lambda o: current(o) and phase(o) == "Ready"),
+    }
+    for fixture, (name, check) in pool_states.items():
+        take("ModelPool", fixture, d.status_of("mp", name, check, fixture))
+
     # A canary of version 2 on a ModelService serving version 1, then its abort.
     d.status_of("ms", "canary", lambda o: phase(o) == "Ready", "canary's version 1 serving")
     d.patch("ms", "canary", {"spec": {"model": {"version": 2}}})
@@ -266,7 +283,9 @@ def capture(kube: Kube, start_operator: Callable[[], None], stop_operator: Calla
     stop_operator()
     d.patch("tj", "trained", {"spec": {"ttlSecondsAfterFinished": 3600}})
     d.patch("ms", "digits", {"spec": {"replicas": 2}})
+    d.patch("mp", "shared", {"spec": {"maxServers": 8}})
     take("TrainingJob", "progressing_stale", d.get("tj", "trained"))
+    take("ModelPool", "progressing_stale", d.get("mp", "shared"))
     take("ModelService", "progressing_stale", d.get("ms", "digits"))
     return found
 

@@ -17,7 +17,7 @@ ARGOCD = REPO / "docs" / "argocd"
 CUSTOMIZATIONS = ARGOCD / "resource_customizations" / "modelops.dev"
 ARGOCD_CM = ARGOCD / "argocd-cm.yaml"
 HARNESS = Path(__file__).with_name("run_health.lua")
-KINDS = ("TrainingJob", "ModelService")
+KINDS = ("TrainingJob", "ModelService", "ModelPool")
 GROUP = "modelops.dev"
 
 
@@ -42,6 +42,18 @@ KSTATUS: dict[tuple[str, str], str] = {
     ("ModelService", "degraded_model_check_failed"): "Failed",
     ("ModelService", "degraded_rolled_back"): "Failed",
     ("ModelService", "suspended_scaled_to_zero"): "InProgress",
+    ("ModelPool", "healthy"): "Current",
+    ("ModelPool", "progressing_new"): "Current",
+    ("ModelPool", "progressing_servers_starting"): "InProgress",
+    ("ModelPool", "progressing_stale"): "InProgress",
+    ("ModelPool", "degraded_unplaced"): "Failed",
+    ("ModelPool", "suspended_no_servers"): "Current",
+}
+# Fixtures the live capture cannot reach, and where each comes from instead.
+NOT_LIVE = {
+    ("ModelPool", "healthy"): "a pool is Healthy only once its servers' Triton answers, and kwok pods run no Triton: "
+                              "the object is the status a whole pass writes with an in-memory Triton "
+                              "(tests/unit/test_passes.py, test_a_pool_places_its_model_services...)",
 }
 # Argo CD's health in kstatus's words: where the two readers agree.
 ARGOCD_IN_KSTATUS = {"Healthy": "Current", "Progressing": "InProgress", "Degraded": "Failed", "Suspended": "Current"}
@@ -53,6 +65,7 @@ SUSPENDED = ("kstatus has no Suspended: with Reconciling and Stalled False it fa
 KSTATUS_DIFFERS = {
     ("TrainingJob", "progressing_new"): NO_STATUS_YET,
     ("ModelService", "progressing_new"): NO_STATUS_YET,
+    ("ModelPool", "progressing_new"): NO_STATUS_YET,
     ("TrainingJob", "suspended"): SUSPENDED,
     ("ModelService", "suspended_scaled_to_zero"): SUSPENDED,
 }

@@ -35,6 +35,8 @@ NAMESPACED_RULES: Rules = {
     ("modelops.dev", "modelservices"): verbs("get", "list", "watch", "patch", "update"),
     ("modelops.dev", "trainingjobs/status"): verbs("get", "patch", "update"),
     ("modelops.dev", "modelservices/status"): verbs("get", "patch", "update"),
+    ("modelops.dev", "modelpools"): verbs("get", "list", "watch", "patch", "update"),
+    ("modelops.dev", "modelpools/status"): verbs("get", "patch", "update"),
     ("", "pods"): CRUD,
     ("", "pods/status"): verbs("patch"),
     ("", "services"): CRUD,
@@ -43,6 +45,7 @@ NAMESPACED_RULES: Rules = {
     ("apps", "deployments"): CRUD,
     ("autoscaling", "horizontalpodautoscalers"): CRUD,
     ("monitoring.coreos.com", "servicemonitors"): CRUD,
+    ("discovery.k8s.io", "endpointslices"): CRUD,
     ("kueue.x-k8s.io", "workloads"): verbs("get", "list", "watch", "create", "delete"),
     ("kueue.x-k8s.io", "workloads/status"): verbs("patch"),
 }

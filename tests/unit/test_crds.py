@@ -98,7 +98,8 @@ def test_every_field_naming_an_object_is_checked_as_a_name() -> None:
         "TrainingJob": [".serviceAccountName", ".priorityClassName",
                         ".output.repository.persistentVolumeClaim.claimName",
                         ".env[].valueFrom.configMapKeyRef.name", ".env[].valueFrom.secretKeyRef.name"],
-        "ModelService": [".model.fromTrainingJob", ".repository.persistentVolumeClaim.claimName"],
+        "ModelService": [".model.fromTrainingJob", ".repository.persistentVolumeClaim.claimName", ".pool"],
+        "ModelPool": [".priorityClassName", ".repository.persistentVolumeClaim.claimName"],
     }
     for kind_name, paths in expected.items():
         found = dict(nodes(spec_schema(kind_name)))
@@ -144,3 +145,43 @@ def test_the_operator_checks_with_the_same_syntax() -> None:
     assert not any(has_no_space(i) for i in ("", "a b", "a\tb", "a\u00a0b", "a\u200bb", "a\x00"))
     assert is_absolute_path("/srv/models..v2/x") and not is_absolute_path("/srv/../etc")
     assert not is_absolute_path("srv") and not is_absolute_path("/srv/..")
+
+
+def test_the_model_pool_crd_scales_its_floor_and_checks_its_bounds() -> None:
+    from modelops.api.crds import MODEL_POOL
+
+    version = crd(MODEL_POOL)["spec"]["versions"][0]
+    assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.minServers",
+                                                "statusReplicasPath": ".status.replicas",
+                                                "labelSelectorPath": ".status.selector"}
+    assert [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c] == \
+        ["Servers", "Models", "Copies", "Memory", "Phase", "Age"]
+    spec = spec_schema("ModelPool")
+    assert {"rule": "self.minServers <= self.maxServers", "message": "minServers must not exceed maxServers"} in \
+        spec["x-kubernetes-validations"]
+    assert spec["required"] == ["repository", "capacity"]
+    assert spec["properties"]["overcommit"]["maximum"] == 1
+    assert "capacity must be a quantity" in spec["properties"]["capacity"]["x-kubernetes-validations"][0]["message"]
+
+
+def test_a_pooled_model_service_is_refused_what_a_pool_cannot_do_by_both_checkers() -> None:
+    """The same four rules in the CRD (CEL) and in pydantic; test_admission.py runs the CEL side."""
+    import pytest
+    from pydantic import ValidationError
+
+    from modelops.api.modelservice import POOL_RULES, ModelServiceSpec
+
+    assert all(rule in spec_schema("ModelService")["x-kubernetes-validations"] for rule in POOL_RULES)
+    signature = {"inputs": [{"name": "I", "datatype": "FP32", "dims": [4]}],
+                 "outputs": [{"name": "O", "datatype": "FP32", "dims": [2]}]}
+    base = {"model": {"name": "m", "version": 1, "signature": signature}, "pool": "shared",
+            "repository": {"hostPath": {"path": "/srv/models"}}}
+    assert ModelServiceSpec.model_validate({**base, "resources": {"memory": "300Mi"}}).pool == "shared"
+    for bad, words in [({"repository": {"uri": "s3://bucket/models"}}, "not uri"),
+                       ({"resources": {"gpus": 1}}, "resources.gpus and resources.cpu"),
+                       ({"resources": {"cpu": "2"}}, "resources.gpus and resources.cpu"),
+                       ({"triton": {"extraArgs": ["--log-verbose=1"]}}, "server-wide"),
+                       ({"autoscaling": {"target": 5, "provider": "hpa"}}, "HorizontalPodAutoscaler")]:
+        with pytest.raises(ValidationError, match=words):
+            ModelServiceSpec.model_validate({**base, **bad})
+        ModelServiceSpec.model_validate({**base, **bad, "pool": None})  # the same without a pool is fine

@@ -19,7 +19,9 @@ PER_RESOURCE = ("modelops_trainingjob_progress_epoch", "modelops_trainingjob_pro
                 "modelops_trainingjob_samples_per_second", "modelops_trainingjob_restarts",
                 "modelops_trainingjob_preemptions", "modelops_modelservice_replicas",
                 "modelops_modelservice_canary_weight", "modelops_modelservice_model_version",
-                "modelops_rollout_analysis_total", "modelops_autoscale_decisions_total")
+                "modelops_rollout_analysis_total", "modelops_autoscale_decisions_total", "modelops_modelpool_servers",
+                "modelops_modelpool_copies", "modelops_modelpool_models", "modelops_modelpool_memory_bytes",
+                "modelops_modelpool_operations", "modelops_modelpool_unplaced")
 
 
 def value(metric: str, namespace: str, name: str, **labels: str) -> float | None:
@@ -152,3 +154,21 @@ def test_a_resource_deleted_while_the_watch_was_away_loses_its_series() -> None:
 def test_every_per_resource_family_is_exposed_with_help() -> None:
     names = {family.name for family in REGISTRY.collect()}
     assert {n.removesuffix("_total") for n in PER_RESOURCE} <= names
+
+
+def test_pool_series_follow_its_status_and_go_with_it() -> None:
+    status = {"replicas": 2, "readyServers": 1, "copies": 3, "models": 2,
+              "servers": [{"name": "p-s0", "bytesUsed": 600, "capacityBytes": 1000},
+                          {"name": "p-s1", "bytesUsed": 300, "capacityBytes": 1000}],
+              "totals": {"loads": 4, "unloads": 1, "evictions": 1},
+              "unplaced": [{"modelService": "x", "model": "x", "reason": "NoRoom"}]}
+    record_status("ModelPool", "ml", "p", status)
+    assert value("modelops_modelpool_servers", "ml", "p", state="desired") == 2
+    assert value("modelops_modelpool_servers", "ml", "p", state="ready") == 1
+    assert value("modelops_modelpool_copies", "ml", "p") == 3
+    assert value("modelops_modelpool_memory_bytes", "ml", "p", state="used") == 900
+    assert value("modelops_modelpool_memory_bytes", "ml", "p", state="capacity") == 2000
+    assert value("modelops_modelpool_operations", "ml", "p", operation="evictions") == 1
+    assert value("modelops_modelpool_unplaced", "ml", "p") == 1
+    record_phase("ModelPool", "ml", "p", None)
+    assert series_of("ml", "p") == []

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from modelops import API_VERSION
+from modelops.api.modelpool import ModelPoolStatus
 from modelops.api.modelservice import ModelServiceStatus
 from modelops.api.trainingjob import TrainingJobStatus
 from modelops.autoscale.prometheus import Prometheus
+from modelops.controllers.modelpool import ModelPoolController
 from modelops.controllers.modelservice import ModelServiceController
 from modelops.controllers.trainingjob import TrainingJobController
 from modelops.engine.cache import Caches, Store, trim
@@ -105,7 +107,7 @@ def _merge(obj: Obj, patch: Obj) -> Obj:
 class World:
     """A Context over in-memory stores fed from MemoryKube, as the informers would feed them."""
 
-    def __init__(self, *controllers: Controller) -> None:
+    def __init__(self, *controllers: Controller, pool_client: Any = None) -> None:
         self.kube = MemoryKube()
         self.caches = Caches()
         self.controllers = {c.kind: c for c in controllers}
@@ -118,7 +120,8 @@ class World:
             self.transforms[child.kind] = child.transform
         self.caches._transforms = self.transforms  # what Caches.add records per informer
         self.checks: list[Any] = []
-        self.ctx = Context(caches=self.caches, writer=Writer(self.kube, self.caches),  # type: ignore[arg-type]
+        writer = Writer(self.kube, self.caches, pool_client) if pool_client else Writer(self.kube, self.caches)  # type: ignore[arg-type]
+        self.ctx = Context(caches=self.caches, writer=writer,
                            prometheus=Prometheus(""), enqueue=lambda key: None, enqueue_check=self.checks.append,
                            serves=lambda api_version, kind: not kinds[kind].optional)
 
@@ -152,7 +155,7 @@ class World:
         return self.kube.objects[(kind, "ml", name)].get("status") or {}
 
 
-STATUS_MODELS = {"ModelService": ModelServiceStatus, "TrainingJob": TrainingJobStatus}
+STATUS_MODELS = {"ModelService": ModelServiceStatus, "TrainingJob": TrainingJobStatus, "ModelPool": ModelPoolStatus}
 
 
 def assert_within(written: Any, typed: Any, path: str = "status") -> None:
@@ -329,3 +332,206 @@ def test_a_job_past_its_ttl_deletes_itself_and_is_forgotten(world: World) -> Non
     writes = world.reconcile("TrainingJob", "train")
     assert writes[-1] == ("delete", "TrainingJob", "train")
     assert ("TrainingJob", "ml", "train") not in world.kube.objects
+
+
+# ---- ModelPool -----------------------------------------------------------------------------------------------
+
+from modelops.resources.modelpool import ANNOTATION_LEDGER  # noqa: E402
+from modelops.resources import pool_plan  # noqa: E402
+from modelops.resources.pool_plan import Ledger  # noqa: E402
+from modelops.triton.pool import ModelToLoad, ResidentModel, ServerReport  # noqa: E402
+
+MiB = 1 << 20
+
+
+class FakeTriton:
+    """Pool servers in memory, by base URL: what Triton's repository API holds and what a load measures. A
+    server in `leaky` gives nothing back on unload (triton#3320)."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.held: dict[str, dict[str, ResidentModel]] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self.leaky: set[str] = set()
+
+    def __call__(self, url: str) -> FakeTriton.Client:
+        return FakeTriton.Client(self, url)
+
+    class Client:
+        def __init__(self, triton: FakeTriton, url: str) -> None:
+            self.triton, self.url = triton, url
+            self.models = triton.held.setdefault(url, {})
+
+        def report(self) -> ServerReport:
+            return ServerReport(True, tuple(self.models.values()), sum(m.bytes or 0 for m in self.models.values()))
+
+        def load(self, model: ModelToLoad) -> int | None:
+            self.triton.calls.append(("load", self.url, f"{model.name}:{model.version}"))
+            size = self.triton.sizes[model.name]
+            self.models[model.name] = ResidentModel(model.name, model.version, True, 0, 0, 0, size)
+            return size
+
+        def unload(self, name: str) -> int | None:
+            self.triton.calls.append(("unload", self.url, name))
+            gone = self.models.pop(name)
+            return 0 if self.url in self.triton.leaky else gone.bytes
+
+
+def model_pool(name: str = "shared", **spec: Any) -> Obj:
+    return {"apiVersion": API_VERSION, "kind": "ModelPool",
+            "metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}", "generation": 1},
+            "spec": {"repository": {"hostPath": {"path": "/srv/models"}}, "capacity": "1Gi", "minServers": 1,
+                     "maxServers": 2, **spec}}
+
+
+def pooled(name: str, model: str, mib: int, **spec: Any) -> Obj:
+    obj = model_service(name, pool="shared", replicas=1, resources={"memory": f"{mib}Mi"}, **spec)
+    obj["spec"]["model"] = {**obj["spec"]["model"], "name": model}
+    return obj
+
+
+def run_servers(world: World) -> None:
+    """Every server pod the pool created is scheduled and Ready at its own address."""
+    for (kind, _, name), pod in list(world.kube.objects.items()):
+        if kind == "Pod" and name.startswith("shared-s") and not pod.get("status"):
+            index = name.rsplit("s", 1)[1]
+            world.add({**pod, "status": {"phase": "Running", "podIP": f"10.0.0.{index}",
+                                         "conditions": [{"type": "Ready", "status": "True"}]}})
+
+
+@pytest.fixture
+def pool_world(monkeypatch: pytest.MonkeyPatch) -> tuple[World, FakeTriton]:
+    # passes here follow each other in microseconds: no wait for kube-proxy after a copy left its endpoints
+    # (the wait itself is tested in test_modelpool_planner.py)
+    monkeypatch.setattr(pool_plan, "UNROUTE_GRACE_SECONDS", 0.0)
+    triton = FakeTriton({"a": 600 * MiB, "b": 300 * MiB, "c": 600 * MiB})
+    return World(TrainingJobController(), ModelServiceController(), ModelPoolController(), pool_client=triton), triton
+
+
+def test_a_pool_places_its_model_services_through_the_writer_and_then_settles(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_pool())
+    for obj in (pooled("alpha", "a", 500), pooled("beta", "b", 300), pooled("gamma", "c", 500)):
+        world.add(obj)
+    writes = world.reconcile("ModelPool", "shared")
+    # 1300Mi declared does not fit one server of 1Gi: two at once
+    assert writes == [("create", "Pod", "shared-s0"), ("create", "Pod", "shared-s1"),
+                      ("status", "ModelPool", "shared")]
+    pod = world.kube.objects[("Pod", "ml", "shared-s0")]
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ModelPool"
+    run_servers(world)
+    for _ in range(6):
+        world.reconcile("ModelPool", "shared")
+        run_servers(world)
+    # a (600Mi measured) and b (300Mi) share s0; c does not fit beside them: a second server holds it
+    assert {url: sorted(held) for url, held in triton.held.items()} == \
+        {"http://10.0.0.0:8000": ["a", "b"], "http://10.0.0.1:8000": ["c"]}
+    status = world.status("ModelPool", "shared")
+    assert status["phase"] == "Ready" and status["copies"] == 3 and status["serversReady"] == "2/2"
+    assert status["totals"] == {"loads": 3, "unloads": 0, "evictions": 0}
+    ledger = Ledger.parse(world.kube.objects[("Pod", "ml", "shared-s0")]["metadata"]["annotations"][ANNOTATION_LEDGER])
+    assert ledger.sizes == {"a:3": 600 * MiB, "b:3": 300 * MiB} and ledger.loads == 2
+    assert [w for w in world.reconcile("ModelPool", "shared")] == []  # settled: not one write
+
+
+def test_the_same_model_name_in_a_second_model_service_is_refused_on_it(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_pool())
+    world.add(pooled("alpha", "a", 500))
+    second = pooled("again", "a", 500)
+    second["metadata"]["creationTimestamp"] = "2026-02-01T00:00:00Z"
+    world.add(second)
+    world.reconcile("ModelPool", "shared")
+    [unplaced] = world.status("ModelPool", "shared")["unplaced"]
+    assert (unplaced["modelService"], unplaced["reason"]) == ("again", "ModelNameTaken")
+    assert ("again", "ModelNameTaken") in [(name, e.reason) for name, e in world.kube.events]
+    world.reconcile("ModelPool", "shared")
+    assert [e.reason for _, e in world.kube.events].count("ModelNameTaken") == 2  # once on the pool, once on it
+
+
+def test_a_server_whose_unloads_leak_is_drained_and_replaced(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_pool(maxServers=3))
+    world.add(pooled("alpha", "a", 600))
+    for _ in range(3):
+        world.reconcile("ModelPool", "shared")
+        run_servers(world)
+    assert triton.held == {"http://10.0.0.0:8000": triton.held["http://10.0.0.0:8000"]}
+    # alpha moves to version 4: version 3's unload gives nothing back
+    triton.leaky.add("http://10.0.0.0:8000")
+    alpha = world.kube.objects[("ModelService", "ml", "alpha")]
+    world.add({**alpha, "spec": {**alpha["spec"], "model": {**alpha["spec"]["model"], "version": 4}}})
+    for _ in range(8):
+        world.reconcile("ModelPool", "shared")
+        run_servers(world)
+    ledger = Ledger.parse(world.kube.objects[("Pod", "ml", "shared-s0")]["metadata"]["annotations"][ANNOTATION_LEDGER]) \
+        if ("Pod", "ml", "shared-s0") in world.kube.objects else None
+    assert ledger is None  # the leaking server is gone...
+    assert ("unload", "http://10.0.0.0:8000", "a") in triton.calls
+    assert ("load", "http://10.0.0.1:8000", "a:4") in triton.calls  # ...after its model was placed elsewhere
+    assert "Draining" in [e.reason for _, e in world.kube.events]
+    assert world.status("ModelPool", "shared")["phase"] == "Ready"
+
+
+def settle(world: World, *names: str, rounds: int = 6) -> None:
+    for _ in range(rounds):
+        world.reconcile("ModelPool", "shared")
+        run_servers(world)
+        for name in names:
+            world.reconcile("ModelService", name)
+
+
+def test_a_pooled_model_service_routes_to_the_servers_where_its_version_is_ready(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_pool())
+    world.add(pooled("alpha", "a", 500))
+    writes = world.reconcile("ModelService", "alpha")
+    assert ("create", "Service", "alpha") in writes and ("create", "EndpointSlice", "alpha") in writes
+    assert not any(kind in ("Deployment", "ConfigMap") for _, kind, _ in writes)  # no pods of its own
+    service = world.kube.objects[("Service", "ml", "alpha")]
+    assert "selector" not in service["spec"]
+    assert world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"] == []
+    assert world.status("ModelService", "alpha")["phase"] == "Pending"
+
+    settle(world, "alpha")
+    endpoints = world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]
+    assert [(e["addresses"], e["targetRef"]["name"]) for e in endpoints] == [(["10.0.0.0"], "shared-s0")]
+    status = world.status("ModelService", "alpha")
+    assert status["phase"] == "Ready" and status["pool"] == {"name": "shared", "copies": 1, "servers": ["shared-s0"]}
+    assert world.kube.objects[("EndpointSlice", "ml", "alpha")]["metadata"]["labels"]["kubernetes.io/service-name"] \
+        == "alpha"
+
+    # version 4: placed beside version 3 (never on its server), then the Service switches to it whole
+    alpha = world.kube.objects[("ModelService", "ml", "alpha")]
+    world.add({**alpha, "spec": {**alpha["spec"], "model": {**alpha["spec"]["model"], "version": 4}},
+               "metadata": {**alpha["metadata"], "generation": 2}})
+    world.reconcile("ModelService", "alpha")
+    assert world.status("ModelService", "alpha")["canary"]["version"] == 4
+    assert [e["addresses"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
+        [["10.0.0.0"]]  # version 3 keeps serving meanwhile
+    settle(world, "alpha", rounds=8)
+    status = world.status("ModelService", "alpha")
+    assert status["modelVersion"] == 4 and "canary" not in status
+    assert [e["targetRef"]["name"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
+        ["shared-s1"]
+    assert ("unload", "http://10.0.0.0:8000", "a") in triton.calls  # version 3 left the pool
+    assert "Switched" in [e.reason for _, e in world.kube.events]
+
+
+def test_a_model_service_moving_into_a_pool_keeps_its_pods_until_a_copy_serves(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_service("alpha"))
+    converged(world, "ModelService", "alpha")
+    [revision] = [name for kind, _, name in world.kube.objects if kind == "Deployment"]
+    world.add(model_pool())
+    alpha = world.kube.objects[("ModelService", "ml", "alpha")]
+    spec = {**alpha["spec"], "pool": "shared", "replicas": 1, "resources": {"memory": "500Mi"},
+            "model": {**alpha["spec"]["model"], "name": "a"}}
+    world.add({**alpha, "spec": spec, "metadata": {**alpha["metadata"], "generation": 2}})
+    world.reconcile("ModelService", "alpha")
+    assert ("Deployment", "ml", revision) in world.kube.objects  # nothing in the pool serves it yet
+    settle(world, "alpha")
+    assert ("Deployment", "ml", revision) not in world.kube.objects and ("ConfigMap", "ml", revision) not in \
+        world.kube.objects
+    assert [e["targetRef"]["name"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
+        ["shared-s0"]

@@ -70,14 +70,14 @@ resource added or removed here fails until that table is updated too.
 {{- define "modelops.rules.namespaced" -}}
 # The custom resources; update for kopf's annotation-based progress storage.
 - apiGroups: [modelops.dev]
-  resources: [trainingjobs, modelservices]
+  resources: [trainingjobs, modelservices, modelpools]
   verbs: [get, list, watch, patch, update]
 # ttlSecondsAfterFinished removes finished TrainingJobs.
 - apiGroups: [modelops.dev]
   resources: [trainingjobs]
   verbs: [delete]
 - apiGroups: [modelops.dev]
-  resources: [trainingjobs/status, modelservices/status]
+  resources: [trainingjobs/status, modelservices/status, modelpools/status]
   verbs: [get, patch, update]
 # Training workers, their rendezvous Services, Triton's Services and config.pbtxt ConfigMaps.
 - apiGroups: [""]
@@ -99,6 +99,10 @@ resource added or removed here fails until that table is updated too.
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
+  verbs: [get, list, watch, create, patch, delete]
+# A pooled ModelService: the EndpointSlice of its selector-less Service (the pool servers where its model is ready).
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
   verbs: [get, list, watch, create, patch, delete]
 # TrainingJob with Kueue (label kueue.x-k8s.io/queue-name): its Workload, when Kueue is installed; the
 # status write hands an evicted workload's quota back and marks it finished with its job.

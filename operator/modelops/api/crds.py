@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from modelops import GROUP, VERSION
+from modelops.api.modelpool import ModelPoolSpec, ModelPoolStatus
 from modelops.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from modelops.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 
@@ -64,7 +65,24 @@ MODEL_SERVICE = Kind(
            "labelSelectorPath": ".status.selector"},
 )
 
-KINDS = [TRAINING_JOB, MODEL_SERVICE]
+MODEL_POOL = Kind(
+    kind="ModelPool", plural="modelpools", short_names=["mp"], spec=ModelPoolSpec, status=ModelPoolStatus,
+    columns=[
+        {"name": "Servers", "type": "string", "jsonPath": ".status.serversReady"},
+        {"name": "Models", "type": "integer", "jsonPath": ".status.models"},
+        {"name": "Copies", "type": "integer", "jsonPath": ".status.copies"},
+        {"name": "Memory", "type": "string", "jsonPath": ".status.memory"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Capacity", "type": "string", "jsonPath": ".spec.capacity", "priority": 1},
+        {"name": "Evictions", "type": "integer", "jsonPath": ".status.totals.evictions", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    # the floor of the server count: see api/modelpool.py
+    scale={"specReplicasPath": ".spec.minServers", "statusReplicasPath": ".status.replicas",
+           "labelSelectorPath": ".status.selector"},
+)
+
+KINDS = [TRAINING_JOB, MODEL_SERVICE, MODEL_POOL]
 
 
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:

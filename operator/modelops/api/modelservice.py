@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, JsonValue, model_validator
+from typing_extensions import Self
 
 from modelops.api.base import (ApiModel, Condition, HostPathSource, LabelKey, LabelValue, ModelName,
                                PersistentVolumeClaimSource, Resources, Toleration, cel, checked, conditions_field,
@@ -226,8 +227,25 @@ class Rollout(ApiModel):
     """A canary whose pods are not serving a verified model by then is rolled back."""
 
 
+POOL_URI = ("a pooled ModelService reads its model from the pool's repository: set persistentVolumeClaim or "
+            "hostPath (the same repository as the pool's), not uri")
+POOL_COMPUTE = ("a pooled ModelService runs on the pool's servers: resources.gpus and resources.cpu belong to the "
+                "ModelPool (resources.memory is the declared size of one copy)")
+POOL_ARGS = "triton.extraArgs are server-wide: a pooled ModelService cannot set them (they belong to the ModelPool)"
+POOL_HPA = ("a pooled ModelService has no pods of its own for a HorizontalPodAutoscaler: use autoscaling.provider "
+            "builtin (the pool sets its copies from Triton's per-model metrics)")
+POOL_RULES: list[JsonValue] = [
+    cel("!has(self.pool) || !has(self.repository.uri)", POOL_URI),
+    cel("!has(self.pool) || (self.resources.gpus == 0 && !has(self.resources.cpu))", POOL_COMPUTE),
+    cel("!has(self.pool) || !has(self.triton.extraArgs) || self.triton.extraArgs.size() == 0", POOL_ARGS),
+    cel("!has(self.pool) || !has(self.autoscaling) || self.autoscaling.provider == 'builtin'", POOL_HPA),
+]
+
+
 class ModelServiceSpec(ApiModel):
     """Serves a model version with Triton; new versions roll out as a metric-checked canary."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": POOL_RULES})
 
     model: ServedModel
     repository: ServingRepository
@@ -244,6 +262,24 @@ class ModelServiceSpec(ApiModel):
                                      namespaced=False) | None = None
     """The serving pods' PriorityClass (it must exist). Higher than the TrainingJobs' so that serving, scaling
     out onto full GPU nodes, preempts training workers (their job resumes from its checkpoint)."""
+    pool: object_name("pool", "ModelPool") | None = None  # type: ignore[valid-type]
+    """Serve as copies on this ModelPool's servers (same namespace) instead of pods of its own: replicas (or
+    autoscaling's min/max) count copies, resources.memory is the declared size of one copy (the first estimate
+    until measured)."""
+
+    @model_validator(mode="after")
+    def _pooled(self) -> Self:
+        if self.pool is None:
+            return self
+        if self.repository.uri:
+            raise ValueError(POOL_URI)
+        if self.resources.gpus or self.resources.cpu:
+            raise ValueError(POOL_COMPUTE)
+        if self.triton.extra_args:
+            raise ValueError(POOL_ARGS)
+        if self.autoscaling and self.autoscaling.provider != "builtin":
+            raise ValueError(POOL_HPA)
+        return self
 
 
 class EvaluationSetScore(ApiModel):
@@ -346,6 +382,19 @@ class AutoscalingStatus(ApiModel):
     reason: str = ""
 
 
+class PooledStatus(ApiModel):
+    """Where a pooled ModelService's copies serve."""
+
+    name: str
+    """The ModelPool."""
+    copies: int = 0
+    """Ready copies of the version the Service routes to."""
+    servers: list[str] = []
+    """The pool servers the Service's EndpointSlice lists."""
+    canary_servers: list[str] | None = None
+    """Where the new version is ready, while it is placed."""
+
+
 class ModelServiceStatus(ApiModel):
     observed_generation: int | None = None
     phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
@@ -368,3 +417,5 @@ class ModelServiceStatus(ApiModel):
     """The evaluation gate's last verdict (kept after a rejected revision is gone)."""
     autoscaling: AutoscalingStatus | None = None
     url: str | None = None
+    pool: PooledStatus | None = None
+    """A pooled ModelService's copies (spec.pool)."""

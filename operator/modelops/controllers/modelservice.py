@@ -21,6 +21,7 @@ from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
+from modelops.resources.pooled_service_plan import PooledObservation, plan_pooled_service
 from modelops.rollout import evaluation
 from modelops.rollout.analysis import CanarySample
 from modelops.rollout.canary import ANNOTATION as ROLLOUT_ANNOTATION, RolloutState, analysis_window
@@ -36,6 +37,12 @@ def _follows(obj: Obj) -> Iterable[str]:
     return [f"{obj['metadata'].get('namespace', '')}/{followed}"] if isinstance(followed, str) else []
 
 
+def pooled_by(obj: Obj) -> Iterable[str]:
+    """"<namespace>/<pool>" of a pooled ModelService (its pool's controller reads its demand by this index)."""
+    pool = (obj.get("spec") or {}).get("pool")
+    return [f"{obj['metadata'].get('namespace', '')}/{pool}"] if isinstance(pool, str) else []
+
+
 class ModelServiceController:
     kind = KIND
     child_kinds = [
@@ -45,8 +52,9 @@ class ModelServiceController:
         ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid}),
         ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid}),
         ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid}, optional=True),
+        ChildKind("discovery.k8s.io/v1", "EndpointSlice", indexes={"owner": by_controller_uid}),
     ]
-    resource_indexes: dict[str, IndexFn] = {"follows": _follows}
+    resource_indexes: dict[str, IndexFn] = {"follows": _follows, "pool": pooled_by}
 
     def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None:
         key = (KIND, namespace, name)
@@ -61,6 +69,8 @@ class ModelServiceController:
             except ValidationError as error:
                 refuse_invalid_spec(ctx, obj, error)
                 return None
+            if spec.pool:
+                return write_plan(ctx, key, obj, plan_pooled_service(observe_pooled(ctx, obj, spec)))
             return write_plan(ctx, key, obj, plan_service(observe(ctx, obj, spec, key)))
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
@@ -84,10 +94,15 @@ class ModelServiceController:
             yield KIND, namespace, owner_ref.get("name", "")
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
-        """A TrainingJob that changed: every ModelService following it looks again (a new model version)."""
+        """A TrainingJob that changed: every ModelService following it looks again (a new model version); a
+        ModelPool that changed (where copies are ready): every ModelService in it (its endpoints)."""
+        meta = obj.get("metadata") or {}
+        if kind == "ModelPool":
+            for pooled in ctx.caches.store(KIND).by_index("pool", f"{meta.get('namespace', '')}/{meta.get('name')}"):
+                yield KIND, pooled["metadata"]["namespace"], pooled["metadata"]["name"]
+            return
         if kind != "TrainingJob":
             return
-        meta = obj.get("metadata") or {}
         for follower in ctx.caches.store(KIND).by_index("follows", f"{meta.get('namespace', '')}/{meta.get('name')}"):
             yield KIND, follower["metadata"]["namespace"], follower["metadata"]["name"]
 
@@ -126,6 +141,21 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
         if scaling and scaling.provider == "builtin" and memory.scaling_due(now) else None,
         memory=memory, service_monitor=ctx.serves(*SERVICE_MONITOR),
         has_hpa=hpa is not None and (controller_owner(hpa) or {}).get("uid") == meta.uid)
+
+
+def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObservation:
+    """A pooled ModelService's world: its pool (status: where copies are ready) and the pool's server pods."""
+    meta = build.ServiceMeta.of(obj)
+    target, waiting = resolve_target(ctx, meta.namespace, spec)
+    pools = ctx.caches.stores.get("ModelPool")
+    pool = pools.get(meta.namespace, spec.pool or "") if pools is not None else None
+    servers = ctx.caches.store("Pod").by_index("owner", pool["metadata"]["uid"]) if pool else []
+    keep = {("Service", build.service_name(meta)), ("EndpointSlice", build.service_name(meta))}
+    owned = [(o["apiVersion"], o["kind"], o["metadata"]["name"])
+             for kind in ("Deployment", "ConfigMap", "HorizontalPodAutoscaler", "Service", "EndpointSlice")
+             for o in ctx.caches.store(kind).by_index("owner", meta.uid) if (kind, o["metadata"]["name"]) not in keep]
+    return PooledObservation(meta=meta, spec=spec, previous=obj.get("status") or {}, now=datetime.now(timezone.utc),
+                             target=target, waiting=waiting, pool=pool, servers=servers, owned=owned)
 
 
 def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tuple[build.Target | None, str]:

@@ -5,6 +5,7 @@ only this module writes for them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from modelops import API_VERSION
 from modelops.clock import rfc3339
@@ -13,15 +14,23 @@ from modelops.engine.children import ChildRejected, Children, NameConflict
 from modelops.kube import ApiError, Kube, status_patch
 from modelops.metrics import record_phase, record_status
 from modelops.resources.conditions import Event
-from modelops.resources.plan import Plan, Refusal
+from modelops.resources.modelpool import ANNOTATION_LEDGER, HTTP_PORT
+from modelops.resources.plan import ModelAction, ModelLoad, Plan, Refusal
+from modelops.resources.pool_plan import Ledger, ledger_after
+from modelops.triton.pool import TritonPoolError
+from modelops.triton.pool_client import TritonPoolClient
+
+PoolClients = Callable[[str], TritonPoolClient]
+"""A Triton client for one pool server's base URL (tests inject an in-memory server)."""
 
 log = logging.getLogger(__name__)
 
 
 class Writer:
-    def __init__(self, kube: Kube, caches: Caches) -> None:
+    def __init__(self, kube: Kube, caches: Caches, pool_client: PoolClients = TritonPoolClient) -> None:
         self.kube, self.caches = kube, caches
         self.children = Children(kube, caches)
+        self.pool_client = pool_client
 
     def begin_pass(self) -> None:
         self.children.begin_pass()
@@ -43,6 +52,11 @@ class Writer:
         for delete in plan.delete:
             if refusal is None or delete.even_if_refused:
                 self.children.delete(uid, delete.api_version, delete.kind, namespace, delete.name)
+        if refusal is None:
+            for action in plan.model_actions:
+                self._run_model_action(owner, action)
+        for notice in plan.notices:
+            self.post_event(notice.involved, notice.event)
         previous = owner.get("status") or {}
         status = plan.final_status(refusal, previous, now=rfc3339(), generation=meta.get("generation"))
         self.write_status(owner, status)
@@ -55,6 +69,32 @@ class Writer:
             self.kube.delete(API_VERSION, owner["kind"], namespace, meta["name"], uid=uid)
         record_phase(owner["kind"], namespace, meta["name"], None if plan.delete_self else status.get("phase"))
         return refusal
+
+    def _run_model_action(self, pool: Obj, action: ModelAction) -> None:
+        """One load or unload on a pool server, its result recorded in the server pod's ledger at once (the
+        measured size and the counts outlive this process). Triton refusing a load is recorded (the planner
+        then places that version elsewhere), never raised; the API failing to record it is raised."""
+        namespace = pool["metadata"]["namespace"]
+        pod = self.caches.store("Pod").get(namespace, action.server)
+        address = ((pod or {}).get("status") or {}).get("podIP")
+        if pod is None or not address:
+            log.info("pool server %s/%s has no address yet: %s waits", namespace, action.server, action)
+            return
+        client = self.pool_client(f"http://{address}:{HTTP_PORT}")
+        measured: int | None = None
+        error: str | None = None
+        try:
+            measured = client.load(action.model) if isinstance(action, ModelLoad) else client.unload(action.name)
+        except TritonPoolError as failure:
+            error = str(failure)
+            what = f"{action.model.name}:{action.model.version}" if isinstance(action, ModelLoad) else action.name
+            verb = "load" if isinstance(action, ModelLoad) else "unload"
+            self.post_event(pool, Event("Warning", f"{verb.capitalize()}Failed",
+                                        f"{verb} of {what} on {action.server} failed: {error}"))
+        annotations = pod["metadata"].get("annotations") or {}
+        ledger = ledger_after(Ledger.parse(annotations.get(ANNOTATION_LEDGER)), action, measured, error)
+        self.caches.remember(self.kube.patch("v1", "Pod", namespace, action.server,
+                                             {"metadata": {"annotations": {ANNOTATION_LEDGER: ledger.wire()}}}))
 
     def _converge(self, owner_uid: str, plan: Plan) -> Refusal | None:
         """Converge each child in order; the first one that cannot be written stops the rest."""

@@ -1,8 +1,8 @@
 """The shape of every pass's plan: what one reconcile pass will write, decided whole by a pure planner.
 
 A plan is data. The engine's writer (engine/writer.py) is the only code that carries it out, in the order
-the fields are listed: children applied, patched and deleted, then the status, the Events, the resource's
-own metadata, and the resource itself. A child that cannot be written (another owner's object, content the
+the fields are listed: children applied, patched and deleted, then a pool's model loads and unloads, the
+status, the Events, the resource's own metadata, and the resource itself. A child that cannot be written (another owner's object, content the
 API server refuses) is a refusal: the status says so (Stalled) and the pass's other child writes are held
 back, except those marked `even_if_refused` (bookkeeping that must not wait, e.g. handing Kueue quota back)."""
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelops.resources.conditions import Cond, Event, merge_conditions, set_conditions
+from modelops.triton.pool import ModelToLoad
 
 Obj = dict[str, Any]
 
@@ -48,6 +49,37 @@ class Delete:
     even_if_refused: bool = False
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """Load one model version into one pool server (its pod's name) through Triton's repository API."""
+
+    server: str
+    model: ModelToLoad
+
+
+@dataclass(frozen=True)
+class ModelUnload:
+    """Unload one model from one pool server; `expected_bytes` (its measured size) tells whether the memory
+    came back; `eviction` counts it as an eviction (room made for another model)."""
+
+    server: str
+    name: str
+    version: int
+    expected_bytes: int | None = None
+    eviction: bool = False
+
+
+ModelAction = ModelLoad | ModelUnload
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event on another resource than the pass's own (a ModelService its pool could not place)."""
+
+    involved: Obj
+    event: Event
+
+
 @dataclass
 class Plan:
     apply: list[Obj] = field(default_factory=list)
@@ -71,6 +103,10 @@ class Plan:
     """Pods (names) whose model check runs again once this plan is written."""
     warnings: list[str] = field(default_factory=list)
     """What the world said that made no sense (ignored); logged."""
+    model_actions: list[ModelAction] = field(default_factory=list)
+    """Loads and unloads on pool servers, at most one per server (the planner serializes them), carried out
+    after the children and before the status; each result is recorded on the server's pod."""
+    notices: list[Notice] = field(default_factory=list)
 
     def final_status(self, refusal: Refusal | None, previous: Obj, *, now: str, generation: int | None) -> Obj:
         """The status to write: the plan's, or, after a refusal, the plan's with the refusal stated."""
