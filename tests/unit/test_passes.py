@@ -385,6 +385,8 @@ def model_pool(name: str = "shared", **spec: Any) -> Obj:
 
 
 def pooled(name: str, model: str, mib: int, **spec: Any) -> Obj:
+    """A pooled ModelService; its evaluation gate off (the gate in a pool: test_pooled_rollout.py)."""
+    spec.setdefault("rollout", {"gates": {"evaluation": {"enabled": False}}})
     obj = model_service(name, pool="shared", replicas=1, resources={"memory": f"{mib}Mi"}, **spec)
     obj["spec"]["model"] = {**obj["spec"]["model"], "name": model}
     return obj
@@ -501,9 +503,11 @@ def test_a_pooled_model_service_routes_to_the_servers_where_its_version_is_ready
     assert world.kube.objects[("EndpointSlice", "ml", "alpha")]["metadata"]["labels"]["kubernetes.io/service-name"] \
         == "alpha"
 
-    # version 4: placed beside version 3 (never on its server), then the Service switches to it whole
+    # version 4: placed beside version 3 (never on its server), canaried (one step, no pause), promoted
     alpha = world.kube.objects[("ModelService", "ml", "alpha")]
-    world.add({**alpha, "spec": {**alpha["spec"], "model": {**alpha["spec"]["model"], "version": 4}},
+    rollout = {**alpha["spec"]["rollout"], "steps": [{"weight": 50, "pauseSeconds": 0}]}
+    world.add({**alpha, "spec": {**alpha["spec"], "model": {**alpha["spec"]["model"], "version": 4},
+                                 "rollout": rollout},
                "metadata": {**alpha["metadata"], "generation": 2}})
     world.reconcile("ModelService", "alpha")
     assert world.status("ModelService", "alpha")["canary"]["version"] == 4
@@ -515,7 +519,8 @@ def test_a_pooled_model_service_routes_to_the_servers_where_its_version_is_ready
     assert [e["targetRef"]["name"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
         ["shared-s1"]
     assert ("unload", "http://10.0.0.0:8000", "a") in triton.calls  # version 3 left the pool
-    assert "Switched" in [e.reason for _, e in world.kube.events]
+    reasons = [e.reason for _, e in world.kube.events]
+    assert reasons.index("CanaryStarted") < reasons.index("Promoted")
 
 
 def test_a_model_service_moving_into_a_pool_keeps_its_pods_until_a_copy_serves(pool_world) -> None:  # type: ignore[no-untyped-def]

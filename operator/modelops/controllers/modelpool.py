@@ -93,7 +93,8 @@ def observe_server(ctx: Context, pod: Obj, template: str) -> Server:
 
 def demand_of(ctx: Context, ms: Obj) -> Demand | None:
     """What a pooled ModelService asks: the versions its status serves (stable, canary), else the one its spec
-    resolves to; its copies (autoscaling's min/max, else replicas); its declared size (resources.memory)."""
+    resolves to; its copies (autoscaling's min/max, else replicas; the canary at least the copies its step
+    asks, status.canary.replicas); its declared size (resources.memory)."""
     try:
         spec = ModelServiceSpec.model_validate(ms.get("spec") or {})
     except ValidationError:
@@ -109,7 +110,7 @@ def demand_of(ctx: Context, ms: Obj) -> Demand | None:
     slices = ctx.caches.stores.get("EndpointSlice")
     endpoints = slices.get(ms["metadata"]["namespace"], service_name(ServiceMeta.of(ms))) if slices else None
     routed = tuple(str((e.get("targetRef") or {}).get("name")) for e in (endpoints or {}).get("endpoints") or [])
-    stable = status.get("stable")
+    stable, canary = status.get("stable"), status.get("canary")
     scaling = spec.autoscaling
     low, high = (scaling.min_replicas, scaling.max_replicas) if scaling else (spec.replicas, spec.replicas)
     declared = quantity(spec.resources.memory) if spec.resources.memory else None
@@ -117,4 +118,6 @@ def demand_of(ctx: Context, ms: Obj) -> Demand | None:
                   model=spec.model.name, versions=tuple(dict.fromkeys(versions)), min_copies=low, max_copies=high,
                   declared_bytes=int(declared) if declared else None, autoscaling=scaling,
                   triton=spec.triton.wire(), signature=target.signature, involved=ms, routed=routed,
-                  routed_version=stable.get("version") if isinstance(stable, dict) else None)
+                  routed_version=stable.get("version") if isinstance(stable, dict) else None,
+                  canary_version=canary.get("version") if isinstance(canary, dict) else None,
+                  canary_copies=int(canary.get("replicas") or 0) if isinstance(canary, dict) else 0)

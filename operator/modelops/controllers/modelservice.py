@@ -21,7 +21,9 @@ from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
-from modelops.resources.pooled_service_plan import PooledObservation, plan_pooled_service
+from modelops.resources import modelpool as build_pool
+from modelops.resources.pooled_service_plan import (ANNOTATION_ROLLOUT, PooledObservation, decode_rollout,
+                                                    plan_pooled_service, recorded_rollout, revision_name)
 from modelops.rollout import evaluation
 from modelops.rollout.analysis import CanarySample
 from modelops.rollout.canary import ANNOTATION as ROLLOUT_ANNOTATION, RolloutState, analysis_window
@@ -144,8 +146,11 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
 
 
 def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObservation:
-    """A pooled ModelService's world: its pool (status: where copies are ready) and the pool's server pods."""
+    """A pooled ModelService's world: its pool (status: where copies are ready), the pool's server pods, the
+    rollout its EndpointSlice records, its evaluation pods, and both versions' metrics when a step is due."""
     meta = build.ServiceMeta.of(obj)
+    previous = obj.get("status") or {}
+    now = datetime.now(timezone.utc)
     target, waiting = resolve_target(ctx, meta.namespace, spec)
     pools = ctx.caches.stores.get("ModelPool")
     pool = pools.get(meta.namespace, spec.pool or "") if pools is not None else None
@@ -154,8 +159,22 @@ def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObse
     owned = [(o["apiVersion"], o["kind"], o["metadata"]["name"])
              for kind in ("Deployment", "ConfigMap", "HorizontalPodAutoscaler", "Service", "EndpointSlice")
              for o in ctx.caches.store(kind).by_index("owner", meta.uid) if (kind, o["metadata"]["name"]) not in keep]
-    return PooledObservation(meta=meta, spec=spec, previous=obj.get("status") or {}, now=datetime.now(timezone.utc),
-                             target=target, waiting=waiting, pool=pool, servers=servers, owned=owned)
+    endpoints = ctx.caches.store("EndpointSlice").get(meta.namespace, build.service_name(meta))
+    ours = endpoints is not None and (controller_owner(endpoints) or {}).get("uid") == meta.uid
+    recorded = decode_rollout(((endpoints or {})["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLOUT)
+                              if ours else None)
+    state, _, _ = recorded_rollout(recorded, previous)
+    desired = revision_name(meta, target.version) if target else None
+    window = analysis_window(state, desired, spec.rollout, now) if desired else None
+    pool_label = build_pool.PoolMeta.of(pool).label if pool else ""
+    return PooledObservation(
+        meta=meta, spec=spec, previous=previous, now=now, target=target, waiting=waiting, pool=pool,
+        servers=servers, owned=owned, recorded=recorded,
+        action=(obj["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION),
+        analysis=sample_pooled_analysis(ctx.prometheus, spec.model.name, pool_label, state, window)
+        if window else None,
+        evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
+                         if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)])
 
 
 def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tuple[build.Target | None, str]:
@@ -237,7 +256,26 @@ def sample_analysis(prometheus: Prometheus, state: RolloutState, window_seconds:
 
 
 def _sample(prometheus: Prometheus, revision: str | None, window_seconds: int) -> CanarySample:
-    queries = canary_queries(selector(modelops_dev_revision=revision or ""), window_seconds)
+    return _read_sample(prometheus, selector(modelops_dev_revision=revision or ""), window_seconds)
+
+
+def sample_pooled_analysis(prometheus: Prometheus, model: str, pool: str, state: RolloutState,
+                           window_seconds: int) -> AnalysisSample:
+    """Both versions over the same window, from Triton's per-model metrics on the pool's servers: a pool
+    server serves many models, so the selector names the model, the version and the pool (its server pods'
+    modelops.dev/model-pool label, which the scrape keeps as modelops_dev_model_pool)."""
+    try:
+        canary, stable = (_read_sample(prometheus, selector(model=model, version=str(version),
+                                                            modelops_dev_model_pool=pool), window_seconds)
+                          for version in (state.canary_version, state.stable_version))
+    except PrometheusUnavailable as error:
+        nothing = CanarySample(None, None, None)
+        return AnalysisSample(nothing, nothing, str(error))
+    return AnalysisSample(canary, stable)
+
+
+def _read_sample(prometheus: Prometheus, sel: str, window_seconds: int) -> CanarySample:
+    queries = canary_queries(sel, window_seconds)
     p99_us = prometheus.scalar(queries["p99_us"])
     return CanarySample(prometheus.scalar(queries["success"]), prometheus.scalar(queries["failure"]),
                         None if p99_us is None else p99_us / 1000.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from modelops.api.modelservice import EvaluationGate, ModelServiceSpec
 from modelops.api.trainingjob import DEFAULT_TRAINER_IMAGE
@@ -18,6 +18,9 @@ from modelops.rollout import evaluation
 from modelops.rollout.canary import RolloutState
 
 Obj = dict[str, Any]
+Address = Callable[[str, "str | None"], "str | None"]
+"""(revision, model-ready reason: PENDING_REASON for a candidate held out of the Service, None for one
+serving) -> host:port of a Triton serving that revision, or None."""
 PENDING_REASON = "EvaluationPending"
 FAILED_REASON = "EvaluationFailed"
 
@@ -38,9 +41,10 @@ class GatePlan:
 
 def plan_gate(meta: build.ServiceMeta, spec: ModelServiceSpec, revisions: dict[str, tuple[int, dict[str, Any] | None]],
               state: RolloutState, serving_pods: list[Obj], evaluation_pods: list[Obj],
-              now: datetime) -> GatePlan:
+              now: datetime, address: Address | None = None) -> GatePlan:
     """`revisions`: each observed revision's (model version, evaluation record); `serving_pods`: the
-    ModelService's serving pods; `evaluation_pods`: its evaluation pods. The evaluation runs the operator's
+    ModelService's serving pods; `evaluation_pods`: its evaluation pods; `address`: where a revision is served
+    (host:port), by default a serving pod (serving_address): a pooled ModelService passes its pool servers. The evaluation runs the operator's
     trainer image (or gates.evaluation.image), never the image that trained the candidate: a candidate does
     not write its own exam."""
     plan = GatePlan()
@@ -70,7 +74,8 @@ def plan_gate(meta: build.ServiceMeta, spec: ModelServiceSpec, revisions: dict[s
             due.append(wait)
             continue
         elif pod is None:
-            started = _evaluation_pod(meta, spec, revision, version, revisions, state, serving_pods,
+            started = _evaluation_pod(meta, spec, revision, version, revisions, state,
+                                      address or (lambda r, reason: serving_address(serving_pods, r, reason)),
                                       gate.image or DEFAULT_TRAINER_IMAGE)
             if started:  # else no pod of the revision has a verified model yet: a pod update wakes us
                 plan.start.append(started)
@@ -95,15 +100,15 @@ def plan_gate(meta: build.ServiceMeta, spec: ModelServiceSpec, revisions: dict[s
 
 def _evaluation_pod(meta: build.ServiceMeta, spec: ModelServiceSpec, revision: str, version: int,
                     revisions: dict[str, tuple[int, dict[str, Any] | None]], state: RolloutState,
-                    serving_pods: list[Obj], image: str) -> Obj | None:
-    candidate = serving_address(serving_pods, revision, PENDING_REASON)
+                    address: Address, image: str) -> Obj | None:
+    candidate = address(revision, PENDING_REASON)
     if candidate is None:
         return None
     # The stable version's folder is mounted even while no stable pod is ready: its held-out set is evidence
     # the candidate did not produce, with the score its training run recorded on it.
     stable = None
     if state.stable and state.stable != revision and state.stable in revisions:
-        stable = (serving_address(serving_pods, state.stable, None) or "", revisions[state.stable][0])
+        stable = (address(state.stable, None) or "", revisions[state.stable][0])
     return build.evaluation_pod(meta, spec, revision, version, image, candidate=candidate, stable=stable)
 
 

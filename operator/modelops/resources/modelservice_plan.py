@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from modelops.api.modelservice import ModelServiceSpec
+from modelops.api.modelservice import ModelServiceSpec, Rollout
 from modelops.autoscale.decision import ScaleMemory, decide as decide_scale
 from modelops.resources import modelservice as build
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
@@ -162,24 +162,32 @@ def _decide_rollout(seen: ServiceObservation, observed: dict[str, ObservedRevisi
     """The rollout decision, judged on the sample the observation took when the step was due for analysis."""
     if not (seen.desired and seen.target):
         return None, None
-    state = seen.state
-    canary = observed.get(state.canary or "")
+    canary = observed.get(seen.state.canary or "")
     health = CanaryHealth(canary.ready_replicas, canary.replicas, canary.model_failure) if canary else None
+    return decide_rollout(seen.state, seen.desired, seen.target.version, seen.spec.rollout, health, seen.analysis,
+                          action, seen.now)
+
+
+def decide_rollout(state: RolloutState, desired: str, version: int, rollout: Rollout, health: CanaryHealth | None,
+                   sample: AnalysisSample | None, action: Any, now: datetime
+                   ) -> tuple[Decision, dict[str, Any] | None]:
+    """canary.decide on the analysis `sample` (taken when the step was due), and the analysis as status shows
+    it (None unless the decision judged it). Shared by the dedicated and the pooled planner."""
     verdict: Verdict | None = None
     message, analysis = "", None
-    if seen.analysis is not None:
-        sample, stable = seen.analysis.canary, seen.analysis.stable
-        if seen.analysis.unavailable:
-            verdict, message = "Inconclusive", seen.analysis.unavailable
+    if sample is not None:
+        canary_sample, stable = sample.canary, sample.stable
+        if sample.unavailable:
+            verdict, message = "Inconclusive", sample.unavailable
         else:
-            verdict, message = judge(sample, seen.spec.rollout.analysis, stable)
-        analysis = {"time": rfc3339(seen.now), "verdict": verdict, "message": message,
-                    "errorRate": sample.error_rate, "p99LatencyMs": sample.p99_latency_ms,
-                    "requests": sample.requests, "stableErrorRate": stable.error_rate,
+            verdict, message = judge(canary_sample, rollout.analysis, stable)
+        analysis = {"time": rfc3339(now), "verdict": verdict, "message": message,
+                    "errorRate": canary_sample.error_rate, "p99LatencyMs": canary_sample.p99_latency_ms,
+                    "requests": canary_sample.requests, "stableErrorRate": stable.error_rate,
                     "stableP99LatencyMs": stable.p99_latency_ms, "stableRequests": stable.requests,
-                    "latencyRatio": latency_ratio(sample, stable)}
-    decision = decide(state, seen.desired, seen.target.version, seen.spec.rollout, canary=health,
-                      verdict=verdict, verdict_message=message, action=action, now=seen.now)
+                    "latencyRatio": latency_ratio(canary_sample, stable)}
+    decision = decide(state, desired, version, rollout, canary=health, verdict=verdict, verdict_message=message,
+                      action=action, now=now)
     if not decision.judged:  # sampled, but the decision did not come to judging it
         analysis = None
     return decision, {k: v for k, v in analysis.items() if v is not None} if analysis else None
@@ -471,19 +479,23 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     return {k: v for k, v in status.items() if v is not None}
 
 
-def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
-    events = []
-    decision = inputs.decision
+def decision_events(decision: Decision | None, previous: dict[str, Any]) -> list[Event]:
+    """The Event a rollout decision is worth (shared by the dedicated and the pooled planner)."""
     kinds = {"Initial": ("Normal", "Deploying"), "Started": ("Normal", "CanaryStarted"),
              "Stepped": ("Normal", "CanaryStepped"), "Promoted": ("Normal", "Promoted"),
              "RolledBack": ("Warning", "RolledBack")}
     progressing: dict[str, Any] = next(
-        (c for c in inputs.previous.get("conditions", []) if c.get("type") == "Progressing"), {})
+        (c for c in previous.get("conditions", []) if c.get("type") == "Progressing"), {})
     # "Initial" repeats until the first revision exists (e.g. while its name is refused): say it once
     repeated = decision is not None and decision.outcome == "Initial" and progressing.get("reason") == "Initial"
     if decision and decision.outcome in kinds and not repeated:
         kind, reason = kinds[decision.outcome]
-        events.append(Event(kind, reason, decision.message))  # type: ignore[arg-type]
+        return [Event(kind, reason, decision.message)]  # type: ignore[arg-type]
+    return []
+
+
+def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
+    events = decision_events(inputs.decision, inputs.previous)
     old, new = inputs.previous.get("conditions", []), status["conditions"]
     if became_true(old, new, "Ready"):
         events.append(Event("Normal", "Serving", next(c["message"] for c in new if c["type"] == "Ready")))

@@ -167,6 +167,9 @@ class Demand:
     """The servers its EndpointSlice lists now..."""
     routed_version: int | None = None
     """...for this version (the one its Service serves)."""
+    canary_version: int | None = None
+    canary_copies: int = 0
+    """The copies the canary's rollout step asks (its share of the Service's endpoints: status.canary.replicas)."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,8 @@ def plan_pool(obs: PoolObservation) -> Plan:
             size = measured.get(key) or demand.declared_bytes or DEFAULT_ESTIMATE
             ready_copies = [m for s in ready_active for m in s.resident() if m.ready and key_of(m.name, m.version) == key]
             target, remembered = _target(demand, ready_copies, obs.memory.copies.get(key, CopyMemory()), obs.now)
+            if version == demand.canary_version:  # the endpoints its step's weight asks (within max)
+                target = max(target, min(demand.canary_copies, demand.max_copies))
             copies_memory[key] = remembered
             wanted[key] = _Wanted(demand, version, size, key in measured, target)
 
