@@ -163,8 +163,9 @@ def plan_pooled_service(obs: PooledObservation) -> Plan:
     if obs.target and desired and desired not in versions and desired != state.rejected:
         # a new revision: gated from the start when the gate is on (one that predates the gate never is)
         records[desired] = {"verdict": "Pending"} if spec.rollout.gates.evaluation.enabled else None
-        lineages[desired] = obs.target.lineage or None
         versions[desired] = obs.target.version
+    if obs.target and desired and not lineages.get(desired):
+        lineages[desired] = obs.target.lineage or None
     running = {p["metadata"]["name"]: p for p in obs.servers
                if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")}
 
