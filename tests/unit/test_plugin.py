@@ -507,3 +507,114 @@ def test_an_unreachable_api_server_is_one_line(tmp_path: Any, capsys: pytest.Cap
     assert capsys.readouterr().err.startswith("error: cannot reach the API server: ")
     assert commands.main(["get", "--kubeconfig", str(tmp_path / "config"), "--context", "other"]) == 1
     assert "other" in capsys.readouterr().err
+
+
+# ---- pools ------------------------------------------------------------------------------------------
+
+MiB = 1 << 20
+POOL_STATUS = {
+    "phase": "Ready", "serversReady": "2/2", "models": 3, "copies": 4, "memory": "1.4Gi/2Gi",
+    "totals": {"loads": 6, "unloads": 2, "evictions": 1},
+    "servers": [
+        {"name": "shared-s0", "ready": True, "bytesUsed": 900 * MiB, "capacityBytes": 1024 * MiB, "models": [
+            {"name": "digits", "version": 2, "ready": True, "bytes": 600 * MiB, "measured": True,
+             "lastInference": ago(30)},
+            {"name": "churn", "version": 1, "ready": True, "bytes": 300 * MiB, "measured": True}]},
+        {"name": "shared-s1", "ready": True, "draining": True, "bytesUsed": 556 * MiB, "capacityBytes": 1024 * MiB,
+         "models": [{"name": "digits", "version": 3, "ready": True, "bytes": 256 * MiB, "measured": False},
+                    {"name": "eu", "version": 1, "ready": False, "bytes": 300 * MiB, "leaving": True}]}],
+    "unplaced": [{"modelService": "big", "model": "big", "version": 1, "reason": "TooLarge",
+                  "message": "4Gi does not fit a server of 1Gi"}],
+    "conditions": [{"type": "Ready", "status": "True", "reason": "Placed", "message": "every copy placed",
+                    "lastTransitionTime": ago(600)}],
+}
+
+
+def model_pool(**status: Any) -> dict[str, Any]:
+    return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelPool",
+            "metadata": {"name": "shared", "namespace": "ml", "uid": "mp-uid", "creationTimestamp": ago(3600)},
+            "spec": {"capacity": "1Gi", "overcommit": 0.25, "minServers": 1, "maxServers": 4}, "status": status}
+
+
+def pooled_service() -> dict[str, Any]:
+    ms = service(phase="Progressing", modelVersion=2, ready="2/1",
+                 stable={"name": "digits-v2", "version": 2, "replicas": 1, "readyReplicas": 1},
+                 canary={"name": "digits-v3", "version": 3, "replicas": 1, "readyReplicas": 1, "step": 0,
+                         "weight": 20, "startedAt": ago(40), "stepStartedAt": ago(40)},
+                 pool={"name": "shared", "copies": 1, "servers": ["shared-s0", "shared-s1"],
+                       "canaryServers": ["shared-s1"]})
+    ms["spec"]["pool"] = "shared"
+    return ms
+
+
+def test_get_table_shows_pools_and_where_a_pooled_service_lives() -> None:
+    lines = fmt.get_table([], [pooled_service()], NOW, pools=[model_pool(**POOL_STATUS)]).splitlines()
+    assert lines[1].split() == ["ms/digits", "Progressing", "step", "1/2", "digits@mp/shared", "2", "v3", "20%", "2/1",
+                                "120m"]
+    assert lines[2].split() == ["mp/shared", "Ready", "1.4Gi/2Gi", "3", "models/4", "copies", "-", "-", "2/2", "60m"]
+
+
+def test_get_lists_pools_and_tolerates_a_cluster_without_them(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    kube = fake(model_pool(**POOL_STATUS), pooled_service())
+    monkeypatch.setattr(commands, "session", lambda args: commands.Session(kube, "ml"))
+    assert commands.main(["get", "mp"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[0] == "mp/shared"
+
+    class NoPools(FakeKube):
+        def list_objects(self, api_version: str, kind: str, namespace: str | None, **kw: Any) -> Any:
+            if kind == "ModelPool":
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return super().list_objects(api_version, kind, namespace, **kw)
+
+    monkeypatch.setattr(commands, "session", lambda args: commands.Session(NoPools(service()), "ml"))
+    assert commands.main(["get"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["NAME", "ms/digits"]
+    assert commands.main(["get", "mp"]) == 1  # asked for by name: the missing CRD is worth saying
+
+
+def test_describe_of_a_pooled_service_shows_its_copies_on_the_pool_servers() -> None:
+    data = fmt.describe_service_data(pooled_service(), [], [], [], model_pool(**POOL_STATUS))
+    assert [(c["server"], c["version"], c["listed"]) for c in data["pool"]["copies"]] == [
+        ("shared-s0", 2, True), ("shared-s1", 3, True)]
+    assert [(r["name"], r["role"], r["weight"]) for r in data["revisions"]] == [
+        ("digits-v2", "stable", 80), ("digits-v3", "canary", 20)]
+    text = fmt.describe_service(data, NOW)
+    lines = text.splitlines()
+    assert "Serving:    version 2, 2/1 copies ready" in text
+    assert "  mp/shared; its Service lists shared-s0, shared-s1" in lines
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["SERVER", "VERSION"])
+    assert lines[header + 1].split() == ["shared-s0", "2", "true", "600Mi", "30s", "listed"]
+    assert lines[header + 2].split() == ["shared-s1", "3", "true", "256Mi", "(declared)", "-", "listed"]
+    json.dumps(data)
+
+
+def test_describe_pool_shows_each_servers_memory_and_resident_copies(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    event = {"kind": "Event", "type": "Normal", "reason": "Evicted", "message": "churn:1 evicted from shared-s0",
+             "metadata": {"name": "e1"}, "lastTimestamp": ago(30)}
+    kube = fake(model_pool(**POOL_STATUS), event)
+    monkeypatch.setattr(commands, "session", lambda args: commands.Session(kube, "ml"))
+    assert commands.main(["describe", "mp/shared"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "Scale:      2/2 servers ready (min 1, max 4), capacity 1Gi each, overcommit 0.25" in lines
+    assert "Resident:   3 model versions, 4 copies, memory 1.4Gi/2Gi" in lines
+    assert "Totals:     6 loads, 2 unloads, 1 evictions" in lines
+    servers = lines.index("Servers:")
+    assert lines[servers + 2].split() == ["shared-s0", "true", "-", "900Mi/1Gi", "2"]
+    assert lines[servers + 3].split() == ["shared-s1", "true", "draining", "556Mi/1Gi", "2"]
+    copies = lines.index("Copies:")
+    assert [line.split()[:3] for line in lines[copies + 2:copies + 6]] == [
+        ["shared-s0", "digits:2", "true"], ["shared-s0", "churn:1", "true"], ["shared-s1", "digits:3", "true"],
+        ["shared-s1", "eu:1", "false"]]
+    assert lines[copies + 5].split()[-1] == "leaving"
+    assert "  big (big:1): TooLarge: 4Gi does not fit a server of 1Gi" in lines
+    assert any("Evicted" in line for line in lines[lines.index("Events:"):])
+    assert commands.main(["describe", "mp", "shared", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["evictions"] == 1
+
+
+@pytest.mark.parametrize(("value", "text"), [(0, "0"), (1023, "1023"), (600 * MiB, "600Mi"), (1536 * MiB, "1.5Gi"),
+                                             (3 << 30, "3Gi"), (None, "-")])
+def test_sizes_print_like_quantities(value: Any, text: str) -> None:
+    assert fmt.size(value) == text

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 USER_AGENT = "kubectl-modelops/0.1"
 ROLLOUT_ANNOTATION = "modelops.dev/rollout"  # read by the ModelService controller: promote | abort
 KINDS = {"tj": "TrainingJob", "trainingjob": "TrainingJob", "trainingjobs": "TrainingJob",
-         "ms": "ModelService", "modelservice": "ModelService", "modelservices": "ModelService"}
-PLURAL = {"TrainingJob": "trainingjobs.modelops.dev", "ModelService": "modelservices.modelops.dev"}
+         "ms": "ModelService", "modelservice": "ModelService", "modelservices": "ModelService",
+         "mp": "ModelPool", "modelpool": "ModelPool", "modelpools": "ModelPool"}
+PLURAL = {"TrainingJob": "trainingjobs.modelops.dev", "ModelService": "modelservices.modelops.dev",
+          "ModelPool": "modelpools.modelops.dev"}
 
 
 DESCRIPTION = ("Day two with modelops: TrainingJobs and ModelServices at a glance, a training job's live progress, "
@@ -70,16 +72,18 @@ def add_commands(commands: Any) -> None:
         sub.set_defaults(handler=functools.partial(run, handler))
         return sub
 
-    get = command("get", get_command, "one table of TrainingJobs and ModelServices", [listing])
-    get.add_argument("kind", nargs="?", default="all", help="tj, ms or all (default)")
+    get = command("get", get_command, "one table of TrainingJobs, ModelServices and ModelPools", [listing])
+    get.add_argument("kind", nargs="?", default="all", help="tj, ms, mp or all (default)")
     get.add_argument("name", nargs="?", help="only this object")
     _output_flag(get)
     command("watch", watch_command, "follow a TrainingJob's progress until it ends (exit 0: Succeeded)") \
         .add_argument("target", nargs="+", metavar="tj NAME")
     describe = command("describe", describe_command,
-                       "a ModelService's revisions, rollout and analysis, gates, autoscaling, conditions, Events; "
-                       "a TrainingJob's progress, last checkpoint and what a preemption would cost, conditions, Events")
-    describe.add_argument("target", nargs="+", metavar="ms|tj NAME")
+                       "a ModelService's revisions, rollout and analysis, gates, autoscaling, conditions, Events "
+                       "(a pooled one's copies on its pool's servers); "
+                       "a TrainingJob's progress, last checkpoint and what a preemption would cost, conditions, Events; "
+                       "a ModelPool's servers, the copies resident on each and their memory")
+    describe.add_argument("target", nargs="+", metavar="ms|tj|mp NAME")
     _output_flag(describe)
     for action, effect in (("promote", "promotes the canary"), ("abort", "rolls the canary back")):
         command(action, functools.partial(rollout_command, action),
@@ -147,7 +151,7 @@ def target(words: list[str], kind: str) -> str:
 
 
 def _short(kind: str) -> str:
-    return "tj" if kind == "TrainingJob" else "ms"
+    return {"TrainingJob": "tj", "ModelPool": "mp"}.get(kind, "ms")
 
 
 def fetch(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
@@ -174,30 +178,42 @@ def _now() -> datetime:
 
 
 def get_command(args: argparse.Namespace) -> int:
-    kinds = ["TrainingJob", "ModelService"] if args.kind == "all" else [KINDS.get(args.kind.lower(), "")]
+    kinds = ["TrainingJob", "ModelService", "ModelPool"] if args.kind == "all" else [KINDS.get(args.kind.lower(), "")]
     if not kinds[0]:
-        raise CommandError(f"unknown kind {args.kind!r}: tj, ms or all")
+        raise CommandError(f"unknown kind {args.kind!r}: tj, ms, mp or all")
     s = session(args)
     everywhere = bool(getattr(args, "all_namespaces", False))
     namespace = None if everywhere else s.namespace
     if args.name:
         s.kube.path(API_VERSION, kinds[0], namespace, args.name)  # refuses what is not an object name
-    found = {kind: s.kube.list_objects(API_VERSION, kind, namespace,
-                                       fields=f"metadata.name={args.name}" if args.name else None)[0]
+    found = {kind: _list(s.kube, kind, namespace, args.name, optional=kind == "ModelPool" and len(kinds) > 1)
              for kind in kinds}
-    jobs, services = found.get("TrainingJob", []), found.get("ModelService", [])
-    if args.name and not jobs and not services:
+    jobs, services, pools = found.get("TrainingJob", []), found.get("ModelService", []), found.get("ModelPool", [])
+    if args.name and not jobs and not services and not pools:
         where = "" if everywhere else f" in namespace {s.namespace}"
         raise CommandError(f'{" or ".join(PLURAL[k] for k in kinds)} "{args.name}" not found{where}')
     if args.output:
-        for obj in jobs + services:  # as kubectl prints them (--show-managed-fields=false)
+        for obj in jobs + services + pools:  # as kubectl prints them (--show-managed-fields=false)
             obj.get("metadata", {}).pop("managedFields", None)
-        dump({"apiVersion": "v1", "kind": "List", "items": jobs + services}, args.output)
-    elif not jobs and not services:
+        dump({"apiVersion": "v1", "kind": "List", "items": jobs + services + pools}, args.output)
+    elif not jobs and not services and not pools:
         print("No resources found" + ("" if everywhere else f" in {s.namespace} namespace") + ".", file=sys.stderr)
     else:
-        print(fmt.get_table(jobs, services, _now(), all_namespaces=everywhere))
+        print(fmt.get_table(jobs, services, _now(), all_namespaces=everywhere, pools=pools))
     return 0
+
+
+def _list(kube: Kube, kind: str, namespace: str | None, name: str | None, *, optional: bool) -> list[dict[str, Any]]:
+    """The objects of a kind (one by name); with `optional`, none when the cluster lacks the kind's CRD (an
+    operator installed before ModelPools)."""
+    from modelops.kube import ApiError
+
+    try:
+        return kube.list_objects(API_VERSION, kind, namespace, fields=f"metadata.name={name}" if name else None)[0]
+    except ApiError as error:
+        if optional and error.status == 404:
+            return []
+        raise
 
 
 # ---- watch -----------------------------------------------------------------------------------------
@@ -227,8 +243,11 @@ def _owned(objects: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
 
 
 def describe_command(args: argparse.Namespace) -> int:
-    if KINDS.get(args.target[0].partition("/")[0].lower()) == "TrainingJob":
+    kind = KINDS.get(args.target[0].partition("/")[0].lower())
+    if kind == "TrainingJob":
         return describe_job_command(args)
+    if kind == "ModelPool":
+        return describe_pool_command(args)
     name = target(args.target, "ModelService")
     s = session(args)
     service = fetch(s.kube, "ModelService", s.namespace, name)
@@ -238,11 +257,27 @@ def describe_command(args: argparse.Namespace) -> int:
     pods = s.kube.list_objects("v1", "Pod", s.namespace, labels=_service_label(name))[0]
     events = s.kube.list_objects("v1", "Event", s.namespace,
                                  fields=f"involvedObject.kind=ModelService,involvedObject.uid={uid}")[0]
-    data = fmt.describe_service_data(service, deployments, pods, events)
+    pool_name = (service.get("spec") or {}).get("pool")
+    pool = s.kube.get(API_VERSION, "ModelPool", s.namespace, pool_name) if pool_name else None
+    data = fmt.describe_service_data(service, deployments, pods, events, pool)
     if args.output:
         dump(data, args.output)
     else:
         print(fmt.describe_service(data, _now()))
+    return 0
+
+
+def describe_pool_command(args: argparse.Namespace) -> int:
+    name = target(args.target, "ModelPool")
+    s = session(args)
+    pool = fetch(s.kube, "ModelPool", s.namespace, name)
+    events = s.kube.list_objects("v1", "Event", s.namespace,
+                                 fields=f"involvedObject.kind=ModelPool,involvedObject.uid={pool['metadata']['uid']}")[0]
+    data = fmt.describe_pool_data(pool, events)
+    if args.output:
+        dump(data, args.output)
+    else:
+        print(fmt.describe_pool(data, _now()))
     return 0
 
 

@@ -128,20 +128,33 @@ def service_row(service: dict[str, Any], now: datetime) -> list[str]:
     progress = f"step {int(canary.get('step', 0)) + 1}/{steps}" if canary else NONE
     canary_text = f"v{canary.get('version')} {canary.get('weight', 0)}%" if canary else NONE
     model = _dict(_dict(service.get("spec")).get("model")).get("name") or NONE
+    pool = _dict(service.get("spec")).get("pool")
+    if pool:  # served as copies on a ModelPool's servers
+        model = f"{model}@mp/{pool}"
     version = status.get("modelVersion")
     return [f"ms/{meta.get('name')}", status.get("phase") or NONE, progress, model,
             NONE if version is None else str(version), canary_text, status.get("ready") or NONE,
             age(meta.get("creationTimestamp"), now)]
 
 
+def pool_row(pool: dict[str, Any], now: datetime) -> list[str]:
+    """A ModelPool in the same columns: memory used/capacity as its progress, models and copies resident, servers
+    ready/desired."""
+    status, meta = _status(pool), pool.get("metadata") or {}
+    resident = f"{status.get('models', 0)} models/{status.get('copies', 0)} copies"
+    return [f"mp/{meta.get('name')}", status.get("phase") or NONE, status.get("memory") or NONE, resident, NONE,
+            NONE, status.get("serversReady") or NONE, age(meta.get("creationTimestamp"), now)]
+
+
 GET_HEADERS = ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "CANARY", "READY", "AGE"]
 
 
 def get_table(jobs: list[dict[str, Any]], services: list[dict[str, Any]], now: datetime,
-              all_namespaces: bool = False) -> str:
-    """One table of TrainingJobs then ModelServices (by namespace and name); a NAMESPACE column with -A."""
+              all_namespaces: bool = False, pools: list[dict[str, Any]] | None = None) -> str:
+    """One table of TrainingJobs, ModelServices then ModelPools (by namespace and name); a NAMESPACE column
+    with -A."""
     rows: list[tuple[str, int, str, list[str]]] = []
-    for order, (objects, row) in enumerate(((jobs, job_row), (services, service_row))):
+    for order, (objects, row) in enumerate(((jobs, job_row), (services, service_row), (pools or [], pool_row))):
         for obj in objects:
             meta = obj.get("metadata") or {}
             rows.append((meta.get("namespace", ""), order, meta.get("name", ""), row(obj, now)))
@@ -292,6 +305,17 @@ def revisions(service: dict[str, Any], deployments: list[dict[str, Any]]) -> lis
     """One entry per revision Deployment: name, version, role, weight, replicas, ready, held-out accuracy,
     the evaluation gate's record (annotation modelops.dev/evaluation), created."""
     status, result = _status(service), []
+    if _dict(service.get("spec")).get("pool"):  # no Deployments: the revisions are what its status records
+        for name in (r.get("name") for r in (_dict(status.get("stable")), _dict(status.get("canary"))) if r):
+            revision = next(r for r in (_dict(status.get("stable")), _dict(status.get("canary")))
+                            if r.get("name") == name)
+            role, weight = _revision_role(str(name), status, {})
+            result.append({"name": name, "version": str(revision.get("version")), "role": role, "weight": weight,
+                           "replicas": int(revision.get("replicas") or 0),
+                           "readyReplicas": int(revision.get("readyReplicas") or 0),
+                           "accuracy": revision.get("accuracy"), "evaluation": revision.get("evaluation"),
+                           "created": revision.get("startedAt")})
+        return result
     for dep in sorted(deployments, key=lambda d: str(d["metadata"].get("creationTimestamp", ""))):
         meta = dep["metadata"]
         annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if isinstance(v, str)}
@@ -340,12 +364,33 @@ def gate_results(status: dict[str, Any]) -> dict[str, Any]:
     return {**fields, **conditions}
 
 
+def pool_copies(service: dict[str, Any], pool: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A pooled ModelService's copies: its pool, and each pool server holding a version of its model (ready,
+    bytes, last inference, leaving, listed in its Service's EndpointSlice)."""
+    name = _dict(service.get("spec")).get("pool")
+    if not name:
+        return None
+    model = _dict(_dict(service.get("spec")).get("model")).get("name")
+    placed = _dict(_status(service).get("pool"))
+    listed = set(placed.get("servers") or [])
+    copies = [{"server": server.get("name"), "version": m.get("version"), "ready": bool(m.get("ready")),
+               "bytes": m.get("bytes"), "measured": bool(m.get("measured")), "lastInference": m.get("lastInference"),
+               "leaving": bool(m.get("leaving")), "listed": server.get("name") in listed}
+              for server in _status(pool or {}).get("servers") or [] for m in server.get("models") or []
+              if m.get("name") == model]
+    unplaced = [u for u in _status(pool or {}).get("unplaced") or []
+                if u.get("modelService") == service["metadata"]["name"]]
+    return {"name": name, "found": pool is not None, "copies": copies, "servers": sorted(listed),
+            "unplaced": unplaced}
+
+
 def describe_service_data(service: dict[str, Any], deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
-                          events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything `describe ms` shows, as plain data (what -o json/yaml prints)."""
+                          events: list[dict[str, Any]], pool: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `describe ms` shows, as plain data (what -o json/yaml prints); `pool`: the ModelPool of a
+    pooled ModelService."""
     status, entries = _status(service), event_entries(events)
     history = status.get("analysisHistory")
-    return {
+    return {"pool": pool_copies(service, pool), **{
         "name": service["metadata"]["name"], "namespace": service["metadata"].get("namespace"),
         "model": _dict(_dict(service.get("spec")).get("model")), "phase": status.get("phase"),
         "modelVersion": status.get("modelVersion"), "ready": status.get("ready"), "url": status.get("url"),
@@ -359,7 +404,7 @@ def describe_service_data(service: dict[str, Any], deployments: list[dict[str, A
         "autoscaling": status.get("autoscaling"),
         "scalingDecisions": [e for e in entries if e["reason"] == "Scaled"],
         "conditions": status.get("conditions") or [], "events": entries,
-    }
+    }}
 
 
 def _model_line(model: dict[str, Any]) -> str:
@@ -460,12 +505,81 @@ def describe_service(data: dict[str, Any], now: datetime) -> str:
     lines = [f"Name:       {data['name']}", f"Namespace:  {data['namespace']}",
              f"Model:      {_model_line(data['model'])}", f"Phase:      {data['phase'] or NONE}",
              f"Serving:    version {data['modelVersion'] if data['modelVersion'] is not None else NONE}, "
-             f"{data['ready'] or '0/0'} replicas ready", f"URL:        {data['url'] or NONE}"]
+             f"{data['ready'] or '0/0'} {'copies' if data.get('pool') else 'replicas'} ready",
+             f"URL:        {data['url'] or NONE}"]
+    if data.get("pool"):
+        lines += _section("Pool", _pool_copy_rows(data["pool"], now))
     lines += _section("Revisions", _revision_rows(data, now))
     lines += _section("Rollout history", _event_rows(data["rollout"], now))
     lines += _section("Analysis", [_analysis_text(a, now) for a in data["analysisHistory"]])
     lines += _section("Gates", gates)
     lines += _section("Autoscaling", _autoscaling_rows(data, now))
+    lines += _section("Conditions", _condition_rows(data["conditions"], now))
+    lines += _section("Events", _event_rows(data["events"][-10:], now))
+    return "\n".join(lines)
+
+
+# ---- pools ---------------------------------------------------------------------------------------------
+
+
+def size(value: Any) -> str:
+    """Bytes as Kubernetes quantities print them (binary suffixes, one decimal below 10)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return NONE
+    amount, unit = float(value), ""
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if amount < 1024 or unit == "Ti":
+            break
+        amount /= 1024
+    return f"{amount:.1f}{unit}" if unit and amount < 10 and amount != int(amount) else f"{amount:.0f}{unit}"
+
+
+def _pool_copy_rows(pool: dict[str, Any], now: datetime) -> list[str]:
+    lines = [f"mp/{pool['name']}" + ("" if pool["found"] else " (not found)") +
+             f"; its Service lists {', '.join(pool['servers']) or 'no server'}"]
+    rows = [[str(c["server"]), str(c["version"]), str(c["ready"]).lower(),
+             size(c["bytes"]) + ("" if c["measured"] else " (declared)"), age(c["lastInference"], now),
+             "leaving" if c["leaving"] else "listed" if c["listed"] else NONE] for c in pool["copies"]]
+    if rows:
+        lines += table(["SERVER", "VERSION", "READY", "SIZE", "LAST INFERENCE", "ROUTING"], rows).splitlines()
+    lines += [f"unplaced v{u.get('version', '?')}: {u.get('reason')}: {u.get('message', '')}" for u in pool["unplaced"]]
+    return lines
+
+
+def describe_pool_data(pool: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything `describe mp` shows, as plain data (what -o json/yaml prints)."""
+    status, spec = _status(pool), _dict(pool.get("spec"))
+    return {"name": pool["metadata"]["name"], "namespace": pool["metadata"].get("namespace"),
+            "phase": status.get("phase"), "serversReady": status.get("serversReady"),
+            "servers": status.get("servers") or [], "memory": status.get("memory"), "models": status.get("models", 0),
+            "copies": status.get("copies", 0), "totals": _dict(status.get("totals")),
+            "unplaced": status.get("unplaced") or [],
+            "spec": {k: spec.get(k) for k in ("capacity", "overcommit", "minServers", "maxServers", "resources")},
+            "conditions": status.get("conditions") or [], "events": event_entries(events)}
+
+
+def describe_pool(data: dict[str, Any], now: datetime) -> str:
+    """`describe mp` as text: each server's memory and the copies resident on it."""
+    spec, totals = data["spec"], data["totals"]
+    servers = [[str(s.get("name")), str(bool(s.get("ready"))).lower(), "draining" if s.get("draining") else NONE,
+                f"{size(s.get('bytesUsed', 0))}/{size(s.get('capacityBytes', 0))}", str(len(s.get("models") or []))]
+               for s in data["servers"]]
+    copies = [[str(s.get("name")), f"{m.get('name')}:{m.get('version')}", str(bool(m.get("ready"))).lower(),
+               size(m.get("bytes")) + ("" if m.get("measured") else " (declared)"), age(m.get("lastInference"), now),
+               "leaving" if m.get("leaving") else NONE]
+              for s in data["servers"] for m in s.get("models") or []]
+    lines = [f"Name:       {data['name']}", f"Namespace:  {data['namespace']}", f"Phase:      {data['phase'] or NONE}",
+             f"Scale:      {data['serversReady'] or NONE} servers ready (min {spec.get('minServers')}, max "
+             f"{spec.get('maxServers')}), capacity {spec.get('capacity')} each, overcommit {spec.get('overcommit') or 0}",
+             f"Resident:   {data['models']} model versions, {data['copies']} copies, memory {data['memory'] or NONE}",
+             f"Totals:     {totals.get('loads', 0)} loads, {totals.get('unloads', 0)} unloads, "
+             f"{totals.get('evictions', 0)} evictions"]
+    lines += _section("Servers", table(["SERVER", "READY", "STATE", "USED/CAPACITY", "COPIES"], servers).splitlines()
+                      if servers else [])
+    lines += _section("Copies", table(["SERVER", "MODEL", "READY", "SIZE", "LAST INFERENCE", "STATE"],
+                                      copies).splitlines() if copies else [])
+    lines += _section("Unplaced", [f"{u.get('modelService')} ({u.get('model')}:{u.get('version', '?')}): "
+                                   f"{u.get('reason')}: {u.get('message', '')}" for u in data["unplaced"]])
     lines += _section("Conditions", _condition_rows(data["conditions"], now))
     lines += _section("Events", _event_rows(data["events"][-10:], now))
     return "\n".join(lines)
