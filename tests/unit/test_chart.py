@@ -45,6 +45,7 @@ NAMESPACED_RULES: Rules = {
     ("apps", "deployments"): CRUD,
     ("autoscaling", "horizontalpodautoscalers"): CRUD,
     ("monitoring.coreos.com", "servicemonitors"): CRUD,
+    ("monitoring.coreos.com", "podmonitors"): CRUD,
     ("discovery.k8s.io", "endpointslices"): CRUD,
     ("kueue.x-k8s.io", "workloads"): verbs("get", "list", "watch", "create", "delete"),
     ("kueue.x-k8s.io", "workloads/status"): verbs("patch"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from modelops.api.modelpool import ModelPoolSpec
@@ -324,3 +325,19 @@ def test_copies_follow_load_between_min_and_max() -> None:
     grown = plan_pool(observe(*busy, demands=[hot], memory=first.memory, now=NOW + timedelta(seconds=15),
                               maxServers=3))
     assert created(grown) == ["shared-s0", "shared-s1", "shared-s2"]
+
+
+def test_a_canary_gets_the_copies_its_rollout_step_asks_within_its_maximum() -> None:
+    """status.canary.replicas of a pooled ModelService: the endpoints its step's weight takes (pooled_service_plan)."""
+    rolling = replace(demand("churn", versions=(3, 4), copies=1, max_copies=2), canary_version=4, canary_copies=3)
+    plan = plan_pool(observe(server(0, resident("churn", 3)), server(1), server(2), server(3),
+                             demands=[rolling], maxServers=4))
+    assert sorted(loads(plan)) == [("shared-s1", "churn", 4), ("shared-s2", "churn", 4)]  # 2: its maximum
+
+
+def test_with_the_prometheus_operator_a_pod_monitor_scrapes_the_pools_servers() -> None:
+    plan = plan_pool(replace(observe(server(0), demands=[]), pod_monitor=True))
+    [monitor] = [o for o in plan.apply if o["kind"] == "PodMonitor"]
+    assert monitor["spec"]["selector"] == {"matchLabels": {"modelops.dev/model-pool": "shared"}}
+    assert monitor["spec"]["podTargetLabels"] == ["modelops.dev/model-pool"]
+    assert not [o for o in plan_pool(observe(server(0), demands=[])).apply if o["kind"] == "PodMonitor"]

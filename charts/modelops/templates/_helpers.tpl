@@ -90,7 +90,8 @@ resource added or removed here fails until that table is updated too.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
-# ModelService: Triton Deployments per revision, their HPAs, and ServiceMonitors when that CRD exists.
+# ModelService: Triton Deployments per revision, their HPAs, and ServiceMonitors when that CRD exists;
+# ModelPool: a PodMonitor of its servers when that CRD exists.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
@@ -98,7 +99,7 @@ resource added or removed here fails until that table is updated too.
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
-  resources: [servicemonitors]
+  resources: [servicemonitors, podmonitors]
   verbs: [get, list, watch, create, patch, delete]
 # A pooled ModelService: the EndpointSlice of its selector-less Service (the pool servers where its model is ready).
 - apiGroups: [discovery.k8s.io]

@@ -24,12 +24,14 @@ from modelops.resources.modelservice import ServiceMeta, service_name
 from modelops.resources.pool_plan import Demand, Ledger, PoolMemory, PoolObservation, Server, plan_pool
 
 KIND = "ModelPool"
+POD_MONITOR = ("monitoring.coreos.com/v1", "PodMonitor")
 log = logging.getLogger(__name__)
 
 
 class ModelPoolController:
     kind = KIND
-    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid})]
+    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid}),
+                   ChildKind(*POD_MONITOR, indexes={"owner": by_controller_uid}, optional=True)]
     resource_indexes: dict[str, IndexFn] = {}
 
     def reconcile(self, ctx: Context, namespace: str, name: str) -> float | None:
@@ -75,7 +77,8 @@ def observe(ctx: Context, obj: Obj, spec: ModelPoolSpec, key: Key) -> PoolObserv
     demands = [d for ms in ctx.caches.store("ModelService").by_index("pool", f"{meta.namespace}/{meta.name}")
                if (d := demand_of(ctx, ms)) is not None]
     return PoolObservation(meta=meta, spec=spec, previous=obj.get("status") or {}, now=datetime.now(timezone.utc),
-                           servers=servers, demands=demands, memory=ctx.memory.get(key) or PoolMemory())
+                           servers=servers, demands=demands, memory=ctx.memory.get(key) or PoolMemory(),
+                           pod_monitor=ctx.serves(*POD_MONITOR))
 
 
 def observe_server(ctx: Context, pod: Obj, template: str) -> Server:

@@ -102,3 +102,12 @@ def server_pod(pool: PoolMeta, spec: ModelPoolSpec, index: int) -> dict[str, Any
         ANNOTATION_TEMPLATE: template_hash(spec),
         "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)})
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": _pod_spec(spec)}
+
+
+def pod_monitor(pool: PoolMeta) -> dict[str, Any]:
+    """For clusters running the Prometheus Operator: scrape every server of the pool, keeping the pool's label
+    (a pooled ModelService's canary analysis selects model, version and this label: many models per server)."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+            "metadata": pool.child_metadata(pool.label, pool.selector),
+            "spec": {"selector": {"matchLabels": pool.selector}, "podTargetLabels": [LABEL_POOL],
+                     "podMetricsEndpoints": [{"port": "metrics", "interval": "5s"}]}}

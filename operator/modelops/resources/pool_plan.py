@@ -204,6 +204,8 @@ class PoolObservation:
     servers: list[Server]
     demands: list[Demand]
     memory: PoolMemory = field(default_factory=PoolMemory)
+    pod_monitor: bool = False
+    """The cluster serves the Prometheus Operator's PodMonitor: one scrapes the pool's servers."""
 
 
 # ---- the planner ------------------------------------------------------------------------------------------
@@ -346,6 +348,8 @@ def plan_pool(obs: PoolObservation) -> Plan:
             index += 1
         taken.add(index)
         plan.apply.append(build.server_pod(meta, spec, index))
+    if obs.pod_monitor:
+        plan.apply.append(build.pod_monitor(meta))
     plan.create_only = frozenset({"Pod"})
     plan.delete = [Delete("v1", "Pod", name) for name in dict.fromkeys(deletes)]
     plan.model_actions = placement.actions
