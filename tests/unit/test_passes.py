@@ -540,3 +540,21 @@ def test_a_model_service_moving_into_a_pool_keeps_its_pods_until_a_copy_serves(p
         world.kube.objects
     assert [e["targetRef"]["name"] for e in world.kube.objects[("EndpointSlice", "ml", "alpha")]["endpoints"]] == \
         ["shared-s0"]
+
+
+def test_a_pooled_canary_step_lists_a_copy_of_each_version_and_a_settled_pass_writes_nothing(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, triton = pool_world
+    world.add(model_pool())
+    world.add(pooled("alpha", "a", 500, rollout={"steps": [{"weight": 50, "pauseSeconds": 600}],
+                                                 "gates": {"evaluation": {"enabled": False}}}))
+    settle(world, "alpha")
+    alpha = world.kube.objects[("ModelService", "ml", "alpha")]
+    world.add({**alpha, "spec": {**alpha["spec"], "model": {**alpha["spec"]["model"], "version": 4}},
+               "metadata": {**alpha["metadata"], "generation": 2}})
+    settle(world, "alpha")
+    endpoint_slice = world.kube.objects[("EndpointSlice", "ml", "alpha")]
+    assert [e["targetRef"]["name"] for e in endpoint_slice["endpoints"]] == ["shared-s0", "shared-s1"]  # v3, v4
+    assert {m["version"] for s in world.status("ModelPool", "shared")["servers"] for m in s["models"]} == {3, 4}
+    status = world.status("ModelService", "alpha")
+    assert status["canary"]["weight"] == 50 and status["pool"]["canaryServers"] == ["shared-s1"]
+    assert world.reconcile("ModelService", "alpha") == []  # settled mid-step: not one write

@@ -266,3 +266,14 @@ def test_pooled_analysis_selects_the_model_the_version_and_the_pool() -> None:
     for query in prometheus.queries:
         assert 'model="churn"' in query and 'modelops_dev_model_pool="shared"' in query
         assert 'version="3"' in query or 'version="4"' in query
+
+
+def test_a_first_version_is_placed_then_waits_for_its_gate_before_it_serves() -> None:
+    s = spec(gate=True)
+    placing = plan_pooled_service(observe(s, pool(0), {}, previous={}))
+    assert placing.status["conditions"][0]["reason"] == "Placing" and listed(placing) == []
+    assert record(placing)["evaluations"] == {"churn-v4": {"verdict": "Pending"}}
+    loaded = plan_pooled_service(observe(s, pool(0, 1), record(placing), previous=placing.status))
+    assert loaded.status["conditions"][0]["reason"] == "EvaluationPending" and listed(loaded) == []
+    [pod] = [o for o in loaded.apply if o["kind"] == "Pod"]
+    assert "--stable" not in pod["spec"]["containers"][0]["args"]  # the first version: judged on its own

@@ -283,7 +283,7 @@ def _status(obs: PooledObservation, state: RolloutState, records: Records, linea
         why = Cond("Ready", False, "Waiting", obs.waiting or "waiting for a model version to serve")
     elif stable_record.get("verdict") == "Failed":
         why = Cond("Ready", False, "EvaluationFailed", f"evaluation gate failed: {stable_record.get('message', '')}")
-    elif stable_record.get("verdict") == "Pending":
+    elif stable_record.get("verdict") == "Pending" and where_ready(obs.pool, model, state.stable_version):
         why = Cond("Ready", False, "EvaluationPending", f"{model}:{state.stable_version} waits for its evaluation gate")
     elif min_copies(spec) > 0:
         why = Cond("Ready", False, "Placing", f"waiting for a ready copy of {model}:{state.stable_version} "
