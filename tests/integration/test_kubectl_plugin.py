@@ -209,3 +209,32 @@ def test_describe_promote_abort_and_rollback_of_a_model_service(kube, operator) 
     eventually(lambda: rollout_annotation(kube, "web") is None, what="the operator clears the annotation")
     text = plugin(kube, "describe", "ms", "web").stdout
     assert f"rejected (not retried until the spec changes): {canary}" in text and "RolledBack" in text
+
+
+def test_get_and_describe_show_a_pool_and_a_pooled_model_service(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    """kwok runs no Triton: the pool's servers exist and hold nothing, the pooled ModelService is placing."""
+    apply(kube, "ModelPool", "shared", {"repository": REPOSITORY, "capacity": "1Gi", "minServers": 1,
+                                        "maxServers": 2})
+    apply(kube, "ModelService", "tiny", {"model": {"name": "digits", "version": 1, "signature": SIGNATURE},
+                                         "pool": "shared", "repository": REPOSITORY, "replicas": 1,
+                                         "resources": {"memory": "300Mi"}})
+    eventually(lambda: get_json(kube, "mp", "shared").get("status", {}).get("servers"), what="the pool's servers")
+    eventually(lambda: get_json(kube, "ms", "tiny").get("status", {}).get("pool"), what="the pooled status")
+
+    rows = {line.split()[0]: line.split() for line in plugin(kube, "get").stdout.splitlines()[1:]}
+    assert rows["ms/tiny"][3] == "digits@mp/shared"
+    assert rows["mp/shared"][2] == "0/1Gi" and rows["mp/shared"][3:5] == ["0", "models/0"]
+    assert [line.split()[0] for line in plugin(kube, "get", "mp").stdout.splitlines()] == ["NAME", "mp/shared"]
+
+    text = plugin(kube, "describe", "mp", "shared").stdout
+    assert "Scale:      " in text and "capacity 1Gi each" in text
+    servers = text.splitlines()[text.splitlines().index("Servers:") + 2].split()
+    assert servers[0] == "shared-s0" and servers[3] == "0/1Gi"
+    data = yaml.safe_load(plugin(kube, "describe", "mp/shared", "-o", "yaml").stdout)
+    assert data["servers"][0]["name"] == "shared-s0" and data["totals"] == {"loads": 0, "unloads": 0, "evictions": 0}
+
+    described = plugin(kube, "describe", "ms", "tiny").stdout
+    assert "Pool:\n  mp/shared; its Service lists no server" in described
+    assert "Serving:    version 1, 0/1 copies ready" in described
+    [endpoint_slice] = get_json(kube, "endpointslices", "-l", "kubernetes.io/service-name=tiny")["items"]
+    assert json.loads(endpoint_slice["metadata"]["annotations"]["modelops.dev/pooled-rollout"])["stableVersion"] == 1
