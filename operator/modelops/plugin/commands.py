@@ -81,7 +81,8 @@ def add_commands(commands: Any) -> None:
     describe = command("describe", describe_command,
                        "a ModelService's revisions, rollout and analysis, gates, autoscaling, conditions, Events "
                        "(a pooled one's copies on its pool's servers); "
-                       "a TrainingJob's progress, last checkpoint and what a preemption would cost, conditions, Events; "
+                       "a TrainingJob's progress, last checkpoint and what a preemption would cost, conditions, "
+                       "Events; "
                        "a ModelPool's servers, the copies resident on each and their memory")
     describe.add_argument("target", nargs="+", metavar="ms|tj|mp NAME")
     _output_flag(describe)
@@ -271,8 +272,8 @@ def describe_pool_command(args: argparse.Namespace) -> int:
     name = target(args.target, "ModelPool")
     s = session(args)
     pool = fetch(s.kube, "ModelPool", s.namespace, name)
-    events = s.kube.list_objects("v1", "Event", s.namespace,
-                                 fields=f"involvedObject.kind=ModelPool,involvedObject.uid={pool['metadata']['uid']}")[0]
+    involved = f"involvedObject.kind=ModelPool,involvedObject.uid={pool['metadata']['uid']}"
+    events = s.kube.list_objects("v1", "Event", s.namespace, fields=involved)[0]
     data = fmt.describe_pool_data(pool, events)
     if args.output:
         dump(data, args.output)

@@ -570,7 +570,8 @@ def describe_pool(data: dict[str, Any], now: datetime) -> str:
               for s in data["servers"] for m in s.get("models") or []]
     lines = [f"Name:       {data['name']}", f"Namespace:  {data['namespace']}", f"Phase:      {data['phase'] or NONE}",
              f"Scale:      {data['serversReady'] or NONE} servers ready (min {spec.get('minServers')}, max "
-             f"{spec.get('maxServers')}), capacity {spec.get('capacity')} each, overcommit {spec.get('overcommit') or 0}",
+             f"{spec.get('maxServers')}), capacity {spec.get('capacity')} each, "
+             f"overcommit {spec.get('overcommit') or 0}",
              f"Resident:   {data['models']} model versions, {data['copies']} copies, memory {data['memory'] or NONE}",
              f"Totals:     {totals.get('loads', 0)} loads, {totals.get('unloads', 0)} unloads, "
              f"{totals.get('evictions', 0)} evictions"]

@@ -208,8 +208,9 @@ def plan_pooled_service(obs: PooledObservation) -> Plan:
     listed = stable_listed + canary_listed
     pods = [running[s] for s in listed]
 
-    reached: Records = {r: record for r, record in gate.records.items()
-               if record.get("verdict") in evaluation.FINAL and record.get("verdict") != (before.get(r) or {}).get("verdict")}
+    # verdicts the gate reached in this pass (announced once, shown as lastEvaluation)
+    reached: Records = {r: record for r, record in gate.records.items() if record.get("verdict") in evaluation.FINAL
+                        and record.get("verdict") != (before.get(r) or {}).get("verdict")}
     status = _status(obs, state, records, lineages, decision, analysis, weight, stable_ready, canary_ready,
                      canary_wanted, listed, unplaced, reached, versions)
     events = decision_events(decision, previous)
@@ -274,9 +275,9 @@ def _status(obs: PooledObservation, state: RolloutState, records: Records, linea
     if obs.pool is None:
         why = Cond("Ready", False, "PoolNotFound", f"ModelPool {spec.pool} not found in {meta.namespace}")
     elif listed:
-        why = Cond("Ready", True, "Serving", f"{len(listed)} ready copies of {model}:{state.stable_version} "
-                                             f"in pool {spec.pool}" + (f" (canary v{state.canary_version} "
-                                                                        f"on {len(canary_ready)})" if canary_ready else ""))
+        canary_note = f" (canary v{state.canary_version} on {len(canary_ready)})" if canary_ready else ""
+        why = Cond("Ready", True, "Serving",
+                   f"{len(listed)} ready copies of {model}:{state.stable_version} in pool {spec.pool}{canary_note}")
     elif stable_unplaced:
         why = Cond("Ready", False, str(stable_unplaced.get("reason")), str(stable_unplaced.get("message", "")))
     elif state.stable is None:
