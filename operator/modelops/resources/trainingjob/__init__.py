@@ -29,7 +29,7 @@ from modelops.resources.trainingjob.names import (ANNOTATION_ENDED_ATTEMPTS, ANN
                                                   RENDEZVOUS_PORT, SUSPENDED, TERMINAL, TRAINER_CONTAINER, JobMeta,
                                                   job_label, pod_name, service_name, worker_hostname)
 from modelops.resources.trainingjob.observe import ObservedPod, ended_attempts_of
-from modelops.resources.trainingjob.phase import WAIT_MESSAGE_LIMIT
+from modelops.resources.pods import WAIT_MESSAGE_LIMIT
 from modelops.resources.trainingjob.planner import RESYNC_SECONDS, Plan, plan, plan_job
 
 __all__ = [

@@ -10,14 +10,10 @@ from datetime import datetime
 from typing import Any
 
 from modelops.clock import parse_rfc3339, rfc3339
+from modelops.resources.pods import pod_wait
 from modelops.resources.trainingjob.names import (ANNOTATION_ENDED_ATTEMPTS, ANNOTATION_POD_SPEC, ANNOTATION_PROGRESS,
                                                   FAILED, LABEL_ATTEMPT, LABEL_RANK, PREEMPTED, SUSPENDED, TERMINAL,
                                                   TRAINER_CONTAINER, JobMeta)
-
-# Container waiting reasons that mean the worker cannot start without someone changing something
-# (ContainerCreating and PodInitializing are normal waits, not listed).
-STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff")
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ class ObservedPod:
             # the pod could not patch its own annotation (e.g. a ServiceAccount without the Role).
             progress = final
         phase = status.get("phase") or "Pending"
-        waiting_reason, waiting_message = _waiting(status) if phase == "Pending" else ("", "")
+        wait = pod_wait(status) if phase == "Pending" else None
         disruption = next((c for c in status.get("conditions") or [] if isinstance(c, dict)
                            and c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
         return cls(
@@ -74,24 +70,11 @@ class ObservedPod:
             pod_spec=annotations.get(ANNOTATION_POD_SPEC),
             progress=progress,
             finished=terminated.get("finishedAt") if isinstance(terminated.get("finishedAt"), str) else None,
-            waiting_reason=waiting_reason, waiting_message=waiting_message,
+            waiting_reason=wait.reason if wait else "", waiting_message=wait.message if wait else "",
             disruption=str(disruption.get("reason") or "DisruptionTarget") if disruption else "",
             disruption_message=str(disruption.get("message") or "") if disruption else "",
             ended_attempts=tuple(sorted(ended_attempts_of(json_object(annotations.get(ANNOTATION_ENDED_ATTEMPTS))).items())),
         )
-
-
-def _waiting(status: dict[str, Any]) -> tuple[str, str]:
-    """(reason, message) of a pending pod that cannot go on: not scheduled (PodScheduled=False, as the
-    scheduler wrote it), or a container stuck waiting (image pull, config). ('', '') for a normal wait."""
-    for cond in status.get("conditions") or []:
-        if isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or "")
-    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
-        if isinstance(waiting, dict) and waiting.get("reason") in STUCK_REASONS:
-            return str(waiting["reason"]), str(waiting.get("message") or "")
-    return "", ""
 
 
 def ended_attempts_of(record: Any) -> dict[int, str]:
