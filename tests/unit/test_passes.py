@@ -300,6 +300,41 @@ def test_the_autoscaler_remembers_through_the_engine_and_forgets_with_the_object
     assert world.ctx.memory.get(key) is None
 
 
+def test_a_followed_job_that_goes_keeps_serving_says_so_once_and_is_followed_again(world: World) -> None:
+    published = {"name": "digits", "version": 3, "uri": "file:///srv/models/digits/3", "signature": SIGNATURE}
+    world.add({**training_job(), "status": {"phase": "Succeeded", "model": published}})
+    world.add(model_service(model={"name": "digits", "fromTrainingJob": "train"}))
+    converged(world, "ModelService", "digits")
+    following = conditions(world.status("ModelService", "digits"))["SourceAvailable"]
+    assert (following["status"], following["reason"]) == ("True", "Following")
+    revision = next(name for kind, _, name in world.kube.objects if kind == "Deployment")
+
+    world.kube.objects.pop(("TrainingJob", "ml", "train"))
+    world.sync()
+    world.kube.events.clear()
+    world.reconcile("ModelService", "digits")
+    missing = conditions(world.status("ModelService", "digits"))["SourceAvailable"]
+    assert (missing["status"], missing["reason"]) == ("False", "TrainingJobNotFound")
+    assert "TrainingJob train not found; still serving version 3" in missing["message"]
+    assert [(e.type, e.reason) for _, e in world.kube.events] == [("Warning", "TrainingJobNotFound")]
+    assert ("Deployment", "ml", revision) in world.kube.objects  # still serving
+    converged(world, "ModelService", "digits")
+    assert len(world.kube.events) == 1  # said once
+
+    world.add({**training_job(), "status": {"phase": "Succeeded", "model": published}})
+    world.reconcile("ModelService", "digits")
+    assert conditions(world.status("ModelService", "digits"))["SourceAvailable"]["status"] == "True"
+    assert ("Normal", "SourceFound") in [(e.type, e.reason) for _, e in world.kube.events]
+
+
+def test_a_followed_job_the_caches_have_not_seen_yet_is_not_called_missing(world: World) -> None:
+    """kopf feeds our own kinds; at a start it may lag the child caches: the API server is asked."""
+    world.kube.put(training_job())  # on the server, not in the caches
+    world.add(model_service(model={"name": "digits", "fromTrainingJob": "train"}))
+    world.reconcile("ModelService", "digits")
+    assert conditions(world.status("ModelService", "digits"))["SourceAvailable"]["status"] == "True"
+
+
 # ---- TrainingJob -------------------------------------------------------------------------------------------
 
 

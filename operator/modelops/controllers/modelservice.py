@@ -9,6 +9,7 @@ from typing import Iterable
 
 from pydantic import ValidationError
 
+from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
 from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
@@ -19,6 +20,7 @@ from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
+from modelops.resources.pods import Wait, pod_wait
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
 from modelops.rollout import evaluation
@@ -116,6 +118,8 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
     scaling = spec.autoscaling
     return ServiceObservation(
         meta=meta, spec=spec, previous=previous, now=now, target=target, waiting=waiting, desired=desired,
+        followed_missing=bool(spec.model.from_training_job)
+        and ctx.absent(API_VERSION, "TrainingJob", meta.namespace, spec.model.from_training_job or ""),
         observed=observed, state=state, state_warning=warning,
         action=(obj["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION),
         serving_pods=serving_pods,
@@ -172,7 +176,14 @@ def last_served(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec,
 
 def observe_revisions(ctx: Context, meta: build.ServiceMeta, serving_pods: list[Obj]) -> dict[str, ObservedRevision]:
     failures: dict[str, str] = {}
-    for pod in serving_pods:
+    stuck: dict[str, list[tuple[str, Wait]]] = {}
+    for pod in sorted(serving_pods, key=lambda p: p["metadata"]["name"]):
+        status = pod.get("status") or {}
+        wait = pod_wait(status) if status.get("phase") not in ("Succeeded", "Failed") \
+            and not pod["metadata"].get("deletionTimestamp") else None
+        if wait:
+            revision = (pod["metadata"].get("labels") or {}).get(build.LABEL_REVISION, "")
+            stuck.setdefault(revision, []).append((pod["metadata"]["name"], wait))
         ready = build.model_ready_condition(pod)
         if ready and ready.get("status") == "False" and ready.get("reason") == "ModelCheckFailed":
             labels = pod["metadata"].get("labels") or {}
@@ -187,13 +198,25 @@ def observe_revisions(ctx: Context, meta: build.ServiceMeta, serving_pods: list[
             log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
             version = 0
         annotations = {k: v for k, v in (dep["metadata"].get("annotations") or {}).items() if isinstance(v, str)}
+        waits = stuck.get(name, [])
+        refused = replica_failure(dep)
         seen = ObservedRevision(
             name=name, version=version, replicas=int((dep.get("spec") or {}).get("replicas") or 0),
             ready_replicas=int((dep.get("status") or {}).get("readyReplicas") or 0),
             model_failure=failures.get(name), annotations=annotations,
+            wait=waits[0][1] if waits else refused, wait_pod=waits[0][0] if waits else "", waiting=len(waits),
             created=str(dep["metadata"].get("creationTimestamp") or ""), lineage=evaluation.read_lineage(annotations))
         observed[name] = with_evaluation(seen, evaluation.read(annotations), None)
     return observed
+
+
+def replica_failure(deployment: Obj) -> Wait | None:
+    """The ReplicaSet controller cannot create the revision's pods (a quota, admission): its own words, as
+    the Deployment's ReplicaFailure condition carries them."""
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return Wait(str(cond.get("reason") or "FailedCreate"), str(cond.get("message") or ""))
+    return None
 
 
 def sample_analysis(prometheus: Prometheus, state: RolloutState, window_seconds: int) -> AnalysisSample:

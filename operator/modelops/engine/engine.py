@@ -65,6 +65,12 @@ class Context:
     checks: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, jitter=0.2))
     """Rechecks of a serving pod whose Triton is not ready yet: 1 s doubling to 30 s, per pod."""
 
+    def absent(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Whether the object is not there: the caches say so and the API server confirms it (one GET, only
+        when the caches miss it: kopf feeds our own kinds, and at a start it may not have yet)."""
+        return self.caches.store(kind).get(namespace, name) is None and \
+            self.writer.kube.get(api_version, kind, namespace, name) is None
+
     def forget(self, key: Key) -> None:
         """The object of `key` is gone: drop everything remembered about it."""
         self.memory.forget(key)

@@ -73,9 +73,10 @@ class Wait:
 
 def pod_wait(status: dict[str, Any]) -> Wait | None:
     """Why a pod cannot go on, or None for a normal wait: not scheduled (PodScheduled=False, as the scheduler
-    wrote it), or a container stuck waiting (image pull, config, crash loop)."""
+    wrote it, while the pod is pending), or a container stuck waiting (image pull, config, crash loop)."""
+    pending = status.get("phase") in (None, "Pending")
     for cond in status.get("conditions") or []:
-        if isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+        if pending and isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return Wait(str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or ""))
     for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
@@ -94,4 +95,4 @@ def wait_event(old_ready: dict[str, Any], ready: dict[str, Any], wait: Wait | No
     condition carries the quote, so a pass that finds it there again says nothing)."""
     if wait is None or (old_ready.get("reason") == ready.get("reason") and wait.quote in old_ready.get("message", "")):
         return []
-    return [Event("Warning", str(ready.get("reason") or wait.reason), str(ready.get("message") or wait.said()))]
+    return [Event("Warning", wait.reason, str(ready.get("message") or wait.said()))]
