@@ -364,3 +364,83 @@ def test_a_job_past_its_ttl_deletes_itself_and_is_forgotten(world: World) -> Non
     writes = world.reconcile("TrainingJob", "train")
     assert writes[-1] == ("delete", "TrainingJob", "train")
     assert ("TrainingJob", "ml", "train") not in world.kube.objects
+
+
+# ---- identity: what makes a child ours survives hand edits of its labels and owner references ----------------
+
+
+def running_worker(world: World, name: str = "train-a0-w0") -> Obj:
+    """The job's worker as the server has it, running."""
+    pod = world.kube.objects[("Pod", "ml", name)]
+    return world.add({**pod, "status": {"phase": "Running"}})
+
+
+def test_a_worker_whose_labels_were_overwritten_is_still_the_group_and_gets_them_back(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.reconcile("TrainingJob", "train")
+    labels = {**pod["metadata"]["labels"], "modelops.dev/rank": "x", "modelops.dev/attempt": "garbage"}
+    del labels["app.kubernetes.io/managed-by"]
+    world.add({**pod, "metadata": {**pod["metadata"], "labels": labels}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("create", "Pod", "train-a1-w0") not in writes and ("delete", "Pod", "train-a0-w0") not in writes
+    assert ("patch", "Pod", "train-a0-w0") in writes
+    restored = world.kube.objects[("Pod", "ml", "train-a0-w0")]["metadata"]["labels"]
+    assert (restored["modelops.dev/rank"], restored["modelops.dev/attempt"]) == ("0", "0")
+    assert restored["app.kubernetes.io/managed-by"] == "modelops"
+    status = world.status("TrainingJob", "train")
+    assert status["phase"] == "Running" and status.get("preemptions", 0) == 0 and status["attempt"] == 0
+    converged(world, "TrainingJob", "train")
+
+
+def test_a_worker_whose_owner_reference_was_removed_is_adopted_back_not_replaced(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.reconcile("TrainingJob", "train")
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": []}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert [w for w in writes if w[1] == "Pod"] == [("patch", "Pod", "train-a0-w0")]
+    owner = world.kube.objects[("Pod", "ml", "train-a0-w0")]["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["uid"], r["controller"]) for r in owner] == [("TrainingJob", "uid-train", True)]
+    assert world.status("TrainingJob", "train").get("preemptions", 0) == 0
+    converged(world, "TrainingJob", "train")
+
+
+def test_an_orphaned_worker_of_a_job_that_is_gone_or_replaced_is_ended(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": []}})
+    world.kube.objects.pop(("TrainingJob", "ml", "train"))  # deleted before it adopted its worker back
+    world.sync()
+    assert world.reconcile("TrainingJob", "train") == [("delete", "Pod", "train-a0-w0")]
+    # a job of the same name made again: a worker claiming the earlier one is not its own, and is ended
+    world.add(pod | {"metadata": {**pod["metadata"], "ownerReferences": []}})
+    world.add(training_job() | {"metadata": {**training_job()["metadata"], "uid": "uid-train-2"}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("delete", "Pod", "train-a0-w0") in writes and ("patch", "Pod", "train-a0-w0") not in writes
+
+
+def test_an_orphan_another_controller_owns_is_left_to_it(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    theirs = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "rs-1", "controller": True}]
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": theirs}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("patch", "Pod", "train-a0-w0") not in writes and ("delete", "Pod", "train-a0-w0") not in writes
+    assert world.kube.objects[("Pod", "ml", "train-a0-w0")]["metadata"]["ownerReferences"] == theirs
+
+
+def test_an_orphaned_revision_is_adopted_back_by_its_model_service(world: World) -> None:
+    world.add(model_service())
+    converged(world, "ModelService", "digits")
+    deployment = next(o for (kind, _, _), o in world.kube.objects.items() if kind == "Deployment")
+    world.add({**deployment, "metadata": {**deployment["metadata"], "ownerReferences": []}})
+    writes = world.reconcile("ModelService", "digits")
+    assert ("apply", "Deployment", deployment["metadata"]["name"]) in writes
+    adopted = world.kube.objects[("Deployment", "ml", deployment["metadata"]["name"])]["metadata"]
+    assert adopted["ownerReferences"][0]["uid"] == "uid-digits"
+    assert "NameConflict" not in str(world.status("ModelService", "digits"))

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
-from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
+from modelops.controllers.common import claimants, end_orphans, refuse_invalid_spec, report_failure, write_plan
 from modelops.controllers.model_check import check_inputs
 from modelops.engine.cache import IndexFn, Obj, by_controller_uid, by_label, trim_pod
 from modelops.engine.engine import ChildKind, Context
@@ -20,6 +20,8 @@ from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
+from modelops.resources.meta import Claim, by_claim, is_ours
+from modelops.resources.plan import with_orphans
 from modelops.resources.pods import Wait, pod_wait
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
@@ -40,13 +42,17 @@ def _follows(obj: Obj) -> Iterable[str]:
 
 class ModelServiceController:
     kind = KIND
+    # What runs (pods, Deployments) is watched by identity, not by label, so an edited label never hides it
+    # (resources/meta.is_ours); the rest by our label: one that loses it is found again when next written.
     child_kinds = [
-        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE), "owner": by_controller_uid}),
-        ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid}),
-        ChildKind("v1", "Service", indexes={"owner": by_controller_uid}),
-        ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid}),
-        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid}),
-        ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid}, optional=True),
+        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE), "owner": by_controller_uid,
+                                          "claims": by_claim}, labels=None, keep=is_ours),
+        ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid, "claims": by_claim}, labels=None,
+                  keep=is_ours),
+        ChildKind("v1", "Service", indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid, "claims": by_claim}, optional=True),
     ]
     resource_indexes: dict[str, IndexFn] = {"follows": _follows}
 
@@ -54,6 +60,7 @@ class ModelServiceController:
         key = (KIND, namespace, name)
         obj = ctx.caches.store(KIND).get(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            end_orphans(ctx, self.child_kinds, KIND, namespace, name)
             ctx.forget(key)
             record_phase(KIND, namespace, name, None)
             return None
@@ -63,7 +70,9 @@ class ModelServiceController:
             except ValidationError as error:
                 refuse_invalid_spec(ctx, obj, error)
                 return None
-            return write_plan(ctx, key, obj, plan_service(observe(ctx, obj, spec, key)))
+            plan = plan_service(observe(ctx, obj, spec, key))
+            orphans = claimants(ctx, self.child_kinds, KIND, namespace, name)
+            return write_plan(ctx, key, obj, with_orphans(plan, build.ServiceMeta.of(obj), orphans))
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
         obj = new or old or {}
@@ -71,10 +80,11 @@ class ModelServiceController:
         if kind == "Pod":
             annotations = obj.get("metadata", {}).get("annotations") or {}
             owner = annotations.get(build.ANNOTATION_SERVICE_NAME)
-            if not owner:  # an evaluation pod: its owner reads the report
-                owner_ref = controller_owner(obj, KIND)
-                if owner_ref:
-                    yield KIND, namespace, owner_ref.get("name", "")
+            if not owner:  # an evaluation pod: its owner reads the report (an orphaned one: adopts or ends it)
+                owner_ref, claim = controller_owner(obj, KIND), Claim.of(obj)
+                named = owner_ref.get("name") if owner_ref else claim.name if claim and claim.kind == KIND else None
+                if named:
+                    yield KIND, namespace, named
                 return
             if new is not None and check_inputs(new) != (check_inputs(old) if old else None):
                 ctx.checks.forget((namespace, new["metadata"]["name"]))
@@ -84,6 +94,9 @@ class ModelServiceController:
         owner_ref = controller_owner(obj, KIND)
         if owner_ref:
             yield KIND, namespace, owner_ref.get("name", "")
+        claim = Claim.of(obj)
+        if claim and claim.kind == KIND and not controller_owner(obj):
+            yield KIND, namespace, claim.name  # an orphan: adopted or ended
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         """A TrainingJob that changed: every ModelService following it looks again (a new model version)."""

@@ -89,6 +89,8 @@ class ChildKind:
     optional: bool = False  # a CRD that may not be installed (ServiceMonitor)
     labels: str | None = MANAGED_BY_SELECTOR
     cluster_scoped: bool = False  # watched cluster-wide even when the operator watches some namespaces
+    keep: Callable[[Obj], bool] | None = None
+    """Which objects the cache keeps, for a kind watched without a label selector (labels=None)."""
 
 
 class Controller(Protocol):
@@ -125,7 +127,7 @@ def merged_child_kinds(controllers: Iterable[Controller]) -> dict[str, ChildKind
             merged = kinds.get(child.kind)
             kinds[child.kind] = child if merged is None else \
                 ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
-                          child.optional, child.labels, child.cluster_scoped)
+                          child.optional, child.labels, child.cluster_scoped, child.keep)
     return kinds
 
 
@@ -165,7 +167,7 @@ class Engine:
             for namespace in [None] if child.cluster_scoped else self._scopes():
                 self.caches.add(Informer(self.kube, child.api_version, child.kind, namespace, store,
                                          self._child_listener(child.kind), labels=child.labels,
-                                         transform=child.transform))
+                                         transform=child.transform, keep=child.keep))
 
     def _scopes(self) -> list[str | None]:
         """The namespaces watched (None: the whole cluster)."""

@@ -42,7 +42,8 @@ class Writer:
                     self.kube.patch(patch.api_version, patch.kind, namespace, patch.name, patch.patch))
         for delete in plan.delete:
             if refusal is None or delete.even_if_refused:
-                self.children.delete(uid, delete.api_version, delete.kind, namespace, delete.name)
+                self.children.delete(uid, delete.api_version, delete.kind, namespace, delete.name,
+                                     orphan=delete.orphan)
         previous = owner.get("status") or {}
         status = plan.final_status(refusal, previous, now=rfc3339(), generation=meta.get("generation"))
         self.write_status(owner, status)
@@ -55,6 +56,13 @@ class Writer:
             self.kube.delete(API_VERSION, owner["kind"], namespace, meta["name"], uid=uid)
         record_phase(owner["kind"], namespace, meta["name"], None if plan.delete_self else status.get("phase"))
         return refusal
+
+    def end_orphans(self, namespace: str, plan: Plan) -> None:
+        """The plan of a resource that is gone: only its orphans' deletions."""
+        for delete in plan.delete:
+            if delete.orphan:
+                log.info("ending %s %s/%s: its owner is gone", delete.kind, namespace, delete.name)
+                self.children.delete("", delete.api_version, delete.kind, namespace, delete.name, orphan=True)
 
     def _converge(self, owner_uid: str, plan: Plan) -> Refusal | None:
         """Converge each child in order; the first one that cannot be written stops the rest."""

@@ -83,8 +83,9 @@ def service_name(ms: ServiceMeta) -> str:
     return dns1035_label(ms.name)
 
 
-def _metadata(ms: ServiceMeta, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return ms.child_metadata(name, {**ms.selector, **(labels or {})})
+def _metadata(ms: ServiceMeta, name: str, labels: dict[str, str] | None = None,
+              annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return ms.child_metadata(name, {**ms.selector, **(labels or {})}, annotations)
 
 
 def triton_signature(signature: dict[str, Any]) -> Signature:
@@ -117,7 +118,7 @@ def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
     served = {ANNOTATION_MODEL: f"{spec.model.name}:{target.version}",
               ANNOTATION_SIGNATURE: json.dumps(target.signature, sort_keys=True)}
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision}), "annotations": served},
+            "metadata": _metadata(ms, revision, {LABEL_REVISION: revision}, served),
             "data": {"config.pbtxt": text, **({PYTHON_MODEL_FILE: python_model_source()} if python else {})}}
 
 
@@ -209,8 +210,7 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
         pod_spec["priorityClassName"] = spec.priority_class_name
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}),
-                     **({"annotations": annotations} if annotations else {})},
+        "metadata": _metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}, annotations),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {**ms.selector, LABEL_REVISION: revision}},

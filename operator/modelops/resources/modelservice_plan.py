@@ -536,7 +536,7 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
     if became_true(old, new, "Ready"):
         events.append(Event("Normal", "Serving", next(c["message"] for c in new if c["type"] == "Ready")))
     source = next((c for c in new if c["type"] == "SourceAvailable"), None)
-    was = next((c for c in old if c.get("type") == "SourceAvailable"), {})
+    was: dict[str, Any] = next((c for c in old if c.get("type") == "SourceAvailable"), {})
     if source and source["status"] == "False" and was.get("status") != "False":
         events.append(Event("Warning", source["reason"], source["message"]))
     elif source and was.get("status") == "False" and source["status"] == "True":

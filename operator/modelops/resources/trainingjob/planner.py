@@ -90,11 +90,13 @@ def plan_job(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previ
     if decided.status.get("phase") not in TERMINAL:
         requeue = min(requeue if requeue is not None else RESYNC_SECONDS, RESYNC_SECONDS)
     workload = queue.workload if queue else None
+    # our labels and claim, put back on the workers a hand edit changed them on
+    marks = [Patch("v1", "Pod", p.name, p.marks, even_if_refused=True) for p in pods if p.marks and not p.deleting]
     return PassPlan(
         apply=decided.apply, create_only=frozenset({"Pod", "Workload"}),
-        patch=[Patch(KUEUE_API, "Workload", workload.name, decided.workload_status, status=True,
-                     resource_version=workload.resource_version, even_if_refused=True)]
-        if decided.workload_status and workload else [],
+        patch=marks + ([Patch(KUEUE_API, "Workload", workload.name, decided.workload_status, status=True,
+                              resource_version=workload.resource_version, even_if_refused=True)]
+                       if decided.workload_status and workload else []),
         delete=[Delete("v1", "Pod", name) for name in decided.delete_pods] +
         ([Delete(KUEUE_API, "Workload", decided.delete_workload, even_if_refused=True)]
          if decided.delete_workload else []),
