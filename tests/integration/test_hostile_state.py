@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from support import condition, eventually, get_json
-from test_hostile import apply
+from test_hostile import apply, still_reconciling
 from test_modelservice import deployments, model_service, status as ms_status
 from test_trainingjob import events, job, phase_is, report, running_pods
 
@@ -100,3 +100,88 @@ def test_a_model_service_whose_followed_job_is_deleted_keeps_serving_says_so_and
     eventually(lambda: any(n.startswith("follower-v5-") for n in deployments(kube, "follower")), 60,
                what="version 5 rolled out from the new job")
     assert events(kube, "follower").count("TrainingJobNotFound") == 1
+
+
+# ---- a hand-edited worker is still ours: never two attempts alive, never left unowned ---------------------
+
+
+def pod_named(kube, name: str) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+    found = kube.cluster.kubectl("-n", kube.namespace, "get", "pod", name, "-o", "json", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def gone_or_going(kube, name: str) -> bool:  # type: ignore[no-untyped-def]
+    found = pod_named(kube, name)
+    return found is None or bool(found["metadata"].get("deletionTimestamp"))
+
+
+def job_pods(kube) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every pod in the namespace, whatever its labels say."""
+    return sorted(p["metadata"]["name"] for p in get_json(kube, "pods")["items"])
+
+
+@pytest.mark.parametrize("edit", [["modelops.dev/rank=x", "modelops.dev/attempt=minus-one"],
+                                  ["app.kubernetes.io/managed-by-", "modelops.dev/training-job-"]])
+def test_a_worker_whose_labels_were_overwritten_is_not_replaced_and_gets_them_back(kube, operator,  # type: ignore[no-untyped-def]
+                                                                                   edit: list[str]) -> None:
+    apply(kube, job("relabelled"))
+    [pod] = running_pods(kube, "relabelled", 1)
+    name = pod["metadata"]["name"]
+    phase_is(kube, "relabelled", "Running")
+    kube.kubectl("label", "pod", name, "--overwrite", *edit)
+
+    def restored() -> bool:
+        labels = (pod_named(kube, name) or {}).get("metadata", {}).get("labels") or {}
+        return labels.get("modelops.dev/rank") == "0" and labels.get("modelops.dev/attempt") == "0" and \
+            labels.get("app.kubernetes.io/managed-by") == "modelops" and \
+            labels.get("modelops.dev/training-job") == "relabelled"
+    eventually(restored, what="our labels put back")
+    # the edit observed and nothing else happened: the same worker, attempt 0, no preemption
+    kube.kubectl("patch", "tj", "relabelled", "--type=merge", "-p", '{"spec": {"ttlSecondsAfterFinished": 600}}')
+    generation = get_json(kube, "tj", "relabelled")["metadata"]["generation"]
+    status = eventually(lambda: (s := get_json(kube, "tj", "relabelled")["status"]).get("observedGeneration")
+                        == generation and s, what="the edit observed")
+    assert job_pods(kube) == [name] and not pod_named(kube, name)["metadata"].get("deletionTimestamp")
+    assert status["phase"] == "Running" and status["attempt"] == 0 and status.get("preemptions", 0) == 0
+    assert "WorkerPreempted" not in events(kube, "relabelled")
+
+
+def test_a_worker_whose_owner_reference_was_removed_is_adopted_back_and_goes_with_its_job(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    apply(kube, job("disowned", workers=2))
+    pods = running_pods(kube, "disowned", 2)
+    uid = get_json(kube, "tj", "disowned")["metadata"]["uid"]
+    name = pods[1]["metadata"]["name"]
+    kube.kubectl("patch", "pod", name, "--type=json", "-p", '[{"op": "remove", "path": "/metadata/ownerReferences"}]')
+    eventually(lambda: [r.get("uid") for r in (pod_named(kube, name) or {}).get("metadata", {})
+                        .get("ownerReferences") or [] if r.get("controller")] == [uid], what="the worker adopted back")
+    assert job_pods(kube) == sorted(p["metadata"]["name"] for p in pods)
+    assert get_json(kube, "tj", "disowned")["status"].get("preemptions", 0) == 0
+    # deleting the job takes the adopted worker with it (the garbage collector follows the owner reference)
+    kube.kubectl("delete", "tj", "disowned", "--wait=true")
+    eventually(lambda: gone_or_going(kube, name), what="the adopted worker deleted with its job")
+
+
+def test_an_orphaned_worker_of_a_job_deleted_while_the_operator_was_down_is_ended(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    apply(kube, job("abandoned"))
+    [pod] = running_pods(kube, "abandoned", 1)
+    name = pod["metadata"]["name"]
+    operator.stop()
+    kube.kubectl("patch", "pod", name, "--type=json", "-p", '[{"op": "remove", "path": "/metadata/ownerReferences"}]')
+    kube.kubectl("delete", "tj", "abandoned", "--wait=true")
+    assert pod_named(kube, name) is not None  # nothing owns it: the garbage collector leaves it running
+    operator.start()
+    eventually(lambda: gone_or_going(kube, name), 60, "the orphan ended")
+    still_reconciling(kube)
+
+
+def test_an_orphaned_revision_is_adopted_back_by_its_model_service(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    apply(kube, model_service("keeper"))
+    [revision] = eventually(lambda: list(deployments(kube, "keeper")), what="the revision")
+    uid = get_json(kube, "ms", "keeper")["metadata"]["uid"]
+    kube.kubectl("patch", "deployment", revision, "--type=json", "-p",
+                 '[{"op": "remove", "path": "/metadata/ownerReferences"}]')
+    kube.kubectl("label", "deployment", revision, "app.kubernetes.io/managed-by-")
+    eventually(lambda: [r.get("uid") for r in get_json(kube, "deployment", revision)["metadata"]
+                        .get("ownerReferences") or []] == [uid], what="the revision adopted back")
+    assert get_json(kube, "deployment", revision)["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modelops"
+    assert condition(get_json(kube, "ms", "keeper"), "Stalled").get("status") != "True"

@@ -60,9 +60,9 @@ class Writer:
     def end_orphans(self, namespace: str, plan: Plan) -> None:
         """The plan of a resource that is gone: only its orphans' deletions."""
         for delete in plan.delete:
-            if delete.orphan:
-                log.info("ending %s %s/%s: its owner is gone", delete.kind, namespace, delete.name)
-                self.children.delete("", delete.api_version, delete.kind, namespace, delete.name, orphan=True)
+            if delete.orphan and self.children.delete("", delete.api_version, delete.kind, namespace, delete.name,
+                                                      orphan=True):
+                log.info("ended %s %s/%s: the resource it claims is gone", delete.kind, namespace, delete.name)
 
     def _converge(self, owner_uid: str, plan: Plan) -> Refusal | None:
         """Converge each child in order; the first one that cannot be written stops the rest."""
