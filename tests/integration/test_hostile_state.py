@@ -185,3 +185,24 @@ def test_an_orphaned_revision_is_adopted_back_by_its_model_service(kube, operato
                         .get("ownerReferences") or []] == [uid], what="the revision adopted back")
     assert get_json(kube, "deployment", revision)["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modelops"
     assert condition(get_json(kube, "ms", "keeper"), "Stalled").get("status") != "True"
+
+
+def test_a_worker_stripped_of_owner_and_claim_is_ended_and_replaced_never_alongside(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    apply(kube, job("stripped"))
+    [pod] = running_pods(kube, "stripped", 1)
+    name = pod["metadata"]["name"]
+    phase_is(kube, "stripped", "Running")
+    kube.kubectl("patch", "pod", name, "--type=json", "-p", json.dumps([
+        {"op": "remove", "path": "/metadata/ownerReferences"},
+        {"op": "remove", "path": "/metadata/annotations/modelops.dev~1owner"}]))
+    together = []
+
+    def replaced() -> bool:
+        names = job_pods(kube)
+        if name in names and len(names) > 1:
+            together.append(names)
+        return names == ["stripped-a1-w0"] and bool(running_pods(kube, "stripped", 1))
+    eventually(replaced, 60, "the untrusted worker ended and attempt 1 started")
+    assert together == [], f"two attempts' workers existed at once: {together}"
+    status = phase_is(kube, "stripped", "Running")["status"]
+    assert status["attempt"] == 1 and status["preemptions"] == 1

@@ -444,3 +444,18 @@ def test_an_orphaned_revision_is_adopted_back_by_its_model_service(world: World)
     adopted = world.kube.objects[("Deployment", "ml", deployment["metadata"]["name"])]["metadata"]
     assert adopted["ownerReferences"][0]["uid"] == "uid-digits"
     assert "NameConflict" not in str(world.status("ModelService", "digits"))
+
+
+def test_a_worker_stripped_of_owner_and_claim_is_ended_and_replaced_only_once_gone(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.reconcile("TrainingJob", "train")
+    annotations = {k: v for k, v in pod["metadata"]["annotations"].items() if k != "modelops.dev/owner"}
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": [], "annotations": annotations}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("delete", "Pod", "train-a0-w0") in writes
+    assert not [w for w in writes if w[0] == "create"]  # not while it may still run
+    assert world.status("TrainingJob", "train")["preemptions"] == 1
+    writes = world.reconcile("TrainingJob", "train")  # it is gone now: the next attempt starts
+    assert ("create", "Pod", "train-a1-w0") in writes

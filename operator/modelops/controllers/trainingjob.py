@@ -17,9 +17,9 @@ from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources.kueue import KUEUE_API, QUEUE_LABEL, ObservedWorkload, Queue, placement_of_flavor, workload_name
-from modelops.resources.meta import Claim, by_claim, is_ours, orphan_of
+from modelops.resources.meta import Claim, by_claim, by_unowned, is_ours, orphan_of
 from modelops.resources.plan import with_orphans
-from modelops.resources.trainingjob import JobMeta, ObservedPod, plan_job
+from modelops.resources.trainingjob import LABEL_JOB, JobMeta, ObservedPod, plan_job, untrusted_workers
 
 KIND = "TrainingJob"
 
@@ -30,8 +30,8 @@ class TrainingJobController:
     kind = KIND
     # Workers are watched by identity, not by label: a pod whose labels were edited stays in sight (see
     # resources/meta.is_ours); the rest by our label (one that loses it is found again when written).
-    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid, "claims": by_claim}, labels=None,
-                             keep=is_ours),
+    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid, "claims": by_claim,
+                                                     "unowned": by_unowned}, labels=None, keep=is_ours),
                    ChildKind("v1", "Service", indexes={"owner": by_controller_uid, "claims": by_claim}),
                    # Kueue, where installed: the jobs' Workloads, and what admissions and priorities name
                    ChildKind(KUEUE_API, "Workload", indexes={"owner": by_controller_uid, "claims": by_claim},
@@ -59,19 +59,28 @@ class TrainingJobController:
             # an orphaned worker claiming this job is adopted in this pass: it is one of the group, not a loss
             owned = ctx.caches.store("Pod").by_index("owner", meta.uid) + \
                 [p for p in orphans if p["kind"] == "Pod" and orphan_of(p, meta.uid)]
+            untrusted = untrusted_workers(meta, ctx.caches.store("Pod").by_index("unowned", namespace))
             plan = plan_job(meta, spec, observed_pods(owned, meta), job.get("status") or {},
                             datetime.now(timezone.utc), queue_of(ctx, job, spec.priority_class_name),
-                            present=frozenset(p["metadata"]["name"] for p in owned))
+                            present=frozenset(p["metadata"]["name"] for p in [*owned, *untrusted]),
+                            untrusted=tuple(observed_pods(untrusted, meta)))
             return write_plan(ctx, key, job, with_orphans(plan, meta, orphans))
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
-        obj = new or old or {}
-        owner = controller_owner(obj, KIND)
-        if owner and kind in ("Pod", "Service", "Workload"):
-            yield KIND, obj["metadata"].get("namespace", ""), owner.get("name", "")
-        claim = Claim.of(obj)
-        if claim and claim.kind == KIND and not controller_owner(obj) and kind in ("Pod", "Service", "Workload"):
-            yield KIND, obj["metadata"].get("namespace", ""), claim.name  # an orphan: adopted or ended
+        """The job controlling the child, or claiming it, before and after the change (an edit that took the
+        owner reference or the claim away wakes the job that had it)."""
+        if kind not in ("Pod", "Service", "Workload"):
+            return
+        for obj in (o for o in (old, new) if o):
+            namespace = obj["metadata"].get("namespace", "")
+            owner, claim = controller_owner(obj, KIND), Claim.of(obj)
+            if owner:
+                yield KIND, namespace, owner.get("name", "")
+            if claim and claim.kind == KIND and not controller_owner(obj):
+                yield KIND, namespace, claim.name  # an orphan: adopted or ended
+            labels = obj["metadata"].get("labels") or {}
+            if kind == "Pod" and not controller_owner(obj) and not claim and labels.get(LABEL_JOB):
+                yield KIND, namespace, labels[LABEL_JOB]  # nothing proves whose: the job it names decides
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         return ()

@@ -79,8 +79,9 @@ class Context:
 
 @dataclass(frozen=True)
 class ChildKind:
-    """A kind of child to cache (all objects carrying our managed-by label), and how to trim it. A kind the
-    controllers only read (a Kueue ResourceFlavor, a PriorityClass) is cached whole: labels=None."""
+    """A kind of child to cache (the objects carrying our managed-by label, or with labels=None and `keep`
+    the ones `keep` says are ours), and how to trim it. A kind the controllers only read (a Kueue
+    ResourceFlavor, a PriorityClass) is cached whole: labels=None, no `keep`."""
 
     api_version: str
     kind: str

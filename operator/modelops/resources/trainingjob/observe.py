@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from modelops.clock import parse_rfc3339, rfc3339
-from modelops.resources.meta import ANNOTATION_OWNER, MANAGED_BY, MANAGED_BY_LABEL, controller_of
+from modelops.resources.meta import ANNOTATION_OWNER, MANAGED_BY, MANAGED_BY_LABEL, Claim, controller_of
 from modelops.resources.pods import pod_wait
 from modelops.resources.trainingjob.names import (ANNOTATION_ENDED_ATTEMPTS, ANNOTATION_POD_SPEC, ANNOTATION_PROGRESS,
                                                   FAILED, LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, PREEMPTED, SUSPENDED,
@@ -96,6 +96,12 @@ def worker_of(job: JobMeta, name: str) -> tuple[int, int] | None:
         return None
     attempt, rank = int(found.group(1)), int(found.group(2))
     return (attempt, rank) if pod_name(job.name, attempt, rank) == name else None
+
+
+def untrusted_workers(job: JobMeta, unowned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of the namespace's unowned pods of ours, those named like the job's workers that claim no owner at
+    all: perhaps its own, but nothing proves it (an orphan claiming a UID is adopted or ended by that)."""
+    return [p for p in unowned if Claim.of(p) is None and worker_of(job, (p.get("metadata") or {}).get("name", ""))]
 
 
 def lost_marks(job: JobMeta, pod: dict[str, Any], attempt: int, rank: int) -> dict[str, Any] | None:
