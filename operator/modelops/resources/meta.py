@@ -114,12 +114,12 @@ class OwnerMeta:
                 "annotations": {**(annotations or {}), ANNOTATION_OWNER: self.claim()},
                 "ownerReferences": [self.owner_reference()]}
 
-    def adoption(self, orphan: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-        """The merge patch that adopts `orphan` back: our owner reference (other owners' references kept),
-        `labels` and our marks put back; only that version of it (another writer meanwhile: retried)."""
+    def adoption(self, orphan: dict[str, Any]) -> dict[str, Any]:
+        """The merge patch that adopts `orphan` back: our owner reference (other owners' references kept) and
+        our marks put back; only that version of it (another writer meanwhile: the pass is retried)."""
         meta = orphan.get("metadata") or {}
         others = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != self.uid]
         return {"metadata": {"resourceVersion": meta.get("resourceVersion"),
                              "ownerReferences": [*others, self.owner_reference()],
-                             "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
+                             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
                              "annotations": {ANNOTATION_OWNER: self.claim()}}}

@@ -8,7 +8,7 @@ back, except those marked `even_if_refused` (bookkeeping that must not wait, e.g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelops.resources.conditions import Cond, Event, merge_conditions, set_conditions
@@ -132,20 +132,21 @@ def failure_plan(previous: Obj, message: str, cause: str, *, now: str, generatio
 
 def with_orphans(plan: Plan, owner: OwnerMeta, claimants: list[Obj]) -> Plan:
     """`plan` plus what becomes of the unowned objects claiming this owner's name: those claiming its UID are
-    adopted back (owner reference, managed-by label and claim put back), those claiming an earlier resource
-    of the same name are ended. Neither waits for a refusal: nothing of ours is left running unowned."""
+    adopted back (owner reference, managed-by label and claim put back; by the plan's own apply where it
+    applies that object), those claiming an earlier resource of the same name are ended. Neither waits for
+    a refusal: nothing of ours is left running unowned."""
     applied = {(o["kind"], o["metadata"]["name"]) for o in plan.apply if o["kind"] not in plan.create_only}
+    adopt, end = [], []
     for orphan in claimants:
         meta = orphan["metadata"]
-        if controller_of(orphan) is not None or (orphan["kind"], meta["name"]) in applied:
-            continue  # owned meanwhile, or adopted by the apply of this plan (it carries our owner reference)
-        if orphan_of(orphan, owner.uid):
-            plan.patch.append(Patch(orphan["apiVersion"], orphan["kind"], meta["name"],
-                                    owner.adoption(orphan, {}), even_if_refused=True))
-        else:
-            plan.delete.append(Delete(orphan["apiVersion"], orphan["kind"], meta["name"], even_if_refused=True,
-                                      orphan=True))
-    return plan
+        if controller_of(orphan) is not None:
+            continue  # owned meanwhile
+        if not orphan_of(orphan, owner.uid):
+            end.append(Delete(orphan["apiVersion"], orphan["kind"], meta["name"], even_if_refused=True, orphan=True))
+        elif (orphan["kind"], meta["name"]) not in applied:
+            adopt.append(Patch(orphan["apiVersion"], orphan["kind"], meta["name"], owner.adoption(orphan),
+                               even_if_refused=True))
+    return replace(plan, patch=[*plan.patch, *adopt], delete=[*plan.delete, *end])
 
 
 def orphans_plan(claimants: list[Obj], live_uid: str | None) -> Plan:
