@@ -206,3 +206,16 @@ def test_a_worker_stripped_of_owner_and_claim_is_ended_and_replaced_never_alongs
     assert together == [], f"two attempts' workers existed at once: {together}"
     status = phase_is(kube, "stripped", "Running")["status"]
     assert status["attempt"] == 1 and status["preemptions"] == 1
+
+
+def test_a_serving_pod_its_replicaset_let_go_of_after_a_relabel_is_ended(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    apply(kube, model_service("quarantine"))
+    [revision] = eventually(lambda: list(deployments(kube, "quarantine")), what="the revision")
+    [pod] = eventually(lambda: [p["metadata"]["name"] for p in get_json(kube, "pods")["items"]
+                                if p["metadata"]["name"].startswith(revision)], 60, "the serving pod")
+    kube.kubectl("label", "pod", pod, "--overwrite", "modelops.dev/revision=elsewhere",
+                 "app.kubernetes.io/managed-by=someone")
+    eventually(lambda: gone_or_going(kube, pod), 60, "the released serving pod ended")
+    replacement = eventually(lambda: [p for p in get_json(kube, "pods")["items"] if p["metadata"]["name"] != pod
+                                      and p["metadata"]["name"].startswith(revision)], 60, "its replacement")
+    assert replacement[0]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"

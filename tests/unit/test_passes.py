@@ -273,7 +273,9 @@ def test_a_conflict_on_an_evaluation_pod_reads_like_any_other_child(world: World
     world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": f"{revision}-x", "namespace": "ml",
         "labels": {**deployment["spec"]["template"]["metadata"]["labels"]},
-        "annotations": deployment["spec"]["template"]["metadata"]["annotations"]},
+        "annotations": deployment["spec"]["template"]["metadata"]["annotations"],
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{revision}-rs", "uid": "rs-1",
+                             "controller": True}]},
         "status": {"phase": "Running", "podIP": "10.244.0.9", "conditions": [
             {"type": build.MODEL_READY_GATE, "status": "False", "reason": "EvaluationPending"}]}})
     world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -459,3 +461,24 @@ def test_a_worker_stripped_of_owner_and_claim_is_ended_and_replaced_only_once_go
     assert world.status("TrainingJob", "train")["preemptions"] == 1
     writes = world.reconcile("TrainingJob", "train")  # it is gone now: the next attempt starts
     assert ("create", "Pod", "train-a1-w0") in writes
+
+
+def test_a_serving_pod_its_replicaset_let_go_of_is_ended(world: World) -> None:
+    """A serving pod whose labels were edited: its ReplicaSet releases it (and makes another); it would
+    serve on, holding its GPU, owned by nothing."""
+    world.add(model_service())
+    converged(world, "ModelService", "digits")
+    deployment = next(o for (kind, _, _), o in world.kube.objects.items() if kind == "Deployment")
+    template = deployment["spec"]["template"]["metadata"]
+    labels = {**template["labels"], build.LABEL_SERVICE: "x", "app.kubernetes.io/managed-by": "someone"}
+    world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": f"{deployment['metadata']['name']}-abcde", "namespace": "ml", "labels": labels,
+        "annotations": template["annotations"]}, "status": {"phase": "Running"}})
+    writes = world.reconcile("ModelService", "digits")
+    assert ("delete", "Pod", f"{deployment['metadata']['name']}-abcde") in writes
+    # one its ReplicaSet still owns is never touched
+    world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "kept", "namespace": "ml", "labels": template["labels"], "annotations": template["annotations"],
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "rs-1",
+                             "controller": True}]}, "status": {"phase": "Running"}})
+    assert ("delete", "Pod", "kept") not in world.reconcile("ModelService", "digits")

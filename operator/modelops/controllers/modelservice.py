@@ -46,12 +46,14 @@ class ModelServiceController:
     # (resources/meta.is_ours); the rest by our label: one that loses it is found again when next written.
     child_kinds = [
         ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE), "owner": by_controller_uid,
-                                          "claims": by_claim}, labels=None, keep=is_ours),
+                                          "claims": by_claim, "served-by": build.served_by}, labels=None,
+                  keep=lambda obj: is_ours(obj) or build.is_serving_pod(obj)),
         ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid, "claims": by_claim}, labels=None,
                   keep=is_ours),
         ChildKind("v1", "Service", indexes={"owner": by_controller_uid, "claims": by_claim}),
         ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid, "claims": by_claim}),
-        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler",
+                  indexes={"owner": by_controller_uid, "claims": by_claim}),
         ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid, "claims": by_claim}, optional=True),
     ]
     resource_indexes: dict[str, IndexFn] = {"follows": _follows}
@@ -136,6 +138,7 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
         observed=observed, state=state, state_warning=warning,
         action=(obj["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION),
         serving_pods=serving_pods,
+        released_pods=released_pods(ctx, meta),
         evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
                          if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)],
         analysis=sample_analysis(ctx.prometheus, state, window) if window else None,
@@ -143,6 +146,13 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
         if scaling and scaling.provider == "builtin" and memory.scaling_due(now) else None,
         memory=memory, service_monitor=ctx.serves(*SERVICE_MONITOR),
         has_hpa=hpa is not None and (controller_owner(hpa) or {}).get("uid") == meta.uid)
+
+
+def released_pods(ctx: Context, meta: build.ServiceMeta) -> list[str]:
+    """Serving pods of this ModelService that no controller owns any more (found by their annotation)."""
+    named = ctx.caches.store("Pod").by_index("served-by", f"{meta.namespace}/{meta.name}")
+    return [p["metadata"]["name"] for p in named
+            if not controller_owner(p) and not p["metadata"].get("deletionTimestamp")]
 
 
 def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tuple[build.Target | None, str]:

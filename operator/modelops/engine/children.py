@@ -12,7 +12,7 @@ from typing import Any
 from modelops.engine.cache import Caches, Obj
 from modelops.kube import ApiError, Kube, controller_owner
 from modelops.metrics import CHILD_WRITES
-from modelops.resources.meta import orphan_of, unowned
+from modelops.resources.meta import controller_of, orphan_of
 from modelops.quantities import quantity
 
 
@@ -102,11 +102,11 @@ class Children:
 
     def delete(self, owner_uid: str, api_version: str, kind: str, namespace: str, name: str, *,
                orphan: bool = False) -> bool:
-        """Delete the child if it is there and ours (that exact object; with `orphan`, an unowned object of
-        ours); False otherwise."""
+        """Delete the child if it is there and ours (that exact object; with `orphan`, one the plan found ours
+        that no controller owns: never one another controller owns); False otherwise."""
         observed = self.caches.store(kind).get(namespace, name)
         if observed is None or observed["metadata"].get("deletionTimestamp") or \
-                not (owned_by(observed, owner_uid) or (orphan and unowned(observed))):
+                not (owned_by(observed, owner_uid) or (orphan and controller_of(observed) is None)):
             return False
         deleted = self.kube.delete(api_version, kind, namespace, name, uid=observed["metadata"].get("uid"))
         if deleted:

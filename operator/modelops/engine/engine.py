@@ -128,8 +128,15 @@ def merged_child_kinds(controllers: Iterable[Controller]) -> dict[str, ChildKind
             merged = kinds.get(child.kind)
             kinds[child.kind] = child if merged is None else \
                 ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
-                          child.optional, child.labels, child.cluster_scoped, child.keep)
+                          child.optional, child.labels, child.cluster_scoped, _either(merged.keep, child.keep))
     return kinds
+
+
+def _either(first: Callable[[Obj], bool] | None, second: Callable[[Obj], bool] | None) -> Callable[[Obj], bool] | None:
+    """What one cache keeps for two controllers: what either keeps."""
+    if first is None or second is None or first is second:
+        return first or second
+    return lambda obj: first(obj) or second(obj)
 
 
 class Engine:

@@ -225,6 +225,18 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
     }
 
 
+def served_by(pod: dict[str, Any]) -> list[str]:
+    """Cache index of serving pods by the ModelService their template names ('<namespace>/<name>'): an
+    annotation, so a pod whose labels were edited (and that its ReplicaSet let go of) is still found."""
+    meta = pod.get("metadata") or {}
+    name = (meta.get("annotations") or {}).get(ANNOTATION_SERVICE_NAME)
+    return [f"{meta.get('namespace', '')}/{name}"] if isinstance(name, str) and name else []
+
+
+def is_serving_pod(pod: dict[str, Any]) -> bool:
+    return bool(served_by(pod))
+
+
 def evaluation_pod_name(revision: str) -> str:
     return dns_label(revision, "-eval")
 

@@ -116,6 +116,9 @@ class ServiceObservation:
     """The rollout as the revision Deployments record it."""
     followed_missing: bool = False
     """The TrainingJob spec.model.fromTrainingJob names does not exist (in the caches)."""
+    released_pods: list[str] = field(default_factory=list)
+    """Serving pods of this ModelService no controller owns (their ReplicaSet let go of them after their
+    labels were edited): replaced already, they are ended, never left running unowned."""
     state_warning: str = ""
     action: str | None = None
     """A person's modelops.dev/rollout annotation ("promote" or "abort")."""
@@ -167,7 +170,8 @@ def plan_service(seen: ServiceObservation) -> Plan:
         apply=revisions.apply + gate.start, create_only=frozenset({"Pod"}),
         patch=[Patch("apps/v1", "Deployment", name, patch) for name, patch in revisions.patch.items()],
         delete=[Delete(api_version, kind, name) for api_version, kind, name in revisions.delete] +
-        [Delete("v1", "Pod", name) for name in gate.delete],
+        [Delete("v1", "Pod", name) for name in gate.delete] +
+        [Delete("v1", "Pod", name, even_if_refused=True, orphan=True) for name in seen.released_pods],
         status=revisions.status, events=revisions.events, requeue_after=min(requeue),
         own_patch={"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}
         if action and decision and decision.action_used else None,

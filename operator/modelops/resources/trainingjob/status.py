@@ -111,7 +111,8 @@ def _summary(progress: dict[str, Any] | None) -> str | None:
     return text
 
 
-def _transition_events(previous: dict[str, Any], status: dict[str, Any], waiting_for: Wait | None = None) -> list[Event]:
+def _transition_events(previous: dict[str, Any], status: dict[str, Any],
+                       waiting_for: Wait | None = None) -> list[Event]:
     events = []
     old, new = previous.get("conditions", []), status["conditions"]
     for cond_type, kind in (("Running", "Normal"), ("Succeeded", "Normal"), ("Failed", "Warning"),
