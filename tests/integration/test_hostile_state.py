@@ -219,3 +219,16 @@ def test_a_serving_pod_its_replicaset_let_go_of_after_a_relabel_is_ended(kube, o
     replacement = eventually(lambda: [p for p in get_json(kube, "pods")["items"] if p["metadata"]["name"] != pod
                                       and p["metadata"]["name"].startswith(revision)], 60, "its replacement")
     assert replacement[0]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+
+
+def test_a_revision_whose_labels_were_overwritten_gets_them_back_and_keeps_its_version(kube, operator) -> None:  # type: ignore[no-untyped-def]
+    apply(kube, model_service("labelled", version=3))
+    [revision] = eventually(lambda: list(deployments(kube, "labelled")), what="the revision")
+    eventually(lambda: ms_status(kube, "labelled").get("stable", {}).get("version") == 3, what="version 3 recorded")
+    kube.kubectl("label", "deployment", revision, "--overwrite", "modelops.dev/model-version=x",
+                 "modelops.dev/revision=elsewhere")
+    eventually(lambda: (get_json(kube, "deployment", revision)["metadata"]["labels"].get("modelops.dev/revision")
+                        == revision), what="the labels put back")
+    labels = get_json(kube, "deployment", revision)["metadata"]["labels"]
+    assert labels["modelops.dev/model-version"] == "3"
+    assert ms_status(kube, "labelled")["stable"]["version"] == 3

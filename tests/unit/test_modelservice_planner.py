@@ -318,3 +318,25 @@ def test_a_pods_wait_is_read_as_the_scheduler_or_kubelet_wrote_it() -> None:
     assert pod_wait({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}) \
         is None
     assert pod_wait({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "False"}]}) is None
+
+
+# ---- a revision is known by its name, not by its labels -------------------------------------------------
+
+
+def test_a_revisions_version_comes_from_its_name_and_its_labels_are_put_back() -> None:
+    desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
+    assert build.revision_version(MS, desired) == 3
+    assert build.revision_version(MS, "digits-v3-zzzzz") is None  # not a name the builder gives
+    assert build.revision_version(build.ServiceMeta("other", "ml", "u"), desired) is None
+    old = build.revision_name(MS, spec(triton={"maxBatchSize": 4}), build.Target(2, SIGNATURE))
+    state = RolloutState(stable=old, stable_version=2, canary=desired, canary_version=3, step_started_at=NOW,
+                         started_at=NOW)
+    garbled = {build.LABEL_SERVICE: "digits", build.LABEL_REVISION: "x", build.LABEL_VERSION: "two"}
+    observed = {old: ObservedRevision(old, 2, 4, 4, labels=garbled), desired: ObservedRevision(desired, 3, 1, 0)}
+    plan = plan_revisions(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    assert plan.patch[old]["metadata"]["labels"] == {build.LABEL_REVISION: old, build.LABEL_VERSION: "2",
+                                                     "app.kubernetes.io/managed-by": "modelops"}
+    intact = {**garbled, build.LABEL_REVISION: old, build.LABEL_VERSION: "2", "app.kubernetes.io/managed-by": "modelops"}
+    observed[old] = ObservedRevision(old, 2, 4, 4, labels=intact)
+    plan = plan_revisions(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    assert "labels" not in plan.patch.get(old, {}).get("metadata", {})

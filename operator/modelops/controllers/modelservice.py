@@ -214,19 +214,21 @@ def observe_revisions(ctx: Context, meta: build.ServiceMeta, serving_pods: list[
     observed = {}
     for dep in ctx.caches.store("Deployment").by_index("owner", meta.uid):
         name = dep["metadata"]["name"]
-        labels = dep["metadata"].get("labels") or {}
-        try:
-            version = int(labels.get(build.LABEL_VERSION, 0))
-        except ValueError:
-            log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
-            version = 0
+        labels = {k: v for k, v in (dep["metadata"].get("labels") or {}).items() if isinstance(v, str)}
+        version = build.revision_version(meta, name)  # its name says, whatever its labels say
+        if version is None:
+            try:
+                version = int(labels.get(build.LABEL_VERSION, 0))
+            except ValueError:
+                log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
+                version = 0
         annotations = {k: v for k, v in (dep["metadata"].get("annotations") or {}).items() if isinstance(v, str)}
         waits = stuck.get(name, [])
         refused = replica_failure(dep)
         seen = ObservedRevision(
             name=name, version=version, replicas=int((dep.get("spec") or {}).get("replicas") or 0),
             ready_replicas=int((dep.get("status") or {}).get("readyReplicas") or 0),
-            model_failure=failures.get(name), annotations=annotations,
+            model_failure=failures.get(name), annotations=annotations, labels=labels,
             wait=waits[0][1] if waits else refused, wait_pod=waits[0][0] if waits else "", waiting=len(waits),
             created=str(dep["metadata"].get("creationTimestamp") or ""), lineage=evaluation.read_lineage(annotations))
         observed[name] = with_evaluation(seen, evaluation.read(annotations), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -77,6 +78,20 @@ def revision_name(ms: ServiceMeta, spec: ModelServiceSpec, target: Target) -> st
                "config": config_map(ms, spec, placeholder, target)["data"] if target.signature else None}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:5]
     return dns_label(ms.name, f"-v{target.version}-{digest}")
+
+
+def revision_version(ms: ServiceMeta, name: str) -> int | None:
+    """The model version a revision of `ms` serves, as its name says (a name cannot be edited; a label can),
+    or None when `name` is not one of its revisions' names."""
+    found = re.search(r"-v(\d+)-([0-9a-f]{5})$", name)
+    if not found or dns_label(ms.name, f"-v{found.group(1)}-{found.group(2)}") != name:
+        return None
+    return int(found.group(1))
+
+
+def revision_labels(ms: ServiceMeta, revision: str, version: int) -> dict[str, str]:
+    """The labels a revision's Deployment carries (the managed-by label comes with its child metadata)."""
+    return {**ms.selector, LABEL_REVISION: revision, LABEL_VERSION: str(version)}
 
 
 def service_name(ms: ServiceMeta) -> str:
@@ -210,7 +225,7 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
         pod_spec["priorityClassName"] = spec.priority_class_name
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}, annotations),
+        "metadata": _metadata(ms, revision, revision_labels(ms, revision, version), annotations),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {**ms.selector, LABEL_REVISION: revision}},

@@ -13,6 +13,7 @@ from modelops.autoscale.decision import ScaleMemory, decide as decide_scale
 from modelops.resources import modelservice as build
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.evaluation_plan import plan_gate
+from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL
 from modelops.resources.plan import Delete, Patch, Plan
 from modelops.resources.pods import Wait, limited, wait_event
 from modelops.rollout import evaluation
@@ -50,6 +51,8 @@ class ObservedRevision:
     evaluation: dict[str, Any] | None = None
     """The evaluation gate's record (None: the revision is not gated)."""
     lineage: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] | None = None
+    """Its labels as observed (None: not observed, nothing to put back)."""
     wait: Wait | None = None
     """Why its replicas cannot start or stay up: its first stuck pod's scheduler or kubelet, or the
     ReplicaSet controller refusing to create pods (quota)."""
@@ -340,15 +343,23 @@ def gate_annotations(inputs: PlanInputs, revision: str) -> dict[str, str | None]
             evaluation.ANNOTATION_LINEAGE: evaluation.encode(lineage) if lineage else None}
 
 
-def _revision_patch(observed: ObservedRevision, replicas: int | None,
-                    annotations: dict[str, str | None]) -> dict[str, Any]:
+def _revision_patch(observed: ObservedRevision, replicas: int | None, annotations: dict[str, str | None],
+                    labels: dict[str, str]) -> dict[str, Any]:
+    """The merge patch of a revision this pass does not apply: its rollout role, its replicas, and our
+    labels a hand edit changed."""
     patch: dict[str, Any] = {}
     changed = {k: v for k, v in annotations.items() if observed.annotations.get(k) != v}
-    if changed:
-        patch["metadata"] = {"annotations": changed}
+    relabel = {k: v for k, v in labels.items() if observed.labels.get(k) != v} if observed.labels is not None else {}
+    if changed or relabel:
+        patch["metadata"] = {k: v for k, v in (("annotations", changed), ("labels", relabel)) if v}
     if replicas is not None and observed.replicas != replicas:
         patch["spec"] = {"replicas": replicas}
     return patch
+
+
+def _labels(inputs: PlanInputs, revision: str) -> dict[str, str]:
+    seen = inputs.observed[revision]
+    return {**build.revision_labels(inputs.meta, revision, seen.version), MANAGED_BY_LABEL: MANAGED_BY}
 
 
 def plan_revisions(inputs: PlanInputs) -> ServicePlan:
@@ -385,7 +396,7 @@ def plan_revisions(inputs: PlanInputs) -> ServicePlan:
             plan.apply += [build.config_map(meta, spec, revision, inputs.target),
                            build.deployment(meta, spec, revision, inputs.target, replicas, recorded)]
         elif revision in inputs.observed:
-            patch = _revision_patch(inputs.observed[revision], replicas, roles)
+            patch = _revision_patch(inputs.observed[revision], replicas, roles, _labels(inputs, revision))
             if patch:
                 plan.patch[revision] = patch
 
@@ -398,7 +409,7 @@ def plan_revisions(inputs: PlanInputs) -> ServicePlan:
         if name == state.rejected or stable_ready >= max(stable_replicas, 1):
             plan.delete += [("apps/v1", "Deployment", name), ("v1", "ConfigMap", name)]
         else:  # kept serving for now, but no longer part of the rollout
-            patch = _revision_patch(inputs.observed[name], None, role_annotations(state, name))
+            patch = _revision_patch(inputs.observed[name], None, role_annotations(state, name), _labels(inputs, name))
             if patch:
                 plan.patch[name] = patch
 
