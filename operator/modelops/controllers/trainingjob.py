@@ -29,13 +29,14 @@ log = logging.getLogger(__name__)
 class TrainingJobController:
     kind = KIND
     # Workers are watched by identity, not by label: a pod whose labels were edited stays in sight (see
-    # resources/meta.is_ours); the rest by our label (one that loses it is found again when written).
+    # resources/meta.is_ours); the Service by our label (one that loses it is found again when applied).
     child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid, "claims": by_claim,
                                                      "unowned": by_unowned}, labels=None, keep=is_ours),
                    ChildKind("v1", "Service", indexes={"owner": by_controller_uid, "claims": by_claim}),
                    # Kueue, where installed: the jobs' Workloads, and what admissions and priorities name
+                   # (a Workload is never re-applied, so it is watched by identity too)
                    ChildKind(KUEUE_API, "Workload", indexes={"owner": by_controller_uid, "claims": by_claim},
-                             optional=True),
+                             optional=True, labels=None, keep=is_ours),
                    ChildKind(KUEUE_API, "ResourceFlavor", optional=True, labels=None, cluster_scoped=True),
                    ChildKind("scheduling.k8s.io/v1", "PriorityClass", optional=True, labels=None, cluster_scoped=True)]
     resource_indexes: dict[str, Any] = {}
