@@ -215,6 +215,43 @@ def test_relist_of_one_namespace_leaves_the_others_alone() -> None:
     assert store.get("two", "b") is not None and store.get("one", "a") is None
 
 
+class ListWatch:
+    """The two calls an informer makes, answered from lists: one list, then one watch's events."""
+
+    def __init__(self, listed: list[dict], events: list[dict]) -> None:
+        self.listed, self.events = listed, events
+
+    def list_objects(self, api_version, kind, namespace, *, labels=None, fields=None, transform=None):  # type: ignore[no-untyped-def]
+        return [transform(o) if transform else o for o in self.listed], "10"
+
+    def watch_objects(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        yield from self.events
+
+
+def test_a_cache_by_identity_keeps_ours_whatever_their_labels_and_drops_what_stops_being_ours() -> None:
+    from modelops.engine.cache import Informer
+    from modelops.resources.meta import ANNOTATION_OWNER, by_claim, is_ours
+
+    relabelled = {"metadata": {"name": "w0", "namespace": "ns", "resourceVersion": "1", "labels": {"x": "y"},
+                               "ownerReferences": [{"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob",
+                                                    "uid": "u1", "controller": True}]}}
+    orphan = {"metadata": {"name": "w1", "namespace": "ns", "resourceVersion": "2",
+                           "annotations": {ANNOTATION_OWNER: "TrainingJob/job/u1"}}}
+    foreign = {"metadata": {"name": "web", "namespace": "ns", "resourceVersion": "3",
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "uid": "rs",
+                                                 "controller": True}]}}
+    seen: list[tuple[str, str]] = []
+    store = Store({"claims": by_claim})
+    disowned = {"metadata": {**orphan["metadata"], "resourceVersion": "12", "annotations": {}}}
+    informer = Informer(ListWatch([relabelled, orphan, foreign], [  # type: ignore[arg-type]
+        {"type": "MODIFIED", "object": {**foreign, "metadata": {**foreign["metadata"], "resourceVersion": "11"}}},
+        {"type": "MODIFIED", "object": disowned}]), "v1", "Pod", None, store,
+        lambda change, old, new: seen.append((change, (new or old)["metadata"]["name"])), labels=None, keep=is_ours)
+    informer._watch(informer._list())
+    assert store.keys() == [("ns", "w0")]  # the foreign pod never stored, the one that stopped claiming us dropped
+    assert seen == [("ADDED", "w0"), ("ADDED", "w1"), ("DELETED", "w1")]
+
+
 # ---- peering -------------------------------------------------------------------------------------------
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)

@@ -138,7 +138,8 @@ def inputs(decision: Decision | None, observed: dict[str, ObservedRevision], tot
     s = spec()
     target = build.Target(3, SIGNATURE)
     return PlanInputs(meta=MS, spec=s, desired=build.revision_name(MS, s, target), target=target,
-                      decision=decision, waiting="", observed=observed, total=total, previous={}, now=NOW, **kw)
+                      decision=decision, waiting="", observed=observed, total=total,
+                      previous=kw.pop("previous", {}), now=NOW, **kw)
 
 
 def test_canary_pass_applies_desired_and_scales_the_old_stable() -> None:
@@ -255,3 +256,87 @@ def test_serving_pods_carry_their_priority_class_to_preempt_training() -> None:
     assert pod_spec["priorityClassName"] == "modelops-serving"
     # unset: no field, so revisions rendered before the field existed keep their names
     assert "priorityClassName" not in build.deployment(MS, spec(), "r", build.Target(3, SIGNATURE), 1)["spec"]["template"]["spec"]
+
+
+# ---- why replicas wait: the scheduler's or kubelet's words, one Event per change ---------------------------
+
+UNSCHEDULABLE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+
+
+def test_replicas_that_cannot_start_say_why_once_like_a_trainingjobs_workers() -> None:
+    from modelops.resources.pods import Wait
+
+    desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
+    state = RolloutState(stable=desired, stable_version=3)
+    stuck = {desired: ObservedRevision(desired, 3, 1, 0, wait=Wait("Unschedulable", UNSCHEDULABLE),
+                                       wait_pod=f"{desired}-abc", waiting=1)}
+    first = plan_revisions(inputs(Decision(state, "Steady", ""), stuck))
+    ready = next(c for c in first.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "Unschedulable"
+    assert ready["message"] == f"1/1 replicas of revision {desired} cannot start: pod {desired}-abc " \
+                               f"Unschedulable: {UNSCHEDULABLE}"
+    assert [(e.type, e.reason, e.message) for e in first.events] == [("Warning", "Unschedulable", ready["message"])]
+    # the next pass finds it said: no new Event, also when another pod waits for the same reason
+    again = {desired: ObservedRevision(desired, 3, 1, 0, wait=Wait("Unschedulable", UNSCHEDULABLE),
+                                       wait_pod=f"{desired}-xyz", waiting=1)}
+    assert plan_revisions(inputs(Decision(state, "Steady", ""), again, previous=first.status)).events == []
+    # the kubelet's words instead: a new Event
+    crash = {desired: ObservedRevision(desired, 3, 1, 0, wait=Wait("CrashLoopBackOff", "back-off 5m0s restarting"),
+                                       wait_pod=f"{desired}-abc", waiting=1)}
+    third = plan_revisions(inputs(Decision(state, "Steady", ""), crash, previous=first.status))
+    assert [(e.type, e.reason) for e in third.events] == [("Warning", "CrashLoopBackOff")]
+    # once it serves, the wait is gone from Ready
+    fine = plan_revisions(inputs(Decision(state, "Steady", ""), {desired: ObservedRevision(desired, 3, 1, 1)},
+                                 previous=third.status))
+    assert next(c for c in fine.status["conditions"] if c["type"] == "Ready")["reason"] == "Serving"
+
+
+def test_pods_the_replicaset_cannot_create_say_so_and_a_serving_revision_says_what_the_rest_wait_for() -> None:
+    from modelops.resources.pods import Wait
+
+    desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
+    state = RolloutState(stable=desired, stable_version=3)
+    quota = Wait("FailedCreate", 'pods "x" is forbidden: exceeded quota: gpus, requested: nvidia.com/gpu=16')
+    plan = plan_revisions(inputs(Decision(state, "Steady", ""), {desired: ObservedRevision(desired, 3, 2, 1, wait=quota)},
+                                 total=2))
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "Serving"
+    assert ready["message"] == f"1/2 replicas serving version 3; revision {desired} cannot create its pods: " \
+                               f"FailedCreate: {quota.message}"
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "Serving"), ("Warning", "FailedCreate")]
+
+
+def test_a_pods_wait_is_read_as_the_scheduler_or_kubelet_wrote_it() -> None:
+    from modelops.resources.pods import Wait, pod_wait
+
+    assert pod_wait({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                         "reason": "Unschedulable", "message": UNSCHEDULABLE}]}) \
+        == Wait("Unschedulable", UNSCHEDULABLE)
+    # a serving pod crash-looping is Running, and stuck
+    assert pod_wait({"phase": "Running", "containerStatuses": [{"name": "triton", "state": {"waiting": {
+        "reason": "CrashLoopBackOff", "message": "back-off"}}}]}) == Wait("CrashLoopBackOff", "back-off")
+    assert pod_wait({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}) \
+        is None
+    assert pod_wait({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "False"}]}) is None
+
+
+# ---- a revision is known by its name, not by its labels -------------------------------------------------
+
+
+def test_a_revisions_version_comes_from_its_name_and_its_labels_are_put_back() -> None:
+    desired = build.revision_name(MS, spec(), build.Target(3, SIGNATURE))
+    assert build.revision_version(MS, desired) == 3
+    assert build.revision_version(MS, "digits-v3-zzzzz") is None  # not a name the builder gives
+    assert build.revision_version(build.ServiceMeta("other", "ml", "u"), desired) is None
+    old = build.revision_name(MS, spec(triton={"maxBatchSize": 4}), build.Target(2, SIGNATURE))
+    state = RolloutState(stable=old, stable_version=2, canary=desired, canary_version=3, step_started_at=NOW,
+                         started_at=NOW)
+    garbled = {build.LABEL_SERVICE: "digits", build.LABEL_REVISION: "x", build.LABEL_VERSION: "two"}
+    observed = {old: ObservedRevision(old, 2, 4, 4, labels=garbled), desired: ObservedRevision(desired, 3, 1, 0)}
+    plan = plan_revisions(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    assert plan.patch[old]["metadata"]["labels"] == {build.LABEL_REVISION: old, build.LABEL_VERSION: "2",
+                                                     "app.kubernetes.io/managed-by": "modelops"}
+    intact = {**garbled, build.LABEL_REVISION: old, build.LABEL_VERSION: "2", "app.kubernetes.io/managed-by": "modelops"}
+    observed[old] = ObservedRevision(old, 2, 4, 4, labels=intact)
+    plan = plan_revisions(inputs(Decision(state, "Waiting", "pausing", weight=20), observed))
+    assert "labels" not in plan.patch.get(old, {}).get("metadata", {})

@@ -276,7 +276,9 @@ def test_a_conflict_on_an_evaluation_pod_reads_like_any_other_child(world: World
     world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": f"{revision}-x", "namespace": "ml",
         "labels": {**deployment["spec"]["template"]["metadata"]["labels"]},
-        "annotations": deployment["spec"]["template"]["metadata"]["annotations"]},
+        "annotations": deployment["spec"]["template"]["metadata"]["annotations"],
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{revision}-rs", "uid": "rs-1",
+                             "controller": True}]},
         "status": {"phase": "Running", "podIP": "10.244.0.9", "conditions": [
             {"type": build.MODEL_READY_GATE, "status": "False", "reason": "EvaluationPending"}]}})
     world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -301,6 +303,41 @@ def test_the_autoscaler_remembers_through_the_engine_and_forgets_with_the_object
     world.sync()
     world.reconcile("ModelService", "digits")
     assert world.ctx.memory.get(key) is None
+
+
+def test_a_followed_job_that_goes_keeps_serving_says_so_once_and_is_followed_again(world: World) -> None:
+    published = {"name": "digits", "version": 3, "uri": "file:///srv/models/digits/3", "signature": SIGNATURE}
+    world.add({**training_job(), "status": {"phase": "Succeeded", "model": published}})
+    world.add(model_service(model={"name": "digits", "fromTrainingJob": "train"}))
+    converged(world, "ModelService", "digits")
+    following = conditions(world.status("ModelService", "digits"))["SourceAvailable"]
+    assert (following["status"], following["reason"]) == ("True", "Following")
+    revision = next(name for kind, _, name in world.kube.objects if kind == "Deployment")
+
+    world.kube.objects.pop(("TrainingJob", "ml", "train"))
+    world.sync()
+    world.kube.events.clear()
+    world.reconcile("ModelService", "digits")
+    missing = conditions(world.status("ModelService", "digits"))["SourceAvailable"]
+    assert (missing["status"], missing["reason"]) == ("False", "TrainingJobNotFound")
+    assert "TrainingJob train not found; still serving version 3" in missing["message"]
+    assert [(e.type, e.reason) for _, e in world.kube.events] == [("Warning", "TrainingJobNotFound")]
+    assert ("Deployment", "ml", revision) in world.kube.objects  # still serving
+    converged(world, "ModelService", "digits")
+    assert len(world.kube.events) == 1  # said once
+
+    world.add({**training_job(), "status": {"phase": "Succeeded", "model": published}})
+    world.reconcile("ModelService", "digits")
+    assert conditions(world.status("ModelService", "digits"))["SourceAvailable"]["status"] == "True"
+    assert ("Normal", "SourceFound") in [(e.type, e.reason) for _, e in world.kube.events]
+
+
+def test_a_followed_job_the_caches_have_not_seen_yet_is_not_called_missing(world: World) -> None:
+    """kopf feeds our own kinds; at a start it may lag the child caches: the API server is asked."""
+    world.kube.put(training_job())  # on the server, not in the caches
+    world.add(model_service(model={"name": "digits", "fromTrainingJob": "train"}))
+    world.reconcile("ModelService", "digits")
+    assert conditions(world.status("ModelService", "digits"))["SourceAvailable"]["status"] == "True"
 
 
 # ---- TrainingJob -------------------------------------------------------------------------------------------
@@ -436,6 +473,27 @@ def test_a_pool_places_its_model_services_through_the_writer_and_then_settles(po
     assert [w for w in world.reconcile("ModelPool", "shared")] == []  # settled: not one write
 
 
+def test_a_pool_server_whose_owner_reference_was_removed_is_adopted_back_and_ended_with_its_pool(pool_world) -> None:  # type: ignore[no-untyped-def]
+    world, _ = pool_world
+    world.add(model_pool())
+    world.add(pooled("alpha", "a", 500))
+    world.reconcile("ModelPool", "shared")
+    run_servers(world)
+    world.reconcile("ModelPool", "shared")
+    pod = world.kube.objects[("Pod", "ml", "shared-s0")]
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": []}})
+    writes = world.reconcile("ModelPool", "shared")
+    assert ("create", "Pod", "shared-s1") not in writes  # still the pool's server: not replaced
+    owner = world.kube.objects[("Pod", "ml", "shared-s0")]["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["uid"]) for r in owner] == [("ModelPool", "uid-shared")]
+    # orphaned again, and the pool deleted before it adopted it back: ended, never left running unowned
+    world.add({**world.kube.objects[("Pod", "ml", "shared-s0")],
+               "metadata": {**world.kube.objects[("Pod", "ml", "shared-s0")]["metadata"], "ownerReferences": []}})
+    world.kube.objects.pop(("ModelPool", "ml", "shared"))
+    world.sync()
+    assert ("delete", "Pod", "shared-s0") in world.reconcile("ModelPool", "shared")
+
+
 def test_the_same_model_name_in_a_second_model_service_is_refused_on_it(pool_world) -> None:  # type: ignore[no-untyped-def]
     world, triton = pool_world
     world.add(model_pool())
@@ -558,3 +616,119 @@ def test_a_pooled_canary_step_lists_a_copy_of_each_version_and_a_settled_pass_wr
     status = world.status("ModelService", "alpha")
     assert status["canary"]["weight"] == 50 and status["pool"]["canaryServers"] == ["shared-s1"]
     assert world.reconcile("ModelService", "alpha") == []  # settled mid-step: not one write
+
+
+# ---- identity: what makes a child ours survives hand edits of its labels and owner references ----------------
+
+
+def running_worker(world: World, name: str = "train-a0-w0") -> Obj:
+    """The job's worker as the server has it, running."""
+    pod = world.kube.objects[("Pod", "ml", name)]
+    return world.add({**pod, "status": {"phase": "Running"}})
+
+
+def test_a_worker_whose_labels_were_overwritten_is_still_the_group_and_gets_them_back(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.reconcile("TrainingJob", "train")
+    labels = {**pod["metadata"]["labels"], "modelops.dev/rank": "x", "modelops.dev/attempt": "garbage"}
+    del labels["app.kubernetes.io/managed-by"]
+    world.add({**pod, "metadata": {**pod["metadata"], "labels": labels}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("create", "Pod", "train-a1-w0") not in writes and ("delete", "Pod", "train-a0-w0") not in writes
+    assert ("patch", "Pod", "train-a0-w0") in writes
+    restored = world.kube.objects[("Pod", "ml", "train-a0-w0")]["metadata"]["labels"]
+    assert (restored["modelops.dev/rank"], restored["modelops.dev/attempt"]) == ("0", "0")
+    assert restored["app.kubernetes.io/managed-by"] == "modelops"
+    status = world.status("TrainingJob", "train")
+    assert status["phase"] == "Running" and status.get("preemptions", 0) == 0 and status["attempt"] == 0
+    converged(world, "TrainingJob", "train")
+
+
+def test_a_worker_whose_owner_reference_was_removed_is_adopted_back_not_replaced(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.reconcile("TrainingJob", "train")
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": []}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert [w for w in writes if w[1] == "Pod"] == [("patch", "Pod", "train-a0-w0")]
+    owner = world.kube.objects[("Pod", "ml", "train-a0-w0")]["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["uid"], r["controller"]) for r in owner] == [("TrainingJob", "uid-train", True)]
+    assert world.status("TrainingJob", "train").get("preemptions", 0) == 0
+    converged(world, "TrainingJob", "train")
+
+
+def test_an_orphaned_worker_of_a_job_that_is_gone_or_replaced_is_ended(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": []}})
+    world.kube.objects.pop(("TrainingJob", "ml", "train"))  # deleted before it adopted its worker back
+    world.sync()
+    assert world.reconcile("TrainingJob", "train") == [("delete", "Pod", "train-a0-w0")]
+    # a job of the same name made again: a worker claiming the earlier one is not its own, and is ended
+    world.add(pod | {"metadata": {**pod["metadata"], "ownerReferences": []}})
+    world.add(training_job() | {"metadata": {**training_job()["metadata"], "uid": "uid-train-2"}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("delete", "Pod", "train-a0-w0") in writes and ("patch", "Pod", "train-a0-w0") not in writes
+
+
+def test_an_orphan_another_controller_owns_is_left_to_it(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    theirs = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "rs-1", "controller": True}]
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": theirs}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("patch", "Pod", "train-a0-w0") not in writes and ("delete", "Pod", "train-a0-w0") not in writes
+    assert world.kube.objects[("Pod", "ml", "train-a0-w0")]["metadata"]["ownerReferences"] == theirs
+
+
+def test_an_orphaned_revision_is_adopted_back_by_its_model_service(world: World) -> None:
+    world.add(model_service())
+    converged(world, "ModelService", "digits")
+    deployment = next(o for (kind, _, _), o in world.kube.objects.items() if kind == "Deployment")
+    world.add({**deployment, "metadata": {**deployment["metadata"], "ownerReferences": []}})
+    writes = world.reconcile("ModelService", "digits")
+    assert ("apply", "Deployment", deployment["metadata"]["name"]) in writes
+    adopted = world.kube.objects[("Deployment", "ml", deployment["metadata"]["name"])]["metadata"]
+    assert adopted["ownerReferences"][0]["uid"] == "uid-digits"
+    assert "NameConflict" not in str(world.status("ModelService", "digits"))
+
+
+def test_a_worker_stripped_of_owner_and_claim_is_ended_and_replaced_only_once_gone(world: World) -> None:
+    world.add(training_job())
+    world.reconcile("TrainingJob", "train")
+    pod = running_worker(world)
+    world.reconcile("TrainingJob", "train")
+    annotations = {k: v for k, v in pod["metadata"]["annotations"].items() if k != "modelops.dev/owner"}
+    world.add({**pod, "metadata": {**pod["metadata"], "ownerReferences": [], "annotations": annotations}})
+    writes = world.reconcile("TrainingJob", "train")
+    assert ("delete", "Pod", "train-a0-w0") in writes
+    assert not [w for w in writes if w[0] == "create"]  # not while it may still run
+    assert world.status("TrainingJob", "train")["preemptions"] == 1
+    writes = world.reconcile("TrainingJob", "train")  # it is gone now: the next attempt starts
+    assert ("create", "Pod", "train-a1-w0") in writes
+
+
+def test_a_serving_pod_its_replicaset_let_go_of_is_ended(world: World) -> None:
+    """A serving pod whose labels were edited: its ReplicaSet releases it (and makes another); it would
+    serve on, holding its GPU, owned by nothing."""
+    world.add(model_service())
+    converged(world, "ModelService", "digits")
+    deployment = next(o for (kind, _, _), o in world.kube.objects.items() if kind == "Deployment")
+    template = deployment["spec"]["template"]["metadata"]
+    labels = {**template["labels"], build.LABEL_SERVICE: "x", "app.kubernetes.io/managed-by": "someone"}
+    world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": f"{deployment['metadata']['name']}-abcde", "namespace": "ml", "labels": labels,
+        "annotations": template["annotations"]}, "status": {"phase": "Running"}})
+    writes = world.reconcile("ModelService", "digits")
+    assert ("delete", "Pod", f"{deployment['metadata']['name']}-abcde") in writes
+    # one its ReplicaSet still owns is never touched
+    world.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "kept", "namespace": "ml", "labels": template["labels"], "annotations": template["annotations"],
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "rs-1",
+                             "controller": True}]}, "status": {"phase": "Running"}})
+    assert ("delete", "Pod", "kept") not in world.reconcile("ModelService", "digits")

@@ -789,3 +789,37 @@ def test_a_worker_whose_labels_were_garbled_is_not_a_lost_one() -> None:
     result = tj.plan(JOB, spec(workers=2), [pod(0)], running.status, NOW,
                      present=frozenset({"digits-a0-w0", "digits-a0-w1"}))
     assert result.delete_pods == [] and result.status["preemptions"] == 0
+
+
+# ---- identity: a worker is known by its name and its owner, not by its labels --------------------------------
+
+
+def owned_pod(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels, "annotations": annotations or {},
+                         "ownerReferences": [JOB.owner_reference()]}, "status": {"phase": "Running"}}
+
+
+def test_a_workers_attempt_and_rank_come_from_its_name_and_lost_marks_are_planned_back() -> None:
+    garbled = tj.ObservedPod.from_pod(owned_pod("digits-a2-w1", {tj.LABEL_RANK: "x", tj.LABEL_ATTEMPT: "7"}), JOB)
+    assert (garbled.attempt, garbled.rank) == (2, 1)
+    assert garbled.marks == {"metadata": {
+        "labels": {"app.kubernetes.io/managed-by": "modelops", tj.LABEL_JOB: "digits", tj.LABEL_ATTEMPT: "2",
+                   tj.LABEL_RANK: "1"},
+        "annotations": {"modelops.dev/owner": "TrainingJob/digits/uid-1"}}}
+    intact = owned_pod("digits-a0-w0", {"app.kubernetes.io/managed-by": "modelops", tj.LABEL_JOB: "digits",
+                                        tj.LABEL_ATTEMPT: "0", tj.LABEL_RANK: "0"},
+                       {"modelops.dev/owner": "TrainingJob/digits/uid-1"})
+    assert tj.ObservedPod.from_pod(intact, JOB).marks is None
+    # a name that only looks like another job's worker is not read as this job's
+    assert (tj.ObservedPod.from_pod(owned_pod("digitsx-a5-w0", {}), JOB).attempt) == 0
+    plan = tj.plan_job(JOB, spec(), [garbled], {"attempt": 2, "conditions": []}, NOW)
+    assert [(p.name, p.patch) for p in plan.patch] == [("digits-a2-w1", garbled.marks)]
+
+
+def test_a_single_worker_with_garbage_labels_is_no_lost_worker() -> None:
+    """The hostile case issue 29 found: the only worker's rank label overwritten read as a lost worker, a
+    preemption, and a second attempt beside the first."""
+    garbled = tj.ObservedPod.from_pod(owned_pod("digits-a0-w0", {tj.LABEL_RANK: "x"}), JOB)
+    result = tj.plan(JOB, spec(), [garbled], {"attempt": 0, "phase": "Running", "conditions": []}, NOW)
+    assert result.status["phase"] == "Running" and result.status.get("preemptions", 0) == 0
+    assert result.apply == [] and result.delete_pods == []

@@ -8,10 +8,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modelops import API_VERSION
 from modelops.clock import rfc3339
-from modelops.engine.engine import Context
+from modelops.engine.cache import Obj
+from modelops.engine.engine import ChildKind, Context
 from modelops.engine.queue import Failure, Key
-from modelops.resources.plan import Plan, Refusal, failure_plan, refusal_plan
+from modelops.resources.meta import Claim
+from modelops.resources.plan import Plan, Refusal, failure_plan, orphans_plan, refusal_plan
 
 log = logging.getLogger(__name__)
 # After this many failed passes in a row the resource says so (a condition and an Event).
@@ -71,3 +74,22 @@ def report_failure(ctx: Context, kind: str, failure: Failure) -> None:
         ctx.writer.apply_plan(obj, plan)
     except Exception as error:  # noqa: BLE001 - reporting must never add a failure of its own
         log.debug("could not report the failure of %s/%s: %s", namespace, name, error)
+
+
+def claimants(ctx: Context, child_kinds: list[ChildKind], kind: str, namespace: str, name: str) -> list[Obj]:
+    """The unowned children of ours that claim the resource `kind` `name` (of this or an earlier UID)."""
+    key = Claim(kind, name, "").key(namespace)
+    return [obj for child in child_kinds if "claims" in child.indexes and ctx.serves(child.api_version, child.kind)
+            for obj in ctx.caches.store(child.kind).by_index("claims", key)]
+
+
+def end_orphans(ctx: Context, child_kinds: list[ChildKind], kind: str, namespace: str, name: str) -> None:
+    """The resource is gone (or going) from the caches: its unowned children are ended, unless the API server
+    shows it alive with the UID they claim (kopf, which feeds our kinds, may lag at a start): then its own
+    pass adopts them. Children with owner references are the garbage collector's."""
+    claims = claimants(ctx, child_kinds, kind, namespace, name)
+    if not claims:
+        return
+    live = ctx.writer.kube.get(API_VERSION, kind, namespace, name)
+    live_uid = live["metadata"].get("uid") if live and not live["metadata"].get("deletionTimestamp") else None
+    ctx.writer.end_orphans(namespace, orphans_plan(claims, live_uid))

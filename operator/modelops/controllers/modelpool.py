@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from modelops.api.modelpool import ModelPoolSpec
 from modelops.api.modelservice import ModelServiceSpec
-from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
+from modelops.controllers.common import claimants, end_orphans, refuse_invalid_spec, report_failure, write_plan
 from modelops.controllers.modelservice import pooled_by, resolve_target
 from modelops.engine.cache import IndexFn, Obj, by_controller_uid, trim_pod
+from modelops.resources.meta import Claim, by_claim, is_ours
 from modelops.engine.engine import ChildKind, Context
 from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
@@ -21,6 +22,7 @@ from modelops.metrics import reconcile_timer, record_phase
 from modelops.quantities import quantity
 from modelops.resources import modelpool as build
 from modelops.resources.modelservice import ServiceMeta, service_name
+from modelops.resources.plan import with_orphans
 from modelops.resources.pool_plan import Demand, Ledger, PoolMemory, PoolObservation, Server, plan_pool
 
 KIND = "ModelPool"
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 
 class ModelPoolController:
     kind = KIND
-    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid}),
+    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid, "claims": by_claim}, labels=None,
+                             keep=is_ours),
                    ChildKind(*POD_MONITOR, indexes={"owner": by_controller_uid}, optional=True)]
     resource_indexes: dict[str, IndexFn] = {}
 
@@ -38,6 +41,7 @@ class ModelPoolController:
         key = (KIND, namespace, name)
         obj = ctx.caches.store(KIND).get(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            end_orphans(ctx, self.child_kinds, KIND, namespace, name)
             ctx.forget(key)
             record_phase(KIND, namespace, name, None)
             return None
@@ -47,13 +51,17 @@ class ModelPoolController:
             except ValidationError as error:
                 refuse_invalid_spec(ctx, obj, error)
                 return None
-            return write_plan(ctx, key, obj, plan_pool(observe(ctx, obj, spec, key)))
+            orphans = claimants(ctx, self.child_kinds, KIND, namespace, name)
+            plan = plan_pool(observe(ctx, obj, spec, key))
+            return write_plan(ctx, key, obj, with_orphans(plan, build.PoolMeta.of(obj), orphans))
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
         obj = new or old or {}
-        owner = controller_owner(obj, KIND)
+        owner, claim = controller_owner(obj, KIND), Claim.of(obj)
         if owner:
             yield KIND, obj["metadata"].get("namespace", ""), owner.get("name", "")
+        elif claim and claim.kind == KIND and not controller_owner(obj):
+            yield KIND, obj["metadata"].get("namespace", ""), claim.name  # an orphan: adopted or ended
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         """A pooled ModelService changed (its versions, copies, or it went): its pool looks again."""

@@ -9,9 +9,10 @@ from typing import Iterable
 
 from pydantic import ValidationError
 
+from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
-from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
+from modelops.controllers.common import claimants, end_orphans, refuse_invalid_spec, report_failure, write_plan
 from modelops.controllers.model_check import check_inputs
 from modelops.engine.cache import IndexFn, Obj, by_controller_uid, by_label, trim_pod
 from modelops.engine.engine import ChildKind, Context
@@ -19,6 +20,9 @@ from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources import modelservice as build
+from modelops.resources.meta import Claim, by_claim, is_ours
+from modelops.resources.plan import with_orphans
+from modelops.resources.pods import Wait, pod_wait
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
 from modelops.resources import modelpool as build_pool
@@ -47,14 +51,20 @@ def pooled_by(obj: Obj) -> Iterable[str]:
 
 class ModelServiceController:
     kind = KIND
+    # What runs (pods, Deployments) is watched by identity, not by label, so an edited label never hides it
+    # (resources/meta.is_ours); the rest by our label: one that loses it is found again when next written.
     child_kinds = [
-        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE), "owner": by_controller_uid}),
-        ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid}),
-        ChildKind("v1", "Service", indexes={"owner": by_controller_uid}),
-        ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid}),
-        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", indexes={"owner": by_controller_uid}),
-        ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid}, optional=True),
-        ChildKind("discovery.k8s.io/v1", "EndpointSlice", indexes={"owner": by_controller_uid}),
+        ChildKind("v1", "Pod", trim_pod, {"service": by_label(build.LABEL_SERVICE), "owner": by_controller_uid,
+                                          "claims": by_claim, "served-by": build.served_by}, labels=None,
+                  keep=lambda obj: is_ours(obj) or build.is_serving_pod(obj)),
+        ChildKind("apps/v1", "Deployment", indexes={"owner": by_controller_uid, "claims": by_claim}, labels=None,
+                  keep=is_ours),
+        ChildKind("v1", "Service", indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind("v1", "ConfigMap", indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler",
+                  indexes={"owner": by_controller_uid, "claims": by_claim}),
+        ChildKind(*SERVICE_MONITOR, indexes={"owner": by_controller_uid, "claims": by_claim}, optional=True),
+        ChildKind("discovery.k8s.io/v1", "EndpointSlice", indexes={"owner": by_controller_uid, "claims": by_claim}),
     ]
     resource_indexes: dict[str, IndexFn] = {"follows": _follows, "pool": pooled_by}
 
@@ -62,6 +72,7 @@ class ModelServiceController:
         key = (KIND, namespace, name)
         obj = ctx.caches.store(KIND).get(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            end_orphans(ctx, self.child_kinds, KIND, namespace, name)
             ctx.forget(key)
             record_phase(KIND, namespace, name, None)
             return None
@@ -72,8 +83,11 @@ class ModelServiceController:
                 refuse_invalid_spec(ctx, obj, error)
                 return None
             if spec.pool:
-                return write_plan(ctx, key, obj, plan_pooled_service(observe_pooled(ctx, obj, spec)))
-            return write_plan(ctx, key, obj, plan_service(observe(ctx, obj, spec, key)))
+                plan = plan_pooled_service(observe_pooled(ctx, obj, spec))
+            else:
+                plan = plan_service(observe(ctx, obj, spec, key))
+            orphans = claimants(ctx, self.child_kinds, KIND, namespace, name)
+            return write_plan(ctx, key, obj, with_orphans(plan, build.ServiceMeta.of(obj), orphans))
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
         obj = new or old or {}
@@ -81,10 +95,11 @@ class ModelServiceController:
         if kind == "Pod":
             annotations = obj.get("metadata", {}).get("annotations") or {}
             owner = annotations.get(build.ANNOTATION_SERVICE_NAME)
-            if not owner:  # an evaluation pod: its owner reads the report
-                owner_ref = controller_owner(obj, KIND)
-                if owner_ref:
-                    yield KIND, namespace, owner_ref.get("name", "")
+            if not owner:  # an evaluation pod: its owner reads the report (an orphaned one: adopts or ends it)
+                owner_ref, claim = controller_owner(obj, KIND), Claim.of(obj)
+                named = owner_ref.get("name") if owner_ref else claim.name if claim and claim.kind == KIND else None
+                if named:
+                    yield KIND, namespace, named
                 return
             if new is not None and check_inputs(new) != (check_inputs(old) if old else None):
                 ctx.checks.forget((namespace, new["metadata"]["name"]))
@@ -94,6 +109,9 @@ class ModelServiceController:
         owner_ref = controller_owner(obj, KIND)
         if owner_ref:
             yield KIND, namespace, owner_ref.get("name", "")
+        claim = Claim.of(obj)
+        if claim and claim.kind == KIND and not controller_owner(obj):
+            yield KIND, namespace, claim.name  # an orphan: adopted or ended
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         """A TrainingJob that changed: every ModelService following it looks again (a new model version); a
@@ -133,9 +151,12 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
     scaling = spec.autoscaling
     return ServiceObservation(
         meta=meta, spec=spec, previous=previous, now=now, target=target, waiting=waiting, desired=desired,
+        followed_missing=bool(spec.model.from_training_job)
+        and ctx.absent(API_VERSION, "TrainingJob", meta.namespace, spec.model.from_training_job or ""),
         observed=observed, state=state, state_warning=warning,
         action=(obj["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION),
         serving_pods=serving_pods,
+        released_pods=released_pods(ctx, meta),
         evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
                          if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)],
         analysis=sample_analysis(ctx.prometheus, state, window) if window else None,
@@ -175,6 +196,13 @@ def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObse
         if window else None,
         evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
                          if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)])
+
+
+def released_pods(ctx: Context, meta: build.ServiceMeta) -> list[str]:
+    """Serving pods of this ModelService that no controller owns any more (found by their annotation)."""
+    named = ctx.caches.store("Pod").by_index("served-by", f"{meta.namespace}/{meta.name}")
+    return [p["metadata"]["name"] for p in named
+            if not controller_owner(p) and not p["metadata"].get("deletionTimestamp")]
 
 
 def resolve_target(ctx: Context, namespace: str, spec: ModelServiceSpec) -> tuple[build.Target | None, str]:
@@ -221,7 +249,14 @@ def last_served(ctx: Context, meta: build.ServiceMeta, spec: ModelServiceSpec,
 
 def observe_revisions(ctx: Context, meta: build.ServiceMeta, serving_pods: list[Obj]) -> dict[str, ObservedRevision]:
     failures: dict[str, str] = {}
-    for pod in serving_pods:
+    stuck: dict[str, list[tuple[str, Wait]]] = {}
+    for pod in sorted(serving_pods, key=lambda p: p["metadata"]["name"]):
+        status = pod.get("status") or {}
+        wait = pod_wait(status) if status.get("phase") not in ("Succeeded", "Failed") \
+            and not pod["metadata"].get("deletionTimestamp") else None
+        if wait:
+            revision = (pod["metadata"].get("labels") or {}).get(build.LABEL_REVISION, "")
+            stuck.setdefault(revision, []).append((pod["metadata"]["name"], wait))
         ready = build.model_ready_condition(pod)
         if ready and ready.get("status") == "False" and ready.get("reason") == "ModelCheckFailed":
             labels = pod["metadata"].get("labels") or {}
@@ -229,20 +264,34 @@ def observe_revisions(ctx: Context, meta: build.ServiceMeta, serving_pods: list[
     observed = {}
     for dep in ctx.caches.store("Deployment").by_index("owner", meta.uid):
         name = dep["metadata"]["name"]
-        labels = dep["metadata"].get("labels") or {}
-        try:
-            version = int(labels.get(build.LABEL_VERSION, 0))
-        except ValueError:
-            log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
-            version = 0
+        labels = {k: v for k, v in (dep["metadata"].get("labels") or {}).items() if isinstance(v, str)}
+        version = build.revision_version(meta, name)  # its name says, whatever its labels say
+        if version is None:
+            try:
+                version = int(labels.get(build.LABEL_VERSION, 0))
+            except ValueError:
+                log.warning("Deployment %s/%s: label %s is not a number", meta.namespace, name, build.LABEL_VERSION)
+                version = 0
         annotations = {k: v for k, v in (dep["metadata"].get("annotations") or {}).items() if isinstance(v, str)}
+        waits = stuck.get(name, [])
+        refused = replica_failure(dep)
         seen = ObservedRevision(
             name=name, version=version, replicas=int((dep.get("spec") or {}).get("replicas") or 0),
             ready_replicas=int((dep.get("status") or {}).get("readyReplicas") or 0),
-            model_failure=failures.get(name), annotations=annotations,
+            model_failure=failures.get(name), annotations=annotations, labels=labels,
+            wait=waits[0][1] if waits else refused, wait_pod=waits[0][0] if waits else "", waiting=len(waits),
             created=str(dep["metadata"].get("creationTimestamp") or ""), lineage=evaluation.read_lineage(annotations))
         observed[name] = with_evaluation(seen, evaluation.read(annotations), None)
     return observed
+
+
+def replica_failure(deployment: Obj) -> Wait | None:
+    """The ReplicaSet controller cannot create the revision's pods (a quota, admission): its own words, as
+    the Deployment's ReplicaFailure condition carries them."""
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return Wait(str(cond.get("reason") or "FailedCreate"), str(cond.get("message") or ""))
+    return None
 
 
 def sample_analysis(prometheus: Prometheus, state: RolloutState, window_seconds: int) -> AnalysisSample:

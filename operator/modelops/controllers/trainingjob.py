@@ -10,14 +10,16 @@ from typing import Any, Iterable
 from pydantic import ValidationError
 
 from modelops.api.trainingjob import TrainingJobSpec
-from modelops.controllers.common import refuse_invalid_spec, report_failure, write_plan
+from modelops.controllers.common import claimants, end_orphans, refuse_invalid_spec, report_failure, write_plan
 from modelops.engine.cache import Obj, by_controller_uid, trim_pod
 from modelops.engine.engine import ChildKind, Context
 from modelops.engine.queue import Failure, Key
 from modelops.kube import controller_owner
 from modelops.metrics import reconcile_timer, record_phase
 from modelops.resources.kueue import KUEUE_API, QUEUE_LABEL, ObservedWorkload, Queue, placement_of_flavor, workload_name
-from modelops.resources.trainingjob import JobMeta, ObservedPod, plan_job
+from modelops.resources.meta import Claim, by_claim, by_unowned, is_ours, orphan_of
+from modelops.resources.plan import with_orphans
+from modelops.resources.trainingjob import LABEL_JOB, JobMeta, ObservedPod, plan_job, untrusted_workers
 
 KIND = "TrainingJob"
 
@@ -26,10 +28,15 @@ log = logging.getLogger(__name__)
 
 class TrainingJobController:
     kind = KIND
-    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid}),
-                   ChildKind("v1", "Service", indexes={"owner": by_controller_uid}),
+    # Workers are watched by identity, not by label: a pod whose labels were edited stays in sight (see
+    # resources/meta.is_ours); the Service by our label (one that loses it is found again when applied).
+    child_kinds = [ChildKind("v1", "Pod", trim_pod, {"owner": by_controller_uid, "claims": by_claim,
+                                                     "unowned": by_unowned}, labels=None, keep=is_ours),
+                   ChildKind("v1", "Service", indexes={"owner": by_controller_uid, "claims": by_claim}),
                    # Kueue, where installed: the jobs' Workloads, and what admissions and priorities name
-                   ChildKind(KUEUE_API, "Workload", indexes={"owner": by_controller_uid}, optional=True),
+                   # (a Workload is never re-applied, so it is watched by identity too)
+                   ChildKind(KUEUE_API, "Workload", indexes={"owner": by_controller_uid, "claims": by_claim},
+                             optional=True, labels=None, keep=is_ours),
                    ChildKind(KUEUE_API, "ResourceFlavor", optional=True, labels=None, cluster_scoped=True),
                    ChildKind("scheduling.k8s.io/v1", "PriorityClass", optional=True, labels=None, cluster_scoped=True)]
     resource_indexes: dict[str, Any] = {}
@@ -38,6 +45,7 @@ class TrainingJobController:
         key = (KIND, namespace, name)
         job = ctx.caches.store(KIND).get(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
+            end_orphans(ctx, self.child_kinds, KIND, namespace, name)
             ctx.forget(key)
             record_phase(KIND, namespace, name, None)
             return None
@@ -47,16 +55,33 @@ class TrainingJobController:
             except ValidationError as error:
                 refuse_invalid_spec(ctx, job, error)
                 return None
-            owned = ctx.caches.store("Pod").by_index("owner", job["metadata"]["uid"])
-            plan = plan_job(JobMeta.of(job), spec, observed_pods(owned), job.get("status") or {},
+            meta = JobMeta.of(job)
+            orphans = claimants(ctx, self.child_kinds, KIND, namespace, name)
+            # an orphaned worker claiming this job is adopted in this pass: it is one of the group, not a loss
+            owned = ctx.caches.store("Pod").by_index("owner", meta.uid) + \
+                [p for p in orphans if p["kind"] == "Pod" and orphan_of(p, meta.uid)]
+            untrusted = untrusted_workers(meta, ctx.caches.store("Pod").by_index("unowned", namespace))
+            plan = plan_job(meta, spec, observed_pods(owned, meta), job.get("status") or {},
                             datetime.now(timezone.utc), queue_of(ctx, job, spec.priority_class_name),
-                            present=frozenset(p["metadata"]["name"] for p in owned))
-            return write_plan(ctx, key, job, plan)
+                            present=frozenset(p["metadata"]["name"] for p in [*owned, *untrusted]),
+                            untrusted=tuple(observed_pods(untrusted, meta)))
+            return write_plan(ctx, key, job, with_orphans(plan, meta, orphans))
 
     def keys_for_child(self, ctx: Context, kind: str, change: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
-        owner = controller_owner(new or old or {}, KIND)
-        if owner and kind in ("Pod", "Service", "Workload"):
-            yield KIND, (new or old or {})["metadata"].get("namespace", ""), owner.get("name", "")
+        """The job controlling the child, or claiming it, before and after the change (an edit that took the
+        owner reference or the claim away wakes the job that had it)."""
+        if kind not in ("Pod", "Service", "Workload"):
+            return
+        for obj in (o for o in (old, new) if o):
+            namespace = obj["metadata"].get("namespace", "")
+            owner, claim = controller_owner(obj, KIND), Claim.of(obj)
+            if owner:
+                yield KIND, namespace, owner.get("name", "")
+            if claim and claim.kind == KIND and not controller_owner(obj):
+                yield KIND, namespace, claim.name  # an orphan: adopted or ended
+            labels = obj["metadata"].get("labels") or {}
+            if kind == "Pod" and not controller_owner(obj) and not claim and labels.get(LABEL_JOB):
+                yield KIND, namespace, labels[LABEL_JOB]  # nothing proves whose: the job it names decides
 
     def keys_for_resource(self, ctx: Context, kind: str, obj: Obj) -> Iterable[Key]:
         return ()
@@ -86,12 +111,13 @@ def queue_of(ctx: Context, job: Obj, priority_class: str | None) -> Queue | None
     return Queue(name, ObservedWorkload.from_obj(workload) if workload else None, priority, flavors)
 
 
-def observed_pods(pods: list[Obj]) -> list[ObservedPod]:
-    """The job's worker pods as the planner sees them; a pod whose labels were edited into garbage is
-    ignored with a warning (it belongs to no group) instead of breaking the pass."""
+def observed_pods(pods: list[Obj], job: JobMeta) -> list[ObservedPod]:
+    """The job's worker pods as the planner sees them (attempt and rank from their names); a pod of the job
+    whose name is not a worker's and whose labels were edited into garbage is ignored with a warning (it
+    belongs to no group) instead of breaking the pass."""
     observed = []
     for pod in pods:
-        worker = ObservedPod.from_pod(pod)
+        worker = ObservedPod.from_pod(pod, job)
         if worker.rank < 0 or worker.attempt < 0:
             log.warning("ignoring pod %s/%s: its rank/attempt labels are not numbers",
                         pod["metadata"].get("namespace"), worker.name)

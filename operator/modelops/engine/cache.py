@@ -179,7 +179,8 @@ def _decode(entry: tuple[int | None, bytes] | None) -> Obj | None:
 @dataclass
 class Informer:
     """Keeps `store` equal to the API server's objects of one kind in one namespace (None: all) matching
-    the selectors, and tells `listener` about every change."""
+    the selectors and `keep`, and tells `listener` about every change. An object `keep` refuses is never
+    stored (nor decoded again); one that stops being kept reads as deleted, one that starts as added."""
 
     kube: Kube
     api_version: str
@@ -190,6 +191,7 @@ class Informer:
     labels: str | None = None
     fields: str | None = None
     transform: Callable[[Obj], Obj] = trim
+    keep: Callable[[Obj], bool] | None = None
     watch_seconds: int = 300
     synced: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -225,8 +227,12 @@ class Informer:
 
     def _list(self) -> str:
         # trimmed page by page as the list comes: the raw objects never pile up
+        keep = self.keep
+        transform = self.transform if keep is None else \
+            (lambda obj: self.transform(obj) if keep(obj) else None)
         items, version = self.kube.list_objects(self.api_version, self.kind, self.namespace, labels=self.labels,
-                                                fields=self.fields, transform=self.transform)
+                                                fields=self.fields, transform=transform)
+        items = [o for o in items if o is not None]
         for change, old, new in self.store.replace(items, self.namespace):
             self._tell(change, old, new)
         if not self.synced.is_set():
@@ -250,6 +256,10 @@ class Informer:
             if kind == "BOOKMARK":
                 continue
             obj = self.transform({"apiVersion": self.api_version, "kind": self.kind, **obj})
+            if self.keep is not None and not self.keep(obj):
+                kind = "DELETED"  # no longer one of ours (or never was): not kept
+                if self.store.get(*object_key(obj)) is None:
+                    continue
             if kind == "DELETED":
                 old = self.store.remove(*object_key(obj))
                 self._tell("DELETED", old or obj, None)

@@ -12,6 +12,7 @@ from typing import Any
 from modelops.engine.cache import Caches, Obj
 from modelops.kube import ApiError, Kube, controller_owner
 from modelops.metrics import CHILD_WRITES
+from modelops.resources.meta import controller_of, orphan_of
 from modelops.quantities import quantity
 
 
@@ -84,12 +85,12 @@ class Children:
             except ApiError as error:
                 if not error.already_exists:
                     raise _classify(desired, error) from None
-            # Not in the cache but there: not ours (no label of ours), or the cache lags a moment.
+            # Not in the cache but there: not ours (no mark of ours), or the cache lags a moment.
             observed = self.kube.get(desired["apiVersion"], kind, meta.get("namespace"), meta["name"])
             if observed is None:
                 raise ApiError(409, "Conflict", f"{kind} {meta['name']} existed a moment ago; retrying")
-        if not owned_by(observed, owner_uid):
-            raise NameConflict(describe(observed))
+        if not owned_by(observed, owner_uid) and not orphan_of(observed, owner_uid):
+            raise NameConflict(describe(observed))  # an orphan of ours is adopted back by the plan's patch
         if create_only or differences(desired, observed) is None:
             return "unchanged"
         try:
@@ -99,10 +100,13 @@ class Children:
         CHILD_WRITES.labels(kind, "update").inc()
         return "updated"
 
-    def delete(self, owner_uid: str, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete the child if it is there and ours (that exact object); False otherwise."""
+    def delete(self, owner_uid: str, api_version: str, kind: str, namespace: str, name: str, *,
+               orphan: bool = False) -> bool:
+        """Delete the child if it is there and ours (that exact object; with `orphan`, one the plan found ours
+        that no controller owns: never one another controller owns); False otherwise."""
         observed = self.caches.store(kind).get(namespace, name)
-        if observed is None or not owned_by(observed, owner_uid) or observed["metadata"].get("deletionTimestamp"):
+        if observed is None or observed["metadata"].get("deletionTimestamp") or \
+                not (owned_by(observed, owner_uid) or (orphan and controller_of(observed) is None)):
             return False
         deleted = self.kube.delete(api_version, kind, namespace, name, uid=observed["metadata"].get("uid"))
         if deleted:

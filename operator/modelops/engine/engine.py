@@ -65,6 +65,12 @@ class Context:
     checks: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, jitter=0.2))
     """Rechecks of a serving pod whose Triton is not ready yet: 1 s doubling to 30 s, per pod."""
 
+    def absent(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Whether the object is not there: the caches say so and the API server confirms it (one GET, only
+        when the caches miss it: kopf feeds our own kinds, and at a start it may not have yet)."""
+        return self.caches.store(kind).get(namespace, name) is None and \
+            self.writer.kube.get(api_version, kind, namespace, name) is None
+
     def forget(self, key: Key) -> None:
         """The object of `key` is gone: drop everything remembered about it."""
         self.memory.forget(key)
@@ -73,8 +79,9 @@ class Context:
 
 @dataclass(frozen=True)
 class ChildKind:
-    """A kind of child to cache (all objects carrying our managed-by label), and how to trim it. A kind the
-    controllers only read (a Kueue ResourceFlavor, a PriorityClass) is cached whole: labels=None."""
+    """A kind of child to cache (the objects carrying our managed-by label, or with labels=None and `keep`
+    the ones `keep` says are ours), and how to trim it. A kind the controllers only read (a Kueue
+    ResourceFlavor, a PriorityClass) is cached whole: labels=None, no `keep`."""
 
     api_version: str
     kind: str
@@ -83,6 +90,8 @@ class ChildKind:
     optional: bool = False  # a CRD that may not be installed (ServiceMonitor)
     labels: str | None = MANAGED_BY_SELECTOR
     cluster_scoped: bool = False  # watched cluster-wide even when the operator watches some namespaces
+    keep: Callable[[Obj], bool] | None = None
+    """Which objects the cache keeps, for a kind watched without a label selector (labels=None)."""
 
 
 class Controller(Protocol):
@@ -112,15 +121,24 @@ class EngineOptions:
 
 
 def merged_child_kinds(controllers: Iterable[Controller]) -> dict[str, ChildKind]:
-    """Each child kind once, with the indexes every controller asked for (one cache per kind)."""
+    """Each child kind once, with the indexes every controller asked for (one cache per kind); watched without
+    a label selector when one controller asks for that (its `keep` then says what is ours)."""
     kinds: dict[str, ChildKind] = {}
     for controller in controllers:
         for child in controller.child_kinds:
             merged = kinds.get(child.kind)
             kinds[child.kind] = child if merged is None else \
                 ChildKind(child.api_version, child.kind, child.transform, {**merged.indexes, **child.indexes},
-                          child.optional, child.labels, child.cluster_scoped)
+                          child.optional, child.labels if child.labels == merged.labels else None,
+                          child.cluster_scoped, _either(merged.keep, child.keep))
     return kinds
+
+
+def _either(first: Callable[[Obj], bool] | None, second: Callable[[Obj], bool] | None) -> Callable[[Obj], bool] | None:
+    """What one cache keeps for two controllers: what either keeps."""
+    if first is None or second is None or first is second:
+        return first or second
+    return lambda obj: first(obj) or second(obj)
 
 
 class Engine:
@@ -159,7 +177,7 @@ class Engine:
             for namespace in [None] if child.cluster_scoped else self._scopes():
                 self.caches.add(Informer(self.kube, child.api_version, child.kind, namespace, store,
                                          self._child_listener(child.kind), labels=child.labels,
-                                         transform=child.transform))
+                                         transform=child.transform, keep=child.keep))
 
     def _scopes(self) -> list[str | None]:
         """The namespaces watched (None: the whole cluster)."""

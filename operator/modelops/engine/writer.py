@@ -51,7 +51,8 @@ class Writer:
                     self.kube.patch(patch.api_version, patch.kind, namespace, patch.name, patch.patch))
         for delete in plan.delete:
             if refusal is None or delete.even_if_refused:
-                self.children.delete(uid, delete.api_version, delete.kind, namespace, delete.name)
+                self.children.delete(uid, delete.api_version, delete.kind, namespace, delete.name,
+                                     orphan=delete.orphan)
         if refusal is None:
             for action in plan.model_actions:
                 self._run_model_action(owner, action)
@@ -95,6 +96,13 @@ class Writer:
         ledger = ledger_after(Ledger.parse(annotations.get(ANNOTATION_LEDGER)), action, measured, error)
         self.caches.remember(self.kube.patch("v1", "Pod", namespace, action.server,
                                              {"metadata": {"annotations": {ANNOTATION_LEDGER: ledger.wire()}}}))
+
+    def end_orphans(self, namespace: str, plan: Plan) -> None:
+        """The plan of a resource that is gone: only its orphans' deletions."""
+        for delete in plan.delete:
+            if delete.orphan and self.children.delete("", delete.api_version, delete.kind, namespace, delete.name,
+                                                      orphan=True):
+                log.info("ended %s %s/%s: the resource it claims is gone", delete.kind, namespace, delete.name)
 
     def _converge(self, owner_uid: str, plan: Plan) -> Refusal | None:
         """Converge each child in order; the first one that cannot be written stops the rest."""

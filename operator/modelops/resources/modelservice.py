@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,12 +80,27 @@ def revision_name(ms: ServiceMeta, spec: ModelServiceSpec, target: Target) -> st
     return dns_label(ms.name, f"-v{target.version}-{digest}")
 
 
+def revision_version(ms: ServiceMeta, name: str) -> int | None:
+    """The model version a revision of `ms` serves, as its name says (a name cannot be edited; a label can),
+    or None when `name` is not one of its revisions' names."""
+    found = re.search(r"-v(\d+)-([0-9a-f]{5})$", name)
+    if not found or dns_label(ms.name, f"-v{found.group(1)}-{found.group(2)}") != name:
+        return None
+    return int(found.group(1))
+
+
+def revision_labels(ms: ServiceMeta, revision: str, version: int) -> dict[str, str]:
+    """The labels a revision's Deployment carries (the managed-by label comes with its child metadata)."""
+    return {**ms.selector, LABEL_REVISION: revision, LABEL_VERSION: str(version)}
+
+
 def service_name(ms: ServiceMeta) -> str:
     return dns1035_label(ms.name)
 
 
-def _metadata(ms: ServiceMeta, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return ms.child_metadata(name, {**ms.selector, **(labels or {})})
+def _metadata(ms: ServiceMeta, name: str, labels: dict[str, str] | None = None,
+              annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return ms.child_metadata(name, {**ms.selector, **(labels or {})}, annotations)
 
 
 def triton_signature(signature: dict[str, Any]) -> Signature:
@@ -117,7 +133,7 @@ def config_map(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
     served = {ANNOTATION_MODEL: f"{spec.model.name}:{target.version}",
               ANNOTATION_SIGNATURE: json.dumps(target.signature, sort_keys=True)}
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision}), "annotations": served},
+            "metadata": _metadata(ms, revision, {LABEL_REVISION: revision}, served),
             "data": {"config.pbtxt": text, **({PYTHON_MODEL_FILE: python_model_source()} if python else {})}}
 
 
@@ -209,8 +225,7 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
         pod_spec["priorityClassName"] = spec.priority_class_name
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {**_metadata(ms, revision, {LABEL_REVISION: revision, LABEL_VERSION: str(version)}),
-                     **({"annotations": annotations} if annotations else {})},
+        "metadata": _metadata(ms, revision, revision_labels(ms, revision, version), annotations),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {**ms.selector, LABEL_REVISION: revision}},
@@ -223,6 +238,18 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
             },
         },
     }
+
+
+def served_by(pod: dict[str, Any]) -> list[str]:
+    """Cache index of serving pods by the ModelService their template names ('<namespace>/<name>'): an
+    annotation, so a pod whose labels were edited (and that its ReplicaSet let go of) is still found."""
+    meta = pod.get("metadata") or {}
+    name = (meta.get("annotations") or {}).get(ANNOTATION_SERVICE_NAME)
+    return [f"{meta.get('namespace', '')}/{name}"] if isinstance(name, str) and name else []
+
+
+def is_serving_pod(pod: dict[str, Any]) -> bool:
+    return bool(served_by(pod))
 
 
 def evaluation_pod_name(revision: str) -> str:

@@ -13,7 +13,9 @@ from modelops.autoscale.decision import ScaleMemory, decide as decide_scale
 from modelops.resources import modelservice as build
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.evaluation_plan import plan_gate
+from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL
 from modelops.resources.plan import Delete, Patch, Plan
+from modelops.resources.pods import Wait, limited, wait_event
 from modelops.rollout import evaluation
 from modelops.rollout.analysis import CanarySample, judge, latency_ratio
 from modelops.rollout.canary import (ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, Verdict,
@@ -49,6 +51,23 @@ class ObservedRevision:
     evaluation: dict[str, Any] | None = None
     """The evaluation gate's record (None: the revision is not gated)."""
     lineage: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] | None = None
+    """Its labels as observed (None: not observed, nothing to put back)."""
+    wait: Wait | None = None
+    """Why its replicas cannot start or stay up: its first stuck pod's scheduler or kubelet, or the
+    ReplicaSet controller refusing to create pods (quota)."""
+    wait_pod: str = ""
+    """The pod `wait` quotes ('' when no pod could be created)."""
+    waiting: int = 0
+    """How many of its pods are stuck."""
+
+    def describe_wait(self) -> str:
+        if self.wait is None:
+            return ""
+        if not self.wait_pod:
+            return limited(f"revision {self.name} cannot create its pods: {self.wait.said()}")
+        return limited(f"{self.waiting}/{self.replicas} replicas of revision {self.name} cannot start: "
+                       f"pod {self.wait_pod} {self.wait.said()}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,11 @@ class ServiceObservation:
     observed: dict[str, ObservedRevision]
     state: RolloutState
     """The rollout as the revision Deployments record it."""
+    followed_missing: bool = False
+    """The TrainingJob spec.model.fromTrainingJob names does not exist (in the caches)."""
+    released_pods: list[str] = field(default_factory=list)
+    """Serving pods of this ModelService no controller owns (their ReplicaSet let go of them after their
+    labels were edited): replaced already, they are ended, never left running unowned."""
     state_warning: str = ""
     action: str | None = None
     """A person's modelops.dev/rollout annotation ("promote" or "abort")."""
@@ -138,6 +162,7 @@ def plan_service(seen: ServiceObservation) -> Plan:
         meta=meta, spec=spec, desired=seen.desired, target=seen.target, decision=decision, waiting=seen.waiting,
         observed=observed, total=total, previous=seen.previous, now=seen.now, state=state, last_analysis=analysis,
         autoscaling=autoscaling, service_monitor=seen.service_monitor, has_hpa=seen.has_hpa,
+        followed_missing=seen.followed_missing,
         recorded_evaluations={r: o.evaluation for r, o in seen.observed.items()}))
     final = {r for r, record in gate.records.items() if record["verdict"] in evaluation.FINAL}
     requeue = [RESYNC_SECONDS, *(d for d in (decision.requeue_after if decision else None, gate.due) if d is not None)]
@@ -147,7 +172,8 @@ def plan_service(seen: ServiceObservation) -> Plan:
         apply=revisions.apply + gate.start, create_only=frozenset({"Pod"}),
         patch=[Patch("apps/v1", "Deployment", name, patch) for name, patch in revisions.patch.items()],
         delete=[Delete(api_version, kind, name) for api_version, kind, name in revisions.delete] +
-        [Delete("v1", "Pod", name) for name in gate.delete],
+        [Delete("v1", "Pod", name) for name in gate.delete] +
+        [Delete("v1", "Pod", name, even_if_refused=True, orphan=True) for name in seen.released_pods],
         status=revisions.status, events=revisions.events, requeue_after=min(requeue),
         own_patch={"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}
         if action and decision and decision.action_used else None,
@@ -252,6 +278,7 @@ class PlanInputs:
     has_hpa: bool = False
     recorded_evaluations: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """The evaluation records as the Deployments hold them before this pass (to tell what changed)."""
+    followed_missing: bool = False
 
 
 def state_from_status(status: dict[str, Any]) -> RolloutState:
@@ -323,15 +350,23 @@ def gate_annotations(inputs: PlanInputs, revision: str) -> dict[str, str | None]
             evaluation.ANNOTATION_LINEAGE: evaluation.encode(lineage) if lineage else None}
 
 
-def _revision_patch(observed: ObservedRevision, replicas: int | None,
-                    annotations: dict[str, str | None]) -> dict[str, Any]:
+def _revision_patch(observed: ObservedRevision, replicas: int | None, annotations: dict[str, str | None],
+                    labels: dict[str, str]) -> dict[str, Any]:
+    """The merge patch of a revision this pass does not apply: its rollout role, its replicas, and our
+    labels a hand edit changed."""
     patch: dict[str, Any] = {}
     changed = {k: v for k, v in annotations.items() if observed.annotations.get(k) != v}
-    if changed:
-        patch["metadata"] = {"annotations": changed}
+    relabel = {k: v for k, v in labels.items() if observed.labels.get(k) != v} if observed.labels is not None else {}
+    if changed or relabel:
+        patch["metadata"] = {k: v for k, v in (("annotations", changed), ("labels", relabel)) if v}
     if replicas is not None and observed.replicas != replicas:
         patch["spec"] = {"replicas": replicas}
     return patch
+
+
+def _labels(inputs: PlanInputs, revision: str) -> dict[str, str]:
+    seen = inputs.observed[revision]
+    return {**build.revision_labels(inputs.meta, revision, seen.version), MANAGED_BY_LABEL: MANAGED_BY}
 
 
 def plan_revisions(inputs: PlanInputs) -> ServicePlan:
@@ -368,7 +403,7 @@ def plan_revisions(inputs: PlanInputs) -> ServicePlan:
             plan.apply += [build.config_map(meta, spec, revision, inputs.target),
                            build.deployment(meta, spec, revision, inputs.target, replicas, recorded)]
         elif revision in inputs.observed:
-            patch = _revision_patch(inputs.observed[revision], replicas, roles)
+            patch = _revision_patch(inputs.observed[revision], replicas, roles, _labels(inputs, revision))
             if patch:
                 plan.patch[revision] = patch
 
@@ -381,7 +416,7 @@ def plan_revisions(inputs: PlanInputs) -> ServicePlan:
         if name == state.rejected or stable_ready >= max(stable_replicas, 1):
             plan.delete += [("apps/v1", "Deployment", name), ("v1", "ConfigMap", name)]
         else:  # kept serving for now, but no longer part of the rollout
-            patch = _revision_patch(inputs.observed[name], None, role_annotations(state, name))
+            patch = _revision_patch(inputs.observed[name], None, role_annotations(state, name), _labels(inputs, name))
             if patch:
                 plan.patch[name] = patch
 
@@ -425,6 +460,7 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
                     and c.get("status") == "True"), None)
     rollback_message = earlier["message"] if outcome == "Rejected" and earlier else message
     stable_failure = (inputs.observed.get(state.stable or "") or ObservedRevision("", 0, 0, 0)).model_failure
+    waiting = _waiting_revision(inputs, state)
 
     if stable is None:
         phase = "Pending"
@@ -435,9 +471,13 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     else:
         phase = "Ready"
     serving = ready > 0
-    ready_reason = "Serving" if serving else ("ModelCheckFailed" if stable_failure else "NoReadyReplicas")
+    ready_reason = "Serving" if serving else ("ModelCheckFailed" if stable_failure else
+                                              waiting.wait.reason if waiting and waiting.wait else "NoReadyReplicas")
     ready_message = (f"{ready}/{desired} replicas serving version {state.stable_version}" if serving
                      else stable_failure or message or "no replica serves a verified model yet")
+    if waiting and not stable_failure:  # the scheduler's or kubelet's words, where a user looks first
+        ready_message = limited(f"{ready_message}; {waiting.describe_wait()}" if serving or message
+                                else waiting.describe_wait())
     conditions = [
         Cond("Ready", serving, ready_reason, ready_message),
         Cond("Progressing", bool(canary), outcome or "Waiting", message if canary else ""),
@@ -456,6 +496,9 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
                            (record or {}).get("message", "") or ("waiting for a pod with a verified model to "
                                                                  "evaluate" if verdict == "Pending" else
                                                                  "this revision predates the gate or has none")))
+    source = _source_condition(inputs, state)
+    if source:
+        conditions.append(source)
     if inputs.autoscaling is not None:
         able = not inputs.autoscaling.get("reason", "").startswith("metric unavailable") and \
             inputs.autoscaling.get("value") is not None
@@ -479,6 +522,25 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     return {k: v for k, v in status.items() if v is not None}
 
 
+def _source_condition(inputs: PlanInputs, state: RolloutState) -> Cond | None:
+    """SourceAvailable, for a ModelService following a TrainingJob: False while that job does not exist (what
+    it served keeps serving, but no new version can come), True while it is followed."""
+    followed = inputs.spec.model.from_training_job
+    if not followed:
+        return None
+    if inputs.followed_missing:
+        kept = f"; still serving version {state.stable_version}" if state.stable_version else ""
+        return Cond("SourceAvailable", False, "TrainingJobNotFound",
+                    f"TrainingJob {followed} not found{kept}: no new version can roll out until it exists again")
+    return Cond("SourceAvailable", True, "Following", inputs.waiting or f"following TrainingJob {followed}")
+
+
+def _waiting_revision(inputs: PlanInputs, state: RolloutState) -> ObservedRevision | None:
+    """The serving revision (stable first, then the canary) whose pods are stuck, if any."""
+    return next((seen for name in (state.stable, state.canary) if name
+                 and (seen := inputs.observed.get(name)) is not None and seen.wait is not None), None)
+
+
 def decision_events(decision: Decision | None, previous: dict[str, Any]) -> list[Event]:
     """The Event a rollout decision is worth (shared by the dedicated and the pooled planner)."""
     kinds = {"Initial": ("Normal", "Deploying"), "Started": ("Normal", "CanaryStarted"),
@@ -499,6 +561,19 @@ def _events(inputs: PlanInputs, status: dict[str, Any]) -> list[Event]:
     old, new = inputs.previous.get("conditions", []), status["conditions"]
     if became_true(old, new, "Ready"):
         events.append(Event("Normal", "Serving", next(c["message"] for c in new if c["type"] == "Ready")))
+    source = next((c for c in new if c["type"] == "SourceAvailable"), None)
+    was: dict[str, Any] = next((c for c in old if c.get("type") == "SourceAvailable"), {})
+    if source and source["status"] == "False" and was.get("status") != "False":
+        events.append(Event("Warning", source["reason"], source["message"]))
+    elif source and was.get("status") == "False" and source["status"] == "True":
+        events.append(Event("Normal", "SourceFound", f"following TrainingJob {inputs.spec.model.from_training_job} "
+                                                     "again"))
+    waiting = _waiting_revision(inputs, inputs.decision.state if inputs.decision else inputs.state)
+    if waiting:
+        ready_old: dict[str, Any] = next((c for c in old if c.get("type") == "Ready"), {})
+        ready = next(c for c in new if c["type"] == "Ready")
+        # the same rule as a TrainingJob's workers: one Warning per change of what is said
+        events += wait_event(ready_old, ready, waiting.wait)
     for revision, before_record in inputs.recorded_evaluations.items():
         after_record = (inputs.observed.get(revision) or ObservedRevision("", 0, 0, 0)).evaluation or {}
         verdict = after_record.get("verdict")

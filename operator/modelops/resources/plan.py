@@ -8,11 +8,12 @@ back, except those marked `even_if_refused` (bookkeeping that must not wait, e.g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelops.resources.conditions import Cond, Event, merge_conditions, set_conditions
 from modelops.triton.pool import ModelToLoad
+from modelops.resources.meta import Claim, OwnerMeta, controller_of, orphan_of
 
 Obj = dict[str, Any]
 
@@ -41,12 +42,13 @@ class Patch:
 
 @dataclass(frozen=True)
 class Delete:
-    """One child to delete (only while it is ours)."""
+    """One child to delete (only while it is ours; with `orphan`, also while it is an unowned object of ours)."""
 
     api_version: str
     kind: str
     name: str
     even_if_refused: bool = False
+    orphan: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,29 @@ def failure_plan(previous: Obj, message: str, cause: str, *, now: str, generatio
                               now=now, generation=generation)
     return Plan(status={**previous, "conditions": set_conditions(previous.get("conditions", []), stated)},
                 events=[Event("Warning", "ReconcileError", message)])
+
+
+def with_orphans(plan: Plan, owner: OwnerMeta, claimants: list[Obj]) -> Plan:
+    """`plan` plus what becomes of the unowned objects claiming this owner's name: those claiming its UID are
+    adopted back (owner reference, managed-by label and claim put back; by the plan's own apply where it
+    applies that object), those claiming an earlier resource of the same name are ended. Neither waits for
+    a refusal: nothing of ours is left running unowned."""
+    applied = {(o["kind"], o["metadata"]["name"]) for o in plan.apply if o["kind"] not in plan.create_only}
+    adopt, end = [], []
+    for orphan in claimants:
+        meta = orphan["metadata"]
+        if controller_of(orphan) is not None:
+            continue  # owned meanwhile
+        if not orphan_of(orphan, owner.uid):
+            end.append(Delete(orphan["apiVersion"], orphan["kind"], meta["name"], even_if_refused=True, orphan=True))
+        elif (orphan["kind"], meta["name"]) not in applied:
+            adopt.append(Patch(orphan["apiVersion"], orphan["kind"], meta["name"], owner.adoption(orphan),
+                               even_if_refused=True))
+    return replace(plan, patch=[*plan.patch, *adopt], delete=[*plan.delete, *end])
+
+
+def orphans_plan(claimants: list[Obj], live_uid: str | None) -> Plan:
+    """The plan for a name whose resource is gone (or is a newer one, `live_uid`): every unowned object that
+    claims an owner by that name and is not the live one's is ended."""
+    return Plan(delete=[Delete(o["apiVersion"], o["kind"], o["metadata"]["name"], orphan=True) for o in claimants
+                        if controller_of(o) is None and (Claim.of(o) or Claim("", "", "")).uid != live_uid])

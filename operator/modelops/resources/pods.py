@@ -1,10 +1,13 @@
-"""Pod pieces shared by training and serving: compute resources and the GPU toleration."""
+"""Pod pieces shared by training and serving: compute resources, the GPU toleration, and why a pod waits
+(the scheduler's or the kubelet's own words) with the rule for saying so once per change."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from modelops.api.base import Resources, Toleration
+from modelops.resources.conditions import Event
 
 GPU_RESOURCE = "nvidia.com/gpu"
 NVIDIA_PREFIX = "nvidia.com/"
@@ -39,3 +42,57 @@ def tolerations(user: list[Toleration], resources: Resources) -> list[dict[str, 
     for key in gpu_taint_keys(resources):
         result.append({"key": key, "operator": "Exists", "effect": "NoSchedule"})
     return result
+
+
+# ---- why a pod waits ---------------------------------------------------------------------------------
+
+# Container waiting reasons that mean the pod cannot start or stay up without someone changing something
+# (ContainerCreating and PodInitializing are normal waits, not listed).
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff")
+WAIT_MESSAGE_LIMIT = 1024
+"""The most a condition message quoting a wait carries (the scheduler's messages list every node)."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why one pod cannot go on: a reason (Unschedulable, ImagePullBackOff, FailedCreate...) and the words of
+    whoever said so (the scheduler, the kubelet, the ReplicaSet controller)."""
+
+    reason: str
+    message: str = ""
+
+    @property
+    def quote(self) -> str:
+        """What a later status must still contain for the wait to count as unchanged (fits the message)."""
+        return (self.message or self.reason)[:WAIT_MESSAGE_LIMIT // 2]
+
+    def said(self) -> str:
+        return f"{self.reason}: {self.message}" if self.message else self.reason
+
+
+def pod_wait(status: dict[str, Any]) -> Wait | None:
+    """Why a pod cannot go on, or None for a normal wait: not scheduled (PodScheduled=False, as the scheduler
+    wrote it, while the pod is pending), or a container stuck waiting (image pull, config, crash loop)."""
+    pending = status.get("phase") in (None, "Pending")
+    for cond in status.get("conditions") or []:
+        if pending and isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return Wait(str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or ""))
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
+        if isinstance(waiting, dict) and waiting.get("reason") in STUCK_REASONS:
+            return Wait(str(waiting["reason"]), str(waiting.get("message") or ""))
+    return None
+
+
+def limited(text: str) -> str:
+    """`text` cut to fit a condition message quoting a wait."""
+    return text if len(text) <= WAIT_MESSAGE_LIMIT else text[:WAIT_MESSAGE_LIMIT - 3] + "..."
+
+
+def wait_event(old_ready: dict[str, Any], ready: dict[str, Any], wait: Wait | None) -> list[Event]:
+    """A Warning quoting why pods wait, once per change of what the scheduler or kubelet says (the Ready
+    condition carries the quote, so a pass that finds it there again says nothing)."""
+    if wait is None or (old_ready.get("reason") == ready.get("reason") and wait.quote in old_ready.get("message", "")):
+        return []
+    return [Event("Warning", wait.reason, str(ready.get("message") or wait.said()))]

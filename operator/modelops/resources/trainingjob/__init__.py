@@ -28,8 +28,8 @@ from modelops.resources.trainingjob.names import (ANNOTATION_ENDED_ATTEMPTS, ANN
                                                   FAILED, LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, PREEMPTED,
                                                   RENDEZVOUS_PORT, SUSPENDED, TERMINAL, TRAINER_CONTAINER, JobMeta,
                                                   job_label, pod_name, service_name, worker_hostname)
-from modelops.resources.trainingjob.observe import ObservedPod, ended_attempts_of
-from modelops.resources.trainingjob.phase import WAIT_MESSAGE_LIMIT
+from modelops.resources.trainingjob.observe import ObservedPod, ended_attempts_of, untrusted_workers
+from modelops.resources.pods import WAIT_MESSAGE_LIMIT
 from modelops.resources.trainingjob.planner import RESYNC_SECONDS, Plan, plan, plan_job
 
 __all__ = [
@@ -37,5 +37,5 @@ __all__ = [
     "LABEL_RANK", "PREEMPTED", "RENDEZVOUS_PORT", "RESYNC_SECONDS", "SUSPENDED", "TERMINAL", "TRAINER_CONTAINER",
     "WAIT_MESSAGE_LIMIT", "JobMeta", "ObservedPod", "Plan", "ended_attempts_of", "group_objects", "job_label",
     "plan", "plan_job", "pod_name", "pod_shaping_spec", "rendezvous_env", "rendezvous_service", "service_name",
-    "trainer_args", "worker_hostname", "worker_pod",
+    "trainer_args", "untrusted_workers", "worker_hostname", "worker_pod",
 ]

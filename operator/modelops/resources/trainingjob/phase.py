@@ -12,14 +12,13 @@ from pydantic import ValidationError
 from modelops.api.trainingjob import TrainingJobSpec
 from modelops.clock import parse_rfc3339
 from modelops.resources.kueue import Queue
+from modelops.resources.pods import Wait, limited
 from modelops.resources.trainingjob.builders import group_objects, pod_shaping_spec
 from modelops.resources.trainingjob.ledger import Ledger, ended_message
 from modelops.resources.trainingjob.names import FAILED, TERMINAL, JobMeta
 from modelops.resources.trainingjob.observe import ObservedPod
 from modelops.resources.trainingjob.queue import queued_reason
 from modelops.resources.trainingjob.reports import published_model
-
-WAIT_MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,8 @@ class Verdict:
     message: str
     refused: str = ""
     """The spec fields edited while the group runs, not applied to it (UpdateRefused)."""
-    waiting_for: str = ""
-    """What the first stuck worker's scheduler or kubelet says (an Event when it changes)."""
+    waiting_for: Wait | None = None
+    """Why the first stuck worker waits, as its scheduler or kubelet says (an Event when it changes)."""
     published: dict[str, Any] | None = None
     """The model version the trainer published, when the job succeeds in this pass."""
     warning: str = ""
@@ -101,9 +100,8 @@ def _progressing(spec: TrainingJobSpec, pods: list[ObservedPod], ledger: Ledger,
     if running == spec.workers:
         return Verdict("Running", "WorkersRunning", f"{running}/{spec.workers} workers running")
     if stuck:
-        # the head of the quote always fits the (truncated) message, so it is found there next pass
         return Verdict("Pending", stuck[0].waiting_reason, _describe_wait(stuck, spec.workers),
-                       waiting_for=(stuck[0].waiting_message or stuck[0].waiting_reason)[:WAIT_MESSAGE_LIMIT // 2])
+                       waiting_for=Wait(stuck[0].waiting_reason, stuck[0].waiting_message))
     return Verdict("Pending", "WorkersStarting", f"{running}/{spec.workers} workers running")
 
 
@@ -187,9 +185,8 @@ def _describe_wait(stuck: list[ObservedPod], workers: int) -> str:
     """'1/2 workers cannot start: worker 1 (pod x) Unschedulable: 0/4 nodes are available: ...' quoting
     the scheduler or kubelet, for the first stuck worker."""
     first = stuck[0]
-    what = f"{first.waiting_reason}: {first.waiting_message}" if first.waiting_message else first.waiting_reason
-    text = f"{len(stuck)}/{workers} workers cannot start: worker {first.rank} (pod {first.name}) {what}"
-    return text if len(text) <= WAIT_MESSAGE_LIMIT else text[:WAIT_MESSAGE_LIMIT - 3] + "..."
+    what = Wait(first.waiting_reason, first.waiting_message).said()
+    return limited(f"{len(stuck)}/{workers} workers cannot start: worker {first.rank} (pod {first.name}) {what}")
 
 
 def _terminal_reason(previous: dict[str, Any]) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -81,21 +81,29 @@ def plan(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous:
 
 
 def plan_job(job: JobMeta, spec: TrainingJobSpec, pods: list[ObservedPod], previous: dict[str, Any],
-             now: datetime, queue: Queue | None = None, *, present: frozenset[str] | None = None) -> PassPlan:
+             now: datetime, queue: Queue | None = None, *, present: frozenset[str] | None = None,
+             untrusted: tuple[ObservedPod, ...] = ()) -> PassPlan:
     """One pass's plan (see `plan`). A refused child (a squatted pod or Service name) means the group was not
     (wholly) created, so it has not started: the recorded attempt stays as it was, and a worker missing
-    then is not a lost one. The Workload's writes are queue bookkeeping and go ahead regardless."""
-    decided = plan(job, spec, pods, previous, now, queue, present=present)
+    then is not a lost one. The Workload's writes are queue bookkeeping and go ahead regardless.
+    `untrusted`: unowned pods named like the job's workers that do not claim it (owner reference and claim
+    both edited away): they cannot be adopted, so they are ended, and count as workers being taken away
+    (a new group starts only once they are gone: never two attempts at once)."""
+    ending = [replace(p, deleting=True) for p in untrusted]
+    decided = plan(job, spec, [*pods, *ending], previous, now, queue, present=present)
     requeue = decided.requeue_after
     if decided.status.get("phase") not in TERMINAL:
         requeue = min(requeue if requeue is not None else RESYNC_SECONDS, RESYNC_SECONDS)
     workload = queue.workload if queue else None
+    # our labels and claim, put back on the workers a hand edit changed them on
+    marks = [Patch("v1", "Pod", p.name, p.marks, even_if_refused=True) for p in pods if p.marks and not p.deleting]
     return PassPlan(
         apply=decided.apply, create_only=frozenset({"Pod", "Workload"}),
-        patch=[Patch(KUEUE_API, "Workload", workload.name, decided.workload_status, status=True,
-                     resource_version=workload.resource_version, even_if_refused=True)]
-        if decided.workload_status and workload else [],
+        patch=marks + ([Patch(KUEUE_API, "Workload", workload.name, decided.workload_status, status=True,
+                              resource_version=workload.resource_version, even_if_refused=True)]
+                       if decided.workload_status and workload else []),
         delete=[Delete("v1", "Pod", name) for name in decided.delete_pods] +
+        [Delete("v1", "Pod", p.name, even_if_refused=True, orphan=True) for p in untrusted] +
         ([Delete(KUEUE_API, "Workload", decided.delete_workload, even_if_refused=True)]
          if decided.delete_workload else []),
         status=decided.status, events=decided.events, delete_self=decided.delete_job,

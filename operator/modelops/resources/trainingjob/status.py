@@ -7,6 +7,7 @@ from typing import Any
 from modelops.api.trainingjob import TrainingJobSpec
 from modelops.resources.conditions import Cond, Event, became_true, merge_conditions
 from modelops.resources.kueue import Queue
+from modelops.resources.pods import Wait, wait_event
 from modelops.resources.trainingjob.ledger import Ending, Ledger
 from modelops.resources.trainingjob.names import FAILED, PREEMPTED, TERMINAL, JobMeta
 from modelops.resources.trainingjob.observe import ObservedPod
@@ -110,7 +111,8 @@ def _summary(progress: dict[str, Any] | None) -> str | None:
     return text
 
 
-def _transition_events(previous: dict[str, Any], status: dict[str, Any], waiting_for: str = "") -> list[Event]:
+def _transition_events(previous: dict[str, Any], status: dict[str, Any],
+                       waiting_for: Wait | None = None) -> list[Event]:
     events = []
     old, new = previous.get("conditions", []), status["conditions"]
     for cond_type, kind in (("Running", "Normal"), ("Succeeded", "Normal"), ("Failed", "Warning"),
@@ -121,9 +123,7 @@ def _transition_events(previous: dict[str, Any], status: dict[str, Any], waiting
             events.append(Event(kind, cond["reason"], cond["message"]))  # type: ignore[arg-type]
     ready_old: dict[str, Any] = next((c for c in old if c.get("type") == "Ready"), {})
     ready = next(c for c in new if c["type"] == "Ready")
-    if waiting_for and (ready_old.get("reason") != ready["reason"] or waiting_for not in ready_old.get("message", "")):
-        # why it waits, once per change of what the scheduler or kubelet says (not per worker count)
-        events.append(Event("Warning", ready["reason"], ready["message"]))
+    events += wait_event(ready_old, ready, waiting_for)  # once per change of what is said, not per worker count
     if previous.get("phase") == "Suspended" and status["phase"] != "Suspended":
         events.append(Event("Normal", "Resumed", "spec.suspend is false: starting the workers"))
     return events
