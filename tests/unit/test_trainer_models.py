@@ -51,3 +51,26 @@ def test_augmentation_shifts_by_at_most_one_pixel_and_keeps_shape() -> None:
     assert peaks <= {(r, c) for r in (3, 4, 5) for c in (3, 4, 5)} and len(peaks) > 3
     noisy = augment(x, Augmentation(noise_std=0.1), torch.ones(1, 1, 1), generator)
     assert 0.05 < float((noisy - x).std()) < 0.2
+
+
+LIBTORCH_CASES = [("cnn", (1, 8, 8)), ("mlp", (20,))]
+
+
+@pytest.mark.parametrize("name, shape", LIBTORCH_CASES)
+def test_torchscript_matches_the_libtorch_backend_conventions(name: str, shape: tuple[int, ...]) -> None:
+    """Triton's libtorch backend calls forward() with the config's inputs in INPUT__<i> order and reads its
+    outputs as OUTPUT__<i>: so one tensor in (the batch dimension first, then the signature's dims), one
+    tensor out, [batch, classes] -- the signature the trainer publishes (docs/serving.md)."""
+    from modelops.triton.signature import Signature
+
+    stats = Stats([0.0], [1.0], ())
+    model = build_model(ModelSpec(name, hidden_sizes=(8,), channels=(4,)), shape, 3, stats)
+    loaded = torch.jit.load(io.BytesIO(to_torchscript(model, torch.zeros(2, *shape))))
+    arguments = loaded.forward.schema.arguments
+    assert [a.name for a in arguments][0] == "self" and len(arguments) == 2
+    assert str(arguments[1].type) == "Tensor" and str(loaded.forward.schema.returns[0].type) == "Tensor"
+    signature = Signature.classifier(shape, 3)
+    assert [t.name for t in signature.inputs] == ["INPUT__0"] and [t.name for t in signature.outputs] == ["OUTPUT__0"]
+    for batch in (1, 5):
+        out = loaded(torch.zeros(batch, *signature.inputs[0].dims))
+        assert list(out.shape) == [batch, *signature.outputs[0].dims]
