@@ -18,6 +18,8 @@ from modelops.triton.signature import Signature
 SIGNATURES = {
     "cnn": Signature.classifier((1, 8, 8), 10, {"mean": [4.9], "std": [6.0], "shape": [1, 1, 1]}),
     "mlp": Signature.classifier((20,), 4),
+    "gru": Signature.sequence_classifier(4),  # INT64 token ids, variable length
+    "transformer": Signature.sequence_classifier(4),
 }
 # libtorch binds config tensors to the TorchScript forward() arguments and outputs by position, read from
 # the names' "<anything>__<index>" suffix.
