@@ -400,3 +400,12 @@ def test_examples_build_and_match_the_api(tools: Path) -> None:
         paths = [d["spec"].get("path") or d["spec"].get("source", {}).get("path")
                  for d in yaml.safe_load_all(gitops.read_text()) if d and d["kind"] in ("Application", "Kustomization")]
         assert paths and all(p.strip("./") == "examples" for p in paths), gitops.name
+
+
+def test_the_sequence_example_matches_the_api() -> None:
+    from modelops.api.modelservice import ModelServiceSpec
+
+    job, service = yaml.safe_load_all((REPO / "examples" / "sequences" / "orders.yaml").read_text())
+    trainer = TrainingJobSpec.model_validate(job["spec"]).trainer
+    assert (trainer.dataset, trainer.model) == ("synthetic-sequence", "transformer")
+    assert ModelServiceSpec.model_validate(service["spec"]).model.from_training_job == job["metadata"]["name"]

@@ -143,3 +143,67 @@ def test_augmentation_choice_is_explicit() -> None:
     assert image.enabled and image.max_shift == 1 and image.flips is False
     assert not default_augmentation(Kind.IMAGE, False).enabled
     assert not default_augmentation(Kind.TABULAR, True).enabled
+
+
+def test_synthetic_sequences_are_seeded_and_labelled_by_order() -> None:
+    from modelops.trainer.data import SEQUENCE_MARKERS
+
+    a, b, c = (load_builtin("synthetic-sequence", seed=s) for s in (1, 1, 2))
+    assert a.kind is Kind.SEQUENCE and a.x.dtype == np.int64 and a.x.shape[0] == 2000
+    assert np.array_equal(a.x, b.x) and not np.array_equal(a.x, c.x)
+    for row, label in zip(a.x[:50], a.labels[:50], strict=True):
+        where = {int(t): i for i, t in enumerate(row) if t in SEQUENCE_MARKERS}
+        first_a, first_b, first_c, first_d = (where[m] for m in SEQUENCE_MARKERS)
+        assert label == 2 * (first_a < first_b) + (first_c < first_d)
+        # every row holds each marker once: the token counts carry no class information
+        assert sorted(where) == list(SEQUENCE_MARKERS)
+    assert set(np.unique(a.labels)) == {0, 1, 2, 3}
+
+
+def test_token_csv_cleaning_reports_empty_too_long_and_unknown(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv", "label,tokens\npos,2 3 4\nneg,5 6\nneg,\npos,2 3 4 5 6 7\n"
+                     ",2 3\nneg,9 0 2\nneg,99 2\n")
+    raw = load_path(path, "label", sequence=True)
+    assert raw.kind is Kind.SEQUENCE
+    data = prepare(raw, missing=Missing.DROP, val_fraction=0, test_fraction=0, seed=0, max_length=4, vocab_size=10)
+    report = data.cleaning.to_dict()
+    assert report["rowsIn"] == 7 and report["unlabelledDropped"] == 1
+    # the empty row and the 6-token row go; 0 inside a row and 99 (>= vocab 10) become the unknown id 1
+    assert report["sequences"] == {"emptyDropped": 1, "tooLongDropped": 1, "unknownTokens": 2, "maxLength": 4}
+    assert report["rowsDropped"] == 2
+    rows = sorted(tuple(int(t) for t in r if t) for r in data.train.x)
+    assert rows == sorted([(2, 3, 4), (5, 6), (9, 1, 2), (1, 2)])
+    assert data.input_shape == (-1,) and data.vocabulary is not None and data.vocabulary.vocab_size == 10
+    assert data.describe()["vocabulary"] == {"vocabSize": 10, "maxLength": 4, "padId": 0, "unknownId": 1}
+
+
+def test_token_npz_padding_and_default_vocabulary(tmp_path: Path) -> None:
+    x = np.array([[2, 5, 0, 0], [3, 0, 4, 0], [0, 0, 0, 0], [7, 7, 7, 7]])
+    np.savez(tmp_path / "s.npz", x=x, y=np.array([0, 1, 0, 1]))
+    data = prepare(load_path(tmp_path / "s.npz", sequence=True), missing=Missing.DROP, val_fraction=0,
+                   test_fraction=0, seed=0)
+    assert data.vocabulary is not None and data.vocabulary.vocab_size == 8  # the largest id seen + 1
+    assert data.cleaning.to_dict()["sequences"]["emptyDropped"] == 1
+    assert sorted(tuple(int(t) for t in r) for r in data.train.x) == [(2, 5, 0, 0), (3, 1, 4, 0), (7, 7, 7, 7)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("label,a,b\nx,1,2\n", "a sequence .csv has two columns"),
+    ("label,tokens\nx,1 two\n", "token ids must be integers"),
+])
+def test_bad_token_csv(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(TrainerError, match=message):
+        load_path(write_csv(tmp_path / "s.csv", text), "label", sequence=True)
+
+
+def test_float_npz_is_not_a_sequence_set(tmp_path: Path) -> None:
+    np.savez(tmp_path / "s.npz", x=np.zeros((3, 4), np.float32), y=np.array([0, 1, 0]))
+    with pytest.raises(TrainerError, match="integer token ids"):
+        load_path(tmp_path / "s.npz", sequence=True)
+
+
+def test_sequences_longer_than_everything_leave_nothing(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv", "label,tokens\na,2 3 4\nb,2 3 4 5\n")
+    with pytest.raises(TrainerError, match="longer than 2 tokens"):
+        prepare(load_path(path, "label", sequence=True), missing=Missing.DROP, val_fraction=0, test_fraction=0,
+                seed=0, max_length=2)

@@ -100,6 +100,21 @@ def test_ddp_pods_get_rendezvous_env_gpus_and_toleration() -> None:
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
 
 
+def test_sequence_hyperparameters_reach_the_trainer() -> None:
+    trainer = {"dataset": "synthetic-sequence", "model": "transformer", "embeddingDim": 24, "layers": 2,
+               "heads": 3, "maxLength": 40, "vocabSize": 500, "hiddenSizes": [48, 16]}
+    args = tj.worker_pod(JOB, spec(trainer=trainer), attempt=0, rank=0)["spec"]["containers"][0]["args"]
+    flags = {flag: args[args.index(flag) + 1] for flag in ("--dataset", "--model", "--embedding-dim", "--layers",
+                                                           "--heads", "--max-length", "--vocab-size", "--hidden-sizes")}
+    assert flags == {"--dataset": "synthetic-sequence", "--model": "transformer", "--embedding-dim": "24",
+                     "--layers": "2", "--heads": "3", "--max-length": "40", "--vocab-size": "500",
+                     "--hidden-sizes": "48,16"}
+    assert "--vocab-size" not in tj.worker_pod(JOB, spec(trainer={"model": "gru"}), attempt=0, rank=0)[
+        "spec"]["containers"][0]["args"]
+    with pytest.raises(ValueError, match="embeddingDim must be a multiple of heads"):
+        spec(trainer={"model": "transformer", "embeddingDim": 10, "heads": 4})
+
+
 def test_custom_command_keeps_rendezvous_and_drops_trainer_args() -> None:
     p = tj.worker_pod(JOB, spec(command=["torchrun", "train.py"], workers=2), attempt=0, rank=1)
     container = p["spec"]["containers"][0]

@@ -284,3 +284,17 @@ def test_pods_keep_only_the_latency_quantiles_that_are_read() -> None:
         "spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--metrics-config=summary_latencies=true" in args
     assert "--metrics-config=summary_quantiles=0.5:0.05,0.99:0.001" in args
+
+
+def test_the_runtime_pads_token_requests_of_different_lengths_and_keeps_their_dtype() -> None:
+    import numpy as np
+
+    from modelops.triton import python_model
+
+    short, long = np.array([[5, 6]], np.int64), np.array([[7, 8, 9, 10], [2, 3, 4, 0]], np.int64)
+    batch = python_model.stack_requests([short, long])
+    assert batch.dtype == np.int64
+    assert batch.tolist() == [[5, 6, 0, 0], [7, 8, 9, 10], [2, 3, 4, 0]]  # 0 = PAD_ID, masked by the model
+    same = python_model.stack_requests([np.ones((1, 3), np.float32), np.zeros((2, 3), np.float32)])
+    assert same.shape == (3, 3) and same.dtype == np.float32
+    assert python_model.stack_requests([short]) is short

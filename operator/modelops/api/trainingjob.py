@@ -113,9 +113,11 @@ class TrainerArgs(ApiModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("!(has(self.dataset) && has(self.dataPath))", "set dataset or dataPath, not both"),
         cel("self.valFraction + self.testFraction < 1.0", "valFraction + testFraction must be below 1"),
+        cel("!has(self.model) || self.model != 'transformer' || self.embeddingDim % self.heads == 0",
+            "embeddingDim must be a multiple of heads for the transformer"),
     ]})
 
-    dataset: Literal["digits", "synthetic-tabular"] | None = None
+    dataset: Literal["digits", "synthetic-tabular", "synthetic-sequence"] | None = None
     """A built-in data set (default digits when dataPath is unset too)."""
     data_path: str | None = Field(None, min_length=1)
     """A CSV or NPZ file inside the pod (e.g. on the repository volume)."""
@@ -123,10 +125,22 @@ class TrainerArgs(ApiModel):
     """The label column of a CSV file."""
     missing: Literal["drop", "fill"] = "drop"
     """What to do with rows holding missing values."""
-    model: Literal["cnn", "mlp"] | None = None
-    """The architecture: cnn (images) or mlp (tabular); unset picks the one that fits the data."""
+    model: Literal["cnn", "mlp", "gru", "transformer"] | None = None
+    """The architecture: cnn (images), mlp (tabular), gru or transformer (token sequences: a dataPath is then
+    read as token ids); unset picks the one that fits the data (gru for synthetic-sequence)."""
     hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field([64], min_length=1, max_length=8)
-    """Widths of the hidden layers, each at least 1."""
+    """Widths of the hidden layers, each at least 1; sequence models: the first is the GRU state or the
+    encoder's feed-forward width, the rest the classifier head's layers."""
+    embedding_dim: int = Field(32, ge=1, le=4096)
+    """Sequence models: the token (and position) embedding width; a multiple of heads for transformer."""
+    layers: int = Field(1, ge=1, le=16)
+    """Sequence models: GRU layers or encoder layers."""
+    heads: int = Field(2, ge=1, le=64)
+    """transformer: attention heads."""
+    max_length: int = Field(64, ge=1, le=65536)
+    """Sequences: longer rows are dropped in cleaning; serving cuts inputs at this many tokens."""
+    vocab_size: int | None = Field(None, ge=3, le=10_000_000)
+    """Sequences: token ids are 2..vocabSize-1 (0 pads, 1 is unknown); unset: the largest id in the data + 1."""
     epochs: int = Field(10, ge=1, le=10000)
     batch_size: int = Field(64, ge=1, le=65536)
     learning_rate: float = Field(0.001, gt=0, le=10)
@@ -136,6 +150,12 @@ class TrainerArgs(ApiModel):
     test_fraction: float = Field(0.1, ge=0, lt=1)
     max_batch_size: int = Field(64, ge=0, le=4096)
     """max_batch_size written into the published config.pbtxt."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Self:
+        if self.model == "transformer" and self.embedding_dim % self.heads:
+            raise ValueError("embeddingDim must be a multiple of heads for the transformer")
+        return self
 
 
 class OutputSpec(ApiModel):

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from modelops.trainer import TrainerError
-from modelops.trainer.data import BUILTIN_DATASETS, Kind, Missing, default_augmentation, load_builtin, load_path, prepare
+from modelops.trainer.data import (BUILTIN_DATASETS, DEFAULT_MAX_LENGTH, Kind, Missing, default_augmentation,
+                                   SEQUENCE_MODELS, load_builtin, load_path, prepare)
 from modelops.trainer.distributed import DistEnv
 from modelops.trainer.progress import failure_message, utc_now, write_termination_log
 
@@ -89,8 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="label column of a .csv data set")
     p.add_argument("--missing", choices=[m.value for m in Missing], default="drop",
                    help="rows with missing feature values: drop them or fill with the column median")
-    p.add_argument("--model", choices=["cnn", "mlp"], help="default: cnn for images, mlp for tabular data")
-    p.add_argument("--hidden-sizes", type=_sizes, default=(64,), help="fully connected layers, e.g. 64,32")
+    p.add_argument("--model", choices=["cnn", "mlp", "gru", "transformer"],
+                   help="default: cnn for images, mlp for tabular data, gru for sequences")
+    p.add_argument("--hidden-sizes", type=_sizes, default=(64,),
+                   help="fully connected layers, e.g. 64,32; sequence models: the first is the GRU state or the "
+                        "encoder's feed-forward width, the rest the head's layers")
+    p.add_argument("--embedding-dim", type=_positive_int, default=32, help="sequence models: token embedding width")
+    p.add_argument("--layers", type=_positive_int, default=1, help="sequence models: GRU or encoder layers")
+    p.add_argument("--heads", type=_positive_int, default=2, help="transformer: attention heads")
+    p.add_argument("--max-length", type=_positive_int, default=DEFAULT_MAX_LENGTH,
+                   help="sequences: longer rows are dropped in cleaning; serving cuts inputs at this length")
+    p.add_argument("--vocab-size", type=_int_at_least(3),
+                   help="sequences: ids 2..N-1 are tokens (0 pads, 1 is unknown); default: the largest id seen + 1")
     p.add_argument("--channels", type=_sizes, default=(16, 32), help="CNN convolution channels, e.g. 16,32")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--epochs", type=_positive_int, default=10)
@@ -121,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_key(args: argparse.Namespace, fingerprint: str) -> str:
     """Identifies checkpoints this run may resume from: everything that shapes the weights except --epochs."""
     keys = ("model", "hidden_sizes", "channels", "dropout", "batch_size", "lr", "weight_decay", "seed",
-            "augment", "val_fraction", "test_fraction", "missing")
+            "augment", "val_fraction", "test_fraction", "missing", "embedding_dim", "layers", "heads",
+            "max_length", "vocab_size")
     material = {k: getattr(args, k) for k in keys} | {"fingerprint": fingerprint}
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -163,11 +175,17 @@ def run(args: argparse.Namespace) -> int:
     if args.label_column and args.data_path is None:
         log.info("--label-column ignored: it applies to --data-path .csv files")
 
-    raw = load_builtin(args.dataset, args.seed) if args.dataset else load_path(args.data_path, args.label_column)
+    sequence = args.model in SEQUENCE_MODELS
+    raw = load_builtin(args.dataset, args.seed) if args.dataset else \
+        load_path(args.data_path, args.label_column, sequence=sequence)
+    if (raw.kind is Kind.SEQUENCE) != sequence and args.model is not None:
+        raise TrainerError(f"model {args.model} does not fit {raw.kind.value} data"
+                           + ("; use --model gru or transformer" if raw.kind is Kind.SEQUENCE else ""))
     data = prepare(raw, missing=Missing(args.missing), val_fraction=args.val_fraction,
-                   test_fraction=args.test_fraction, seed=args.seed)
+                   test_fraction=args.test_fraction, seed=args.seed, max_length=args.max_length,
+                   vocab_size=args.vocab_size)
     augmentation = default_augmentation(data.kind, args.augment)
-    args.model = args.model or ("cnn" if data.kind is Kind.IMAGE else "mlp")
+    args.model = args.model or {Kind.IMAGE: "cnn", Kind.TABULAR: "mlp", Kind.SEQUENCE: "gru"}[data.kind]
     key = run_key(args, data.fingerprint)
     log.info("data %s: %s samples %s, %d classes, fingerprint %s", data.name, data.kind.value,
              data.describe()["samples"], data.num_classes, data.fingerprint[:19])
@@ -175,16 +193,21 @@ def run(args: argparse.Namespace) -> int:
     import torch  # heavy; only after the cheap input checks
 
     from modelops.trainer import distributed, loop
-    from modelops.trainer.models import ModelSpec, Stats, build_model
+    from modelops.trainer.models import ModelSpec, Stats, build_model, build_sequence_model
     from modelops.trainer.progress import NullReporter, PodAnnotationSink, ProgressReporter
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    spec = ModelSpec(args.model, args.hidden_sizes, args.channels, args.dropout)
+    spec = ModelSpec(args.model, args.hidden_sizes, args.channels, args.dropout, embedding_dim=args.embedding_dim,
+                     layers=args.layers, heads=args.heads)
     torch.manual_seed(args.seed)
     norm = data.normalization
-    model = build_model(spec, data.input_shape, data.num_classes,
-                        Stats(torch.from_numpy(norm.mean), torch.from_numpy(norm.std), tuple(norm.mean.shape)))
+    model: torch.nn.Module
+    if data.vocabulary is not None:
+        model = build_sequence_model(spec, data.vocabulary.vocab_size, data.vocabulary.max_length, data.num_classes)
+    else:
+        model = build_model(spec, data.input_shape, data.num_classes,
+                            Stats(torch.from_numpy(norm.mean), torch.from_numpy(norm.std), tuple(norm.mean.shape)))
     device = distributed.select_device(args.device, dist)
     distributed.init_process_group(dist, device, args.dist_timeout)
     try:
@@ -234,7 +257,8 @@ def _publish(args: argparse.Namespace, data: Any, spec: Any, augmentation: Any, 
     log.info("test accuracy %.4f on %d samples", test_accuracy, len(data.test))
     example = torch.as_tensor((data.test.x if len(data.test) else data.train.x)[:8])
     model_bytes = to_torchscript(model, example)
-    signature = Signature.classifier(data.input_shape, data.num_classes, data.normalization.to_dict())
+    signature = Signature.sequence_classifier(data.num_classes) if data.vocabulary is not None else \
+        Signature.classifier(data.input_shape, data.num_classes, data.normalization.to_dict())
     evaluation_set, evaluation = held_out_set(data.test.x, data.test.y, model, device)
     metadata = {
         "createdAt": utc_now(),
@@ -289,7 +313,9 @@ def held_out_set(x: Any, y: Any, model: Any, device: Any) -> tuple[bytes, dict[s
     rows = np.arange(len(y))
     if len(rows) > EVAL_MAX_SAMPLES:
         rows = np.sort(np.random.default_rng(0).choice(rows, EVAL_MAX_SAMPLES, replace=False))
-    features, labels = np.asarray(x[rows], dtype=np.float32), np.asarray(y[rows], dtype=np.int64)
+    # token ids stay int64 (the model's INT64 input); features are float32
+    dtype = np.int64 if np.issubdtype(np.asarray(x).dtype, np.integer) else np.float32
+    features, labels = np.asarray(x[rows], dtype=dtype), np.asarray(y[rows], dtype=np.int64)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=features, y=labels)
     raw = buffer.getvalue()

@@ -68,6 +68,8 @@ def infer_batches(address: str, model: str, version: int, signature: dict[str, A
     try:
         for start in range(0, len(features), batch_size):
             batch = features[start:start + batch_size]
+            if tensor_in["datatype"].startswith(("INT", "UINT")):  # token ids: JSON integers, as Triton expects
+                batch = batch.astype(np.int64)
             body = {"inputs": [{"name": tensor_in["name"], "datatype": tensor_in["datatype"],
                                 "shape": list(batch.shape), "data": batch.reshape(-1).tolist()}],
                     "outputs": [{"name": tensor_out}]}

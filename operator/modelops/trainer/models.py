@@ -1,4 +1,6 @@
-"""Model architectures by name: a small CNN (conv-BN-ReLU-pool blocks) for images, an MLP for tabular data, with baked-in normalisation."""
+"""Model architectures by name: a small CNN (conv-BN-ReLU-pool blocks) for images, an MLP for tabular data, with
+baked-in normalisation; a GRU and a small Transformer encoder for token sequences, with the padding mask derived
+from the pad id inside the model (so a padded batch answers each row as it would alone)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import torch
 from torch import nn
 
 from modelops.trainer import TrainerError
+from modelops.trainer.data import PAD_ID, SEQUENCE_MODELS, UNK_ID
 
-MODEL_NAMES = ("cnn", "mlp")
+MODEL_NAMES = ("cnn", "mlp", *SEQUENCE_MODELS)
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,16 @@ class ModelSpec:
     hidden_sizes: tuple[int, ...] = (64,)
     channels: tuple[int, ...] = (16, 32)  # CNN only
     dropout: float = 0.1
+    embedding_dim: int = 32  # sequence models: token (and position) embedding width
+    layers: int = 1  # sequence models: GRU or encoder layers
+    heads: int = 2  # transformer: attention heads (divides embedding_dim)
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "hiddenSizes": list(self.hidden_sizes), "channels": list(self.channels),
-                "dropout": self.dropout}
+        spec: dict[str, object] = {"name": self.name, "hiddenSizes": list(self.hidden_sizes),
+                                   "channels": list(self.channels), "dropout": self.dropout}
+        if self.name in SEQUENCE_MODELS:
+            spec |= {"embeddingDim": self.embedding_dim, "layers": self.layers, "heads": self.heads}
+        return spec
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ def build_network(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: in
         raise TrainerError("--dropout must be in [0, 1)")
     if any(size < 1 for size in (*spec.hidden_sizes, *spec.channels)):
         raise TrainerError("--hidden-sizes and --channels must be positive integers")
+    if spec.name in SEQUENCE_MODELS:
+        raise TrainerError(f"model {spec.name} needs sequence data (token ids): use --dataset synthetic-sequence "
+                           f"or a sequence data file")
     if spec.name == "mlp":
         in_features = 1
         for dim in input_shape:
@@ -100,3 +112,85 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int,
     mean = torch.as_tensor(stats.mean, dtype=torch.float32).reshape(shape)
     std = torch.as_tensor(stats.std, dtype=torch.float32).reshape(shape)
     return Classifier(build_network(spec, input_shape, num_classes), mean, std)
+
+
+class SequenceClassifier(nn.Module):
+    """Token ids int64 [batch, length] (0 = padding at the end) -> logits [batch, classes].
+
+    Ids outside the vocabulary become the unknown id; rows are cut at max_length (the longest the model
+    was trained on: the transformer has no position beyond it). The mask is `tokens != 0`, made inside
+    the model, so clients send padded batches of any length and each row's answer ignores the padding.
+    """
+
+    def __init__(self, vocab_size: int, max_length: int, spec: ModelSpec) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.pad_id, self.unk_id = PAD_ID, UNK_ID
+        self.embed = nn.Embedding(vocab_size, spec.embedding_dim, padding_idx=PAD_ID)
+
+    def tokens_and_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut to max_length, unknown ids mapped, and the mask of real tokens."""
+        tokens = tokens[:, :self.max_length].long()
+        unknown = (tokens < 0) | (tokens >= self.vocab_size)
+        tokens = torch.where(unknown, torch.full_like(tokens, self.unk_id), tokens)
+        return tokens, tokens != self.pad_id
+
+
+class GRUClassifier(SequenceClassifier):
+    """Unidirectional GRU: the state at a row's last real token never saw its padding; that state (gathered
+    at length - 1) feeds the head."""
+
+    def __init__(self, vocab_size: int, max_length: int, num_classes: int, spec: ModelSpec) -> None:
+        super().__init__(vocab_size, max_length, spec)
+        hidden = spec.hidden_sizes[0]
+        self.gru = nn.GRU(spec.embedding_dim, hidden, num_layers=spec.layers, batch_first=True,
+                          dropout=spec.dropout if spec.layers > 1 else 0.0)
+        self.head = nn.Sequential(*_mlp_head(hidden, spec.hidden_sizes[1:], num_classes, spec.dropout))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens, mask = self.tokens_and_mask(tokens)
+        outputs, _ = self.gru(self.embed(tokens))
+        last = (mask.long().sum(dim=1) - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, outputs.shape[2])
+        logits: torch.Tensor = self.head(outputs.gather(1, last).squeeze(1))
+        return logits
+
+
+class TransformerClassifier(SequenceClassifier):
+    """A small encoder: learned positions, src_key_padding_mask hiding the padding from attention, and the
+    mean over real tokens only as the pooled feature."""
+
+    def __init__(self, vocab_size: int, max_length: int, num_classes: int, spec: ModelSpec) -> None:
+        super().__init__(vocab_size, max_length, spec)
+        self.positions = nn.Embedding(max_length, spec.embedding_dim)
+        layer = nn.TransformerEncoderLayer(spec.embedding_dim, spec.heads, dim_feedforward=spec.hidden_sizes[0],
+                                           dropout=spec.dropout, batch_first=True)
+        # no nested-tensor fast path: it drops padded positions and would make the numerics depend on padding
+        self.encoder = nn.TransformerEncoder(layer, spec.layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(*_mlp_head(spec.embedding_dim, spec.hidden_sizes[1:], num_classes, spec.dropout))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens, mask = self.tokens_and_mask(tokens)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.embed(tokens) + self.positions(positions).unsqueeze(0)
+        attend = mask.clone()
+        attend[:, 0] = True  # an all-pad row would mask every key (NaN): it attends to its first position
+        encoded = self.encoder(x, src_key_padding_mask=~attend)
+        weights = mask.unsqueeze(2).to(encoded.dtype)
+        pooled = (encoded * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        logits: torch.Tensor = self.head(pooled)
+        return logits
+
+
+def build_sequence_model(spec: ModelSpec, vocab_size: int, max_length: int, num_classes: int) -> SequenceClassifier:
+    """A gru or transformer classifier over ids below `vocab_size`, rows of at most `max_length` tokens."""
+    if spec.name not in SEQUENCE_MODELS:
+        raise TrainerError(f"model {spec.name} is not a sequence model; choose from {', '.join(SEQUENCE_MODELS)}")
+    if not 0 <= spec.dropout < 1:
+        raise TrainerError("--dropout must be in [0, 1)")
+    if min(spec.embedding_dim, spec.layers, spec.heads, *spec.hidden_sizes) < 1:
+        raise TrainerError("--embedding-dim, --layers, --heads and --hidden-sizes must be positive")
+    if spec.name == "transformer" and spec.embedding_dim % spec.heads:
+        raise TrainerError(f"--embedding-dim {spec.embedding_dim} must be a multiple of --heads {spec.heads}")
+    kind = GRUClassifier if spec.name == "gru" else TransformerClassifier
+    return kind(vocab_size, max_length, num_classes, spec)

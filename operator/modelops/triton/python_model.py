@@ -13,6 +13,12 @@ takes INTRA_OP_THREAD_COUNT torch threads (config.pbtxt `parameters`, rendered b
 CPU limit), or, without it, the share the same rule gives of the cores this process may use (its CPU affinity
 and the cgroup's cpu.max quota).
 
+Sequences: a sequence model's input is INT64 token ids [batch, -1], 0 = padding at the end; the model derives
+its mask from the pad id, so a row answers the same alone or padded among longer ones. Integer inputs stay
+int64 (never cast to float), and requests of different lengths that reach one execute() are padded with 0 to
+the longest before they share a forward pass (Triton's dynamic batcher itself only batches requests of one
+shape; this keeps the runtime correct whatever it is handed).
+
 Memory: each instance exports its stub process's anonymous memory (RssAnon + RssShmem of /proc/self/status:
 the interpreter, torch's heap, the weights, activations -- what the process gives back when it exits; the
 shared libraries' file pages are page cache, mapped once per server) as the gauge
@@ -39,6 +45,7 @@ except ImportError:  # imported outside Triton, for its thread rule (tests)
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
 MODEL_FILE = "model.pt"
+PAD_ID = 0  # token id of padding, as the trainer's sequence data (modelops.trainer.data.PAD_ID)
 MEMORY_METRIC = "modelops_model_memory_bytes"
 MEMORY_REFRESH_S = 1.0
 
@@ -123,6 +130,17 @@ def thread_counts(config: dict[str, Any], cores: float | None = None) -> tuple[i
     return intra, inter if inter >= 1 else 1
 
 
+def stack_requests(arrays: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """One batch from every request's input: integer token ids of different lengths are padded with PAD_ID to
+    the longest (the model masks padding), anything else is concatenated as it is."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if arrays[0].ndim == 2 and np.issubdtype(arrays[0].dtype, np.integer) and len({a.shape[1] for a in arrays}) > 1:
+        longest = max(a.shape[1] for a in arrays)
+        arrays = [np.pad(a, ((0, 0), (0, longest - a.shape[1])), constant_values=PAD_ID) for a in arrays]
+    return np.concatenate(arrays)
+
+
 class TritonPythonModel:
     """Batches every request of an execute() call through one forward pass."""
 
@@ -175,9 +193,11 @@ class TritonPythonModel:
         torch = self.torch
         arrays = [pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy() for request in requests]
         try:
-            batch = torch.from_numpy(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
-            if batch.dtype != torch.float32:
+            batch = torch.from_numpy(stack_requests(arrays))
+            if batch.is_floating_point() and batch.dtype != torch.float32:
                 batch = batch.float()
+            elif not batch.is_floating_point() and batch.dtype != torch.int64:  # token ids: int64 embeddings
+                batch = batch.long()
             if self.on_gpu:
                 batch = batch.to(self.device)
             with torch.inference_mode():

@@ -65,6 +65,12 @@ class Signature:
                    outputs=(TensorSpec(OUTPUT_NAME, "FP32", (num_classes,)),),
                    num_classes=num_classes, normalization=dict(normalization or {}))
 
+    @classmethod
+    def sequence_classifier(cls, num_classes: int) -> Signature:
+        """INT64 token ids INPUT__0 [batch, -1] (any length, 0 = padding) -> FP32 logits OUTPUT__0 [batch, classes]."""
+        return cls(inputs=(TensorSpec(INPUT_NAME, "INT64", (-1,)),),
+                   outputs=(TensorSpec(OUTPUT_NAME, "FP32", (num_classes,)),), num_classes=num_classes)
+
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": [t.to_dict() for t in self.inputs],
                 "outputs": [t.to_dict() for t in self.outputs],

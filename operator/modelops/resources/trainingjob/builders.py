@@ -34,6 +34,8 @@ def trainer_args(spec: TrainingJobSpec) -> list[str]:
         "--seed", str(t.seed), "--augment" if t.augment else "--no-augment",
         "--val-fraction", repr(t.val_fraction), "--test-fraction", repr(t.test_fraction),
         "--max-batch-size", str(t.max_batch_size),
+        "--embedding-dim", str(t.embedding_dim), "--layers", str(t.layers), "--heads", str(t.heads),
+        "--max-length", str(t.max_length), *(["--vocab-size", str(t.vocab_size)] if t.vocab_size else []),
         "--repository", spec.output.repository.mount_path, "--model-name", spec.output.model_name,
     ]
     return args
