@@ -1,0 +1,43 @@
+"""`modelops activator`: the routing table from the API server (or --backend, for local use), then serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from modelops.activator.routing import Backend, Limits, Target
+from modelops.activator.server import Activator, Ports, serve
+
+
+def parse_backend(text: str) -> Backend:
+    """`namespace/name=model:version@host:http:grpc[,host:http:grpc...]` (a fixed routing entry)."""
+    key, _, rest = text.partition("=")
+    namespace, _, name = key.partition("/")
+    model_version, _, targets = rest.partition("@")
+    model, _, version = model_version.rpartition(":")
+    found = []
+    for target in filter(None, targets.split(",")):
+        host, http, grpc = target.rsplit(":", 2)
+        found.append(Target(host, int(http), int(grpc)))
+    return Backend(namespace, name, model, int(version), tuple(found))
+
+
+def run_activator(ports: Ports, limits: Limits, backends: list[str], namespace: str | None, watch: bool) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        activator = Activator(limits)
+        for text in backends:
+            activator.set_backend(parse_backend(text))
+        if watch:
+            from modelops.activator.watch import watch_targets
+            from modelops.kube import Kube
+
+            watch_targets(Kube.from_environment(), activator, asyncio.get_running_loop(), namespace)
+        await serve(activator, ports)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
