@@ -33,6 +33,9 @@ GRPC_METHODS = {"ModelInfer", "ModelMetadata", "ModelReady", "ModelConfig", "Mod
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 READY_POLL_SECONDS = 0.1
+# How long Triton's "ready" is trusted without asking again: a pooled model can be unloaded on a server that
+# stays up, and the activator must not send it a request then.
+READY_TTL_SECONDS = 1.0
 
 
 class Refused(Exception):
@@ -48,6 +51,7 @@ class _Gate:
     """One ModelService's waiting room."""
 
     ready: Target | None = None
+    confirmed: float = 0.0  # when Triton last said the model is ready on `ready` (monotonic)
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     held: int = 0
     poller: asyncio.Task[None] | None = None
@@ -118,9 +122,14 @@ class Activator:
     async def target_for(self, host: str, model: str | None) -> tuple[Backend, Target]:
         """The ModelService and a target where its model is ready: at once, or after holding the request."""
         backend = pick_backend(self.backends, host, model)
-        if backend is None:
+        if backend is None:  # nothing to hold it for: it would never be answered
             raise Refused(f"no ModelService known for host {host!r} and model {model!r}", unknown=True)
         gate = self._gates.setdefault(backend.key, _Gate())
+        if gate.ready is not None and time.monotonic() - gate.confirmed > READY_TTL_SECONDS:
+            if await self._model_ready(backend, gate.ready):
+                gate.confirmed = time.monotonic()
+            else:
+                self._close(gate)
         if gate.ready is not None:
             self._count(self.metrics.forwarded, backend)
             return backend, gate.ready
@@ -159,17 +168,22 @@ class Activator:
             backend = self.backends.get(key)
             for target in backend.targets if backend else ():
                 assert backend is not None
-                url = f"http://{target.http}/v2/models/{backend.model}/versions/{backend.version}/ready"
-                try:
-                    async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-                        if response.status == 200:
-                            log.info("%s: model ready on %s", key, target.http)
-                            gate.ready = target
-                            gate.opened.set()
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass  # not up yet
+                if await self._model_ready(backend, target):
+                    log.info("%s: model ready on %s", key, target.http)
+                    gate.ready, gate.confirmed = target, time.monotonic()
+                    gate.opened.set()
+                    return
             await asyncio.sleep(READY_POLL_SECONDS)
+
+    async def _model_ready(self, backend: Backend, target: Target) -> bool:
+        """Triton's answer, not the pod's: is this model version ready on this server?"""
+        assert self._session is not None
+        url = f"http://{target.http}/v2/models/{backend.model}/versions/{backend.version}/ready"
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False  # not up yet, or gone
 
     def _count(self, counter: Counter, backend: Backend) -> None:
         counter.labels(backend.namespace, backend.name).inc()
