@@ -289,5 +289,20 @@ def test_added_latency_in_the_path(activator: Running, triton: tuple[TritonServe
           f"direct p50 {p50['direct']:.2f} ms p99 {p99['direct']:.2f} ms; through the activator p50 "
           f"{p50['activator']:.2f} ms p99 {p99['activator']:.2f} ms; added p50 "
           f"{p50['activator'] - p50['direct']:.2f} ms (x{p50['activator'] / p50['direct']:.2f})")
+    grpc_timings: dict[str, list[float]] = {"direct": [], "activator": []}
+    clients = {"direct": grpcclient.InferenceServerClient(server.grpc_url),
+               "activator": grpcclient.InferenceServerClient(f"127.0.0.1:{activator.ports.grpc}")}
+    grpc_data = grpcclient.InferInput("INPUT__0", list(x.shape), "FP32")
+    grpc_data.set_data_from_numpy(x)
+    for _ in range(300):
+        for name, g in clients.items():
+            started = time.perf_counter()
+            answer = g.infer("digits", [grpc_data]).as_numpy("OUTPUT__0")
+            grpc_timings[name].append(time.perf_counter() - started)
+            np.testing.assert_allclose(answer, expected, rtol=1e-5)
+    g50 = {k: statistics.median(v[50:]) * 1000 for k, v in grpc_timings.items()}
+    print(f"gRPC infer, the same: direct p50 {g50['direct']:.2f} ms; through the activator p50 "
+          f"{g50['activator']:.2f} ms; added {g50['activator'] - g50['direct']:.2f} ms "
+          f"(x{g50['activator'] / g50['direct']:.2f})")
     # only the first request waited (a fresh activator knows no ready target until it asks Triton once)
     assert activator.metric("modelops_activator_held_requests_total") == 1
