@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from typing import Any
 
 from modelops.activator.routing import TARGETS_LABEL, backend_from_slice
@@ -18,29 +17,36 @@ log = logging.getLogger(__name__)
 
 
 def watch_targets(kube: Kube, activator: Activator, loop: asyncio.AbstractEventLoop,
-                  namespace: str | None = None) -> threading.Thread:
-    """Start the watch thread (a daemon: it ends with the process)."""
+                  namespace: str | None = None, stop: threading.Event | None = None) -> threading.Thread:
+    """Start the watch thread (a daemon: it ends with the process, or soon after `stop` is set)."""
+    stop = stop or threading.Event()
+    seen: set[str] = set()  # the keys this watch put in the table (fixed --backend entries are not its own)
 
     def apply(obj: dict[str, Any], deleted: bool) -> None:
         backend = backend_from_slice(obj)
         if backend is not None and deleted:
+            seen.discard(backend.key)
             loop.call_soon_threadsafe(activator.remove_backend, backend.key)
         elif backend is not None:
+            seen.add(backend.key)
             loop.call_soon_threadsafe(activator.set_backend, backend)
 
     def run() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 items, version = kube.list_objects("discovery.k8s.io/v1", "EndpointSlice", namespace,
                                                    labels=TARGETS_LABEL)
                 known = {b.key for b in map(backend_from_slice, items) if b}
-                for key in set(activator.backends) - known:  # gone while the watch was down
+                for key in seen - known:  # gone while the watch was down
+                    seen.discard(key)
                     loop.call_soon_threadsafe(activator.remove_backend, key)
                 for item in items:
                     apply(item, deleted=False)
-                while True:
+                while not stop.is_set():
                     for event in kube.watch_objects("discovery.k8s.io/v1", "EndpointSlice", namespace, version,
-                                                    labels=TARGETS_LABEL):
+                                                    labels=TARGETS_LABEL, timeout_seconds=30):
+                        if stop.is_set():
+                            return
                         obj = event.get("object") or {}
                         version = (obj.get("metadata") or {}).get("resourceVersion", version)
                         if event.get("type") == "ERROR":
@@ -48,8 +54,9 @@ def watch_targets(kube: Kube, activator: Activator, loop: asyncio.AbstractEventL
                         if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                             apply(obj, deleted=event["type"] == "DELETED")
             except ApiError as error:
-                log.warning("watching activator targets: %s; listing again", error)
-                time.sleep(1)
+                if not stop.is_set():
+                    log.warning("watching activator targets: %s; listing again", error)
+                stop.wait(1)
 
     thread = threading.Thread(target=run, name="activator-targets", daemon=True)
     thread.start()
