@@ -9,6 +9,8 @@ import asyncio
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -306,3 +308,40 @@ def test_added_latency_in_the_path(activator: Running, triton: tuple[TritonServe
           f"(x{g50['activator'] / g50['direct']:.2f})")
     # only the first request waited (a fresh activator knows no ready target until it asks Triton once)
     assert activator.metric("modelops_activator_held_requests_total") == 1
+
+
+def test_the_modelops_activator_command(triton: tuple[TritonServer, TritonPoolClient], tmp_path: Path) -> None:
+    """`modelops activator` as its own process, with a fixed routing entry: held, then the model's answer."""
+    server, client = triton
+    unload(server, client)
+    http, grpc_port, admin = free_ports(3)
+    backend = f"ns/digits=digits:1@127.0.0.1:{server.http_port}:{server.grpc_port}"
+    log = (tmp_path / "activator.log").open("w+")
+    process = subprocess.Popen([sys.executable, "-m", "modelops", "activator", "--no-watch", "--backend", backend,
+                                "--address", "127.0.0.1", f"--http-port={http}", f"--grpc-port={grpc_port}",
+                                f"--admin-port={admin}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not healthy():
+            assert process.poll() is None and time.monotonic() < deadline, log.seek(0) or log.read()
+            time.sleep(0.2)
+        x = images(2)
+        held = ThreadPoolExecutor(1).submit(grpc_infer, grpc_port, x)
+        time.sleep(1)
+        assert not held.done()
+        load(client, server)
+        np.testing.assert_allclose(held.result(30), http_infer(server.http_port, x), rtol=1e-5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'modelops_activator_cold_start_seconds_count{modelservice="digits",namespace="ns"} 1.0' in metrics
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
