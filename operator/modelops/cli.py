@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     act.add_argument("--grpc-port", type=int, default=8001)
     act.add_argument("--admin-port", type=int, default=9090, help="serves /demand, /metrics and /healthz")
     act.add_argument("--address", default="0.0.0.0")
-    act.add_argument("-n", "--namespace", default=None, help="watch only this namespace; default: all")
+    act.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only this namespace (repeatable); default: all namespaces")
     act.add_argument("--no-watch", action="store_true", help="use only --backend entries (no API server)")
     act.add_argument("--backend", action="append", default=[],
                      help="a fixed entry: namespace/name=model:version@host:httpPort:grpcPort[,...] (repeatable)")

@@ -22,7 +22,7 @@ def parse_backend(text: str) -> Backend:
     return Backend(namespace, name, model, int(version), tuple(found))
 
 
-def run_activator(ports: Ports, limits: Limits, backends: list[str], namespace: str | None, watch: bool) -> int:
+def run_activator(ports: Ports, limits: Limits, backends: list[str], namespaces: list[str], watch: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -33,7 +33,10 @@ def run_activator(ports: Ports, limits: Limits, backends: list[str], namespace: 
             from modelops.activator.watch import watch_targets
             from modelops.kube import Kube
 
-            watch_targets(Kube.from_environment(), activator, asyncio.get_running_loop(), namespace)
+            kube = Kube.from_environment()
+            scopes: list[str | None] = [*namespaces] or [None]
+            for namespace in scopes:  # one watch per namespace: a Role in each is all it may read
+                watch_targets(kube, activator, asyncio.get_running_loop(), namespace)
         await serve(activator, ports)
 
     try:
