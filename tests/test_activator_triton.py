@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -311,7 +312,8 @@ def test_added_latency_in_the_path(activator: Running, triton: tuple[TritonServe
 
 
 def test_the_modelops_activator_command(triton: tuple[TritonServer, TritonPoolClient], tmp_path: Path) -> None:
-    """`modelops activator` as its own process, with a fixed routing entry: held, then the model's answer."""
+    """`modelops activator` as its own process, with a fixed routing entry: a request held, SIGTERM (the pod
+    stopping): not ready any more, but the held request is still answered by the model, then the process ends."""
     server, client = triton
     unload(server, client)
     http, grpc_port, admin = free_ports(3)
@@ -319,12 +321,15 @@ def test_the_modelops_activator_command(triton: tuple[TritonServer, TritonPoolCl
     log = (tmp_path / "activator.log").open("w+")
     process = subprocess.Popen([sys.executable, "-m", "modelops", "activator", "--no-watch", "--backend", backend,
                                 "--address", "127.0.0.1", f"--http-port={http}", f"--grpc-port={grpc_port}",
-                                f"--admin-port={admin}"], stdout=log, stderr=subprocess.STDOUT)
+                                f"--admin-port={admin}", "--drain-lag=0.5"], stdout=log, stderr=subprocess.STDOUT)
     try:
         def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as response:
                     return response.status == 200
+            except urllib.error.HTTPError as error:
+                assert error.code == 503 and error.read() == b"draining"
+                return False
             except OSError:
                 return False
 
@@ -336,11 +341,17 @@ def test_the_modelops_activator_command(triton: tuple[TritonServer, TritonPoolCl
         held = ThreadPoolExecutor(1).submit(grpc_infer, grpc_port, x)
         time.sleep(1)
         assert not held.done()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert not healthy() and process.poll() is None and not held.done()
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+            metrics = response.read().decode()  # still served while draining
+        assert 'modelops_activator_holding_requests{modelservice="digits",namespace="ns"} 1.0' in metrics
         load(client, server)
         np.testing.assert_allclose(held.result(30), http_infer(server.http_port, x), rtol=1e-5)
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        assert 'modelops_activator_cold_start_seconds_count{modelservice="digits",namespace="ns"} 1.0' in metrics
+        assert process.wait(15) == 0  # nothing held any more: the drain ends
+        log.seek(0)
+        assert "drained: 0 requests still held" in log.read()
     finally:
         process.terminate()
         process.wait(10)

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     act.add_argument("--max-held", type=int, default=1000, help="held requests per ModelService")
     act.add_argument("--max-held-total", type=int, default=5000, help="held requests in all")
     act.add_argument("--hold-seconds", type=float, default=300.0, help="how long one request may be held")
+    act.add_argument("--drain-lag", type=float, default=5.0,
+                     help="after SIGTERM, seconds to keep taking requests while endpoints drop this pod")
     act.set_defaults(handler=_activator)
 
     dev = commands.add_parser("dev", help="local development helpers").add_subparsers(dest="dev", required=True)
@@ -98,7 +100,7 @@ def _activator(args: argparse.Namespace) -> int:
 
     return run_activator(Ports(args.http_port, args.grpc_port, args.admin_port, args.address),
                          Limits(args.max_held, args.max_held_total, args.hold_seconds), args.backend,
-                         args.namespace, watch=not args.no_watch)
+                         args.namespace, watch=not args.no_watch, drain_lag=args.drain_lag)
 
 
 def _crds(args: argparse.Namespace) -> int:

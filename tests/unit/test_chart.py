@@ -186,6 +186,7 @@ def test_the_activator_reads_only_endpointslices(render, flags: list[str], names
     [deployment] = find(docs, "Deployment", name)
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["replicas"] == 2 and pod["serviceAccountName"] == name
+    assert pod["terminationGracePeriodSeconds"] == 300 + 15  # the drain outlasts the longest hold
     assert pod["affinity"]["podAntiAffinity"]
     [container] = pod["containers"]
     assert container["args"][0] == "activator"

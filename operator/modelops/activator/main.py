@@ -1,9 +1,11 @@
-"""`modelops activator`: the routing table from the API server (or --backend, for local use), then serve."""
+"""`modelops activator`: the routing table from the API server (or --backend, for local use), then serve; on
+SIGTERM, drain (not ready, answer what is held) and exit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from modelops.activator.routing import Backend, Limits, Target
 from modelops.activator.server import Activator, Ports, serve
@@ -22,7 +24,8 @@ def parse_backend(text: str) -> Backend:
     return Backend(namespace, name, model, int(version), tuple(found))
 
 
-def run_activator(ports: Ports, limits: Limits, backends: list[str], namespaces: list[str], watch: bool) -> int:
+def run_activator(ports: Ports, limits: Limits, backends: list[str], namespaces: list[str], watch: bool,
+                  drain_lag: float = 5.0) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -37,10 +40,10 @@ def run_activator(ports: Ports, limits: Limits, backends: list[str], namespaces:
             scopes: list[str | None] = [*namespaces] or [None]
             for namespace in scopes:  # one watch per namespace: a Role in each is all it may read
                 watch_targets(kube, activator, asyncio.get_running_loop(), namespace)
-        await serve(activator, ports)
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):  # drain: answer what is held, then exit
+            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+        await serve(activator, ports, stopping=stopping, drain_lag=drain_lag)
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(main())
     return 0

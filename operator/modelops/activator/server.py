@@ -89,6 +89,7 @@ class Activator:
         self._demand_seq = 0
         self._demand_changed = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
+        self.draining = False
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     # ---- the routing table (from the EndpointSlice watch, or given directly) ----
@@ -204,6 +205,17 @@ class Activator:
         self._demand_seq += 1
         async with self._demand_changed:
             self._demand_changed.notify_all()
+
+    async def drain(self, lag: float, longest: float) -> None:
+        """After SIGTERM: report not ready, keep holding and forwarding for `lag` seconds (endpoints follow a
+        readiness change with a delay), then until nothing is held or `longest` seconds have passed."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.sleep(lag)
+        while self._held_total and loop.time() - start < longest:
+            await asyncio.sleep(0.1)
+        log.info("drained: %d requests still held", self._held_total)
 
     async def demand(self, since: int, wait: float) -> dict[str, Any]:
         """{seq, demand: {namespace/name: {held, since, last}}}: at once when anything changed after `since`,
@@ -323,6 +335,8 @@ def admin_app(activator: Activator) -> web.Application:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
+        if activator.draining:  # readiness fails: the pod leaves the activator Service's endpoints
+            return web.Response(text="draining", status=503)
         return web.Response(text="ok")
 
     app = web.Application()
@@ -340,8 +354,10 @@ class Ports:
     address: str = "0.0.0.0"
 
 
-async def serve(activator: Activator, ports: Ports, ready: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run the three listeners until cancelled."""
+async def serve(activator: Activator, ports: Ports, ready: Callable[[], Awaitable[None]] | None = None,
+                stopping: asyncio.Event | None = None, drain_lag: float = 5.0) -> None:
+    """Run the three listeners until cancelled, or until `stopping` is set and the held requests are answered
+    (at most the hold time)."""
     await activator.start()
     runners = [web.AppRunner(http_app(activator), access_log=None), web.AppRunner(admin_app(activator))]
     server = grpc.aio.server()
@@ -355,7 +371,8 @@ async def serve(activator: Activator, ports: Ports, ready: Callable[[], Awaitabl
         log.info("activator: http %d, grpc %d, admin %d", ports.http, ports.grpc, ports.admin)
         if ready:
             await ready()
-        await asyncio.Event().wait()
+        await (stopping or asyncio.Event()).wait()
+        await activator.drain(drain_lag, activator.limits.hold_seconds)
     finally:
         await server.stop(grace=5)
         for runner in runners:
