@@ -144,11 +144,14 @@ class Activator:
         self.metrics.holding.labels(backend.namespace, backend.name).inc()
         start = time.monotonic()
         await self._signal(backend.key, gate)
-        if gate.poller is None or gate.poller.done():
-            gate.poller = asyncio.create_task(self._poll(backend.key, gate))
         try:
-            opened = gate.opened
-            await asyncio.wait_for(opened.wait(), self.limits.hold_seconds)
+            deadline = start + self.limits.hold_seconds
+            target = gate.ready
+            while target is None:  # again if the target went away between "ready" and this request's turn
+                if gate.poller is None or gate.poller.done():
+                    gate.poller = asyncio.create_task(self._poll(backend.key, gate))
+                await asyncio.wait_for(gate.opened.wait(), max(0.0, deadline - time.monotonic()))
+                target = gate.ready
         except TimeoutError:
             self._reject(backend, "timeout")
             raise Refused(timed_out(self.limits, self.backends.get(backend.key, backend))) from None
@@ -157,10 +160,9 @@ class Activator:
             self._held_total -= 1
             self.metrics.holding.labels(backend.namespace, backend.name).dec()
             await self._signal(backend.key, gate)
-        assert gate.ready is not None
         self.metrics.cold_start.labels(backend.namespace, backend.name).observe(time.monotonic() - start)
         self._count(self.metrics.forwarded, backend)
-        return backend, gate.ready
+        return backend, target
 
     async def _poll(self, key: str, gate: _Gate) -> None:
         """Ask every target whether the model version is ready, until one says so or nobody waits."""
