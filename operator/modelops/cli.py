@@ -41,6 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     crds.add_argument("--check", action="store_true", help="fail if the files on disk differ (drift check)")
     crds.set_defaults(handler=_crds)
 
+    act = commands.add_parser("activator", help="hold Triton requests for ModelServices at zero until the model "
+                              "is ready (docs/scale-to-zero.md)")
+    act.add_argument("--http-port", type=int, default=8000)
+    act.add_argument("--grpc-port", type=int, default=8001)
+    act.add_argument("--admin-port", type=int, default=9090, help="serves /demand, /metrics and /healthz")
+    act.add_argument("--address", default="0.0.0.0")
+    act.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only this namespace (repeatable); default: all namespaces")
+    act.add_argument("--no-watch", action="store_true", help="use only --backend entries (no API server)")
+    act.add_argument("--backend", action="append", default=[],
+                     help="a fixed entry: namespace/name=model:version@host:httpPort:grpcPort[,...] (repeatable)")
+    act.add_argument("--max-held", type=int, default=1000, help="held requests per ModelService")
+    act.add_argument("--max-held-total", type=int, default=5000, help="held requests in all")
+    act.add_argument("--hold-seconds", type=float, default=300.0, help="how long one request may be held")
+    act.add_argument("--drain-lag", type=float, default=5.0,
+                     help="after SIGTERM, seconds to keep taking requests while endpoints drop this pod")
+    act.set_defaults(handler=_activator)
+
     dev = commands.add_parser("dev", help="local development helpers").add_subparsers(dest="dev", required=True)
     cluster = dev.add_parser("cluster", help="the local cluster: etcd, control plane and kwok nodes")
     cluster.add_argument("action", choices=("up", "down", "status"))
@@ -73,6 +91,16 @@ def _run(args: argparse.Namespace) -> int:
         log_format=args.log_format, verbose=args.verbose, peering=args.peering, priority=args.priority,
         peering_lifetime=args.peering_lifetime, prometheus_url=args.prometheus_url, workers=args.workers,
         check_workers=args.check_workers))
+
+
+def _activator(args: argparse.Namespace) -> int:
+    from modelops.activator.main import run_activator
+    from modelops.activator.routing import Limits
+    from modelops.activator.server import Ports
+
+    return run_activator(Ports(args.http_port, args.grpc_port, args.admin_port, args.address),
+                         Limits(args.max_held, args.max_held_total, args.hold_seconds), args.backend,
+                         args.namespace, watch=not args.no_watch, drain_lag=args.drain_lag)
 
 
 def _crds(args: argparse.Namespace) -> int:

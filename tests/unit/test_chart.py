@@ -119,6 +119,7 @@ VALUE_SETS = {
     "peering-namespaced": ["--set", "peering.enabled=true", "--set", "replicaCount=3",
                            "--set-json", 'watchNamespaces=["team-a"]'],
     "dashboards": ["--set", "dashboards.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"],
+    "activator": ["--set", "activator.enabled=true"],
 }
 
 
@@ -164,6 +165,39 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render) -> None:  # typ
         assert binding["subjects"] == [SERVICE_ACCOUNT]
     args = operator_container(docs)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+ACTIVATOR_RULES: Rules = {("discovery.k8s.io", "endpointslices"): verbs("get", "list", "watch")}
+
+
+@pytest.mark.parametrize(("flags", "namespaces"), [
+    ([], []), (["--set-json", 'watchNamespaces=["team-a","team-b"]'], ["team-a", "team-b"])], ids=["cluster", "namespaced"])
+def test_the_activator_reads_only_endpointslices(render, flags: list[str], namespaces: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """docs/scale-to-zero.md: its own Deployment (2 replicas, spread, a PDB), hardened like the operator, and
+    get/list/watch on EndpointSlices as its only permission; off by default."""
+    assert not find(render(*flags), "Deployment", f"{RELEASE}-modelops-activator")
+    docs = render("--set", "activator.enabled=true", *flags)
+    name = f"{RELEASE}-modelops-activator"
+    account = {"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}
+    bindings = find(docs, "ClusterRoleBinding", name) + find(docs, "RoleBinding", name)
+    roles = find(docs, "ClusterRole", name) + find(docs, "Role", name)
+    assert [r["metadata"].get("namespace") for r in roles] == (namespaces or [None])
+    assert all(rules_of(role) == ACTIVATOR_RULES for role in roles)
+    assert len(bindings) == len(roles) and all(b["subjects"] == [account] for b in bindings)
+    [deployment] = find(docs, "Deployment", name)
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2 and pod["serviceAccountName"] == name
+    assert pod["terminationGracePeriodSeconds"] == 300 + 15  # the drain outlasts the longest hold
+    assert pod["affinity"]["podAntiAffinity"]
+    [container] = pod["containers"]
+    assert container["args"][0] == "activator"
+    assert [a for a in container["args"] if a.startswith("--namespace")] == [f"--namespace={n}" for n in namespaces]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001, "admin": 9090}
+    [service] = find(docs, "Service", name)
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    [budget] = find(docs, "PodDisruptionBudget", name)
+    assert budget["spec"]["maxUnavailable"] == 1
 
 
 def test_peering_cluster_wide(render) -> None:  # type: ignore[no-untyped-def]
@@ -224,6 +258,7 @@ def test_several_replicas_need_peering(helm) -> None:  # type: ignore[no-untyped
     ["--set", "operator.logFormat=xml"],
     ["--set", "prometheus.url=prometheus:9090"],
     ["--set-json", 'watchNamespaces=["Not_A_Namespace"]'],
+    ["--set", "activator.enabled=true", "--set", "activator.replicas=1"],  # one activator is a single point
 ])
 def test_schema_rejects_bad_values(helm, bad: list[str]) -> None:  # type: ignore[no-untyped-def]
     result = helm("template", RELEASE, str(CHART), *bad, check=False)
