@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from modelops.api.modelpool import ModelPoolSpec
 from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL, OwnerMeta
 from modelops.resources.naming import dns_label
-from modelops.resources.pods import compute_resources, tolerations
+from modelops.resources.pods import compute_resources, scheduling, tolerations
 from modelops.triton.pool import POOL_REPOSITORY, server_args
 
 LABEL_POOL = "modelops.dev/model-pool"
@@ -84,12 +84,7 @@ def _pod_spec(spec: ModelPoolSpec) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {"containers": [container], "volumes": [{"name": "model-repository", **source}],
                                 "automountServiceAccountToken": False, "enableServiceLinks": False}
     pod_tolerations = tolerations(spec.tolerations, spec.resources)
-    if pod_tolerations:
-        pod_spec["tolerations"] = pod_tolerations
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = spec.node_selector
-    if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
+    pod_spec.update(scheduling(pod_tolerations, spec.node_selector, spec.priority_class_name))
     return pod_spec
 
 

@@ -16,7 +16,7 @@ from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec, ModelSignature
 from modelops.quantities import quantity
 from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL, OwnerMeta
-from modelops.resources.pods import compute_resources, tolerations
+from modelops.resources.pods import compute_resources, scheduling, tolerations
 from modelops.resources.naming import dns1035_label, dns_label
 from modelops.triton.config import PYTHON_MODEL_FILE, Backend, InstanceKind, python_model_source, render_config
 from modelops.triton.signature import Signature, TensorSpec
@@ -217,12 +217,7 @@ def deployment(ms: ServiceMeta, spec: ModelServiceSpec, revision: str, target: T
                   "app.kubernetes.io/name": "modelops-triton", MANAGED_BY_LABEL: MANAGED_BY}
     pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes,
                                 "readinessGates": [{"conditionType": MODEL_READY_GATE}]}
-    if pod_tolerations:
-        pod_spec["tolerations"] = pod_tolerations
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = spec.node_selector
-    if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
+    pod_spec.update(scheduling(pod_tolerations, spec.node_selector, spec.priority_class_name))
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _metadata(ms, revision, revision_labels(ms, revision, version), annotations),

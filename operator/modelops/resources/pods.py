@@ -44,6 +44,15 @@ def tolerations(user: list[Toleration], resources: Resources) -> list[dict[str, 
     return result
 
 
+def scheduling(tolerations: list[dict[str, Any]], node_selector: dict[str, str],
+               priority_class_name: str | None) -> dict[str, Any]:
+    """The pod spec's scheduling fields that are set (an unset one stays out of the spec, so that a pod
+    template's hash and a server-side apply see no empty field)."""
+    fields: dict[str, Any] = {"tolerations": tolerations, "nodeSelector": node_selector,
+                              "priorityClassName": priority_class_name}
+    return {key: value for key, value in fields.items() if value}
+
+
 # ---- why a pod waits ---------------------------------------------------------------------------------
 
 # Container waiting reasons that mean the pod cannot start or stay up without someone changing something

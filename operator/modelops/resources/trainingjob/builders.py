@@ -7,7 +7,7 @@ from typing import Any
 
 from modelops.api.trainingjob import TrainingJobSpec
 from modelops.resources.kueue import Placement
-from modelops.resources.pods import compute_resources, tolerations
+from modelops.resources.pods import compute_resources, scheduling, tolerations
 from modelops.resources.trainingjob.names import (ANNOTATION_ENDED_ATTEMPTS, ANNOTATION_POD_SPEC, LABEL_ATTEMPT,
                                                   LABEL_JOB, LABEL_RANK, RENDEZVOUS_PORT, TRAINER_CONTAINER, JobMeta,
                                                   job_label, pod_name, service_name, worker_hostname)
@@ -93,13 +93,8 @@ def worker_pod(job: JobMeta, spec: TrainingJobSpec, attempt: int, rank: int,
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": [volume]}
     if placement:
         pod_tolerations += [t for t in placement.tolerations if t not in pod_tolerations]
-    if pod_tolerations:
-        pod_spec["tolerations"] = pod_tolerations
     node_selector = {**spec.node_selector, **(placement.node_selector if placement else {})}
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
+    pod_spec.update(scheduling(pod_tolerations, node_selector, spec.priority_class_name))
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.scheduler_name:
