@@ -86,23 +86,27 @@ def _proc_children() -> dict[int, list[int]]:
     return children
 
 
+def _descendants(children: dict[int, list[int]], root: int) -> list[int]:
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
 def triton_trees() -> dict[int, list[int]]:
-    """tritonserver pid -> it and its descendants (the python-backend stubs)."""
+    """tritonserver pid -> it and its descendants (the python-backend stubs), for the tritonservers this bench
+    started (its kubelet stand-in's pods): others on a shared machine are not counted."""
     children = _proc_children()
     trees = {}
-    for pids in children.values():
-        for pid in pids:
-            try:
-                exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-            except OSError:
-                continue
-            if exe.endswith(b"/tritonserver") or exe == b"tritonserver":
-                tree, todo = [], [pid]
-                while todo:
-                    p = todo.pop()
-                    tree.append(p)
-                    todo += children.get(p, [])
-                trees[pid] = tree
+    for pid in _descendants(children, os.getpid()):
+        try:
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if exe.endswith(b"/tritonserver") or exe == b"tritonserver":
+            trees[pid] = _descendants(children, pid)
     return trees
 
 
