@@ -308,7 +308,11 @@ def run_arm(label: str, space: Space, operator: OperatorProcess, models: list[st
             "hot_p99_ms": quantile(hot, 0.99), "all_p99_ms": quantile([r.latency * 1000 for r in results
                                                                         if not r.error], 0.99),
             "failed_ready": len(failed_ready), "failed_zero_copies": len(failed_zero),
-            "sent_at_zero_copies": sum(not r.ready for r in results), "errors": errors}
+            "sent_at_zero_copies": sum(not r.ready for r in results), "errors": errors,
+            "failures": [{"t": round(r.sent, 2), "model": r.model, "hot": r.hot, "ready": r.ready,
+                          "latency_s": round(r.latency, 2), "error": r.error[:80]}
+                         for r in (failed_ready + failed_zero)[:50]],
+            "traffic_started": time.strftime("%H:%M:%S", time.gmtime(time.time() - wall))}
 
 
 LOAD_LINE = re.compile(r"^I(\d{4}) (\d\d:\d\d:\d\d\.\d+) .*?(loading: |successfully loaded )['\"]?(\w+)")
