@@ -288,7 +288,7 @@ def run_arm(label: str, space: Space, operator: OperatorProcess, models: list[st
     poller = threading.Thread(target=routing.poll, daemon=True)
     poller.start()
     time.sleep(1)
-    servers0, op1, wall0 = server_cpu(), cpu_seconds(op_pid), time.monotonic()
+    servers0, op1, wall0, began = server_cpu(), cpu_seconds(op_pid), time.monotonic(), time.time()
     results = asyncio.run(_drive(events, addresses, routing))
     servers1, op2, wall = server_cpu(), cpu_seconds(op_pid), time.monotonic() - wall0
     routing.stop.set()
@@ -312,7 +312,7 @@ def run_arm(label: str, space: Space, operator: OperatorProcess, models: list[st
             "failures": [{"t": round(r.sent, 2), "model": r.model, "hot": r.hot, "ready": r.ready,
                           "latency_s": round(r.latency, 2), "error": r.error[:80]}
                          for r in (failed_ready + failed_zero)[:50]],
-            "traffic_started": time.strftime("%H:%M:%S", time.gmtime(time.time() - wall))}
+            "traffic_started": time.strftime("%H:%M:%S", time.gmtime(began))}
 
 
 LOAD_LINE = re.compile(r"^I(\d{4}) (\d\d:\d\d:\d\d\.\d+) .*?(loading: |successfully loaded )['\"]?(\w+)")
