@@ -585,6 +585,9 @@ def _status(obs: PoolObservation, limit: int, live: list[Server], placement: _Pl
     previous, meta = obs.previous, obs.meta
     ready_servers = [s for s in live if s.ready and s not in retiring]
     desired = len(live) - len(retiring) + new_servers
+    # A copy unloaded this pass is still in the report this status is built from, and the status is written
+    # after the unload ran: it stays leaving, or its ModelService would route to it again until the next pass.
+    unloading = {(a.server, key_of(a.name, a.version)) for a in placement.actions if isinstance(a, ModelUnload)}
     servers = []
     for server in sorted(live, key=lambda s: s.index):
         models = []
@@ -593,7 +596,7 @@ def _status(obs: PoolObservation, limit: int, live: list[Server], placement: _Pl
             size = model.bytes or server.ledger.sizes.get(key)
             entry: dict[str, Any] = {"name": model.name, "version": model.version, "ready": model.ready,
                                      "measured": size is not None}
-            if (server.name, key) in placement.leaving:
+            if (server.name, key) in placement.leaving or (server.name, key) in unloading:
                 entry["leaving"] = True
             entry["bytes"] = size or (wanted[key].size if key in wanted else None)
             if entry["bytes"] is None:
