@@ -488,6 +488,8 @@ def _place_missing(ready: list[Server], wanted: dict[str, _Wanted], have: dict[s
     order = sorted(wanted.values(), key=lambda w: (len(have.get(w.key, [])) >= w.demand.min_copies,
                                                    len(have.get(w.key, [])), -w.size, w.key))
     for item in order:
+        if not item.demand.signature:
+            continue  # its TrainingJob is gone or training again: the copies it has stay, none is loaded
         if item.size > placement.limit:
             unplaced.append(Unplaced(item.demand.service, item.demand.model, item.version, "TooLarge",
                                      f"{item.key} needs {_size(item.size)}{'' if item.measured else ' (declared)'}; "
