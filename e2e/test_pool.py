@@ -103,8 +103,13 @@ class Pool:
                       if (m["name"], m["version"], m["ready"]) == (name, version, True))
 
     def answers(self, name: str, version: int, tries: int = 6) -> bool:
-        """Requests through the Service reach name:version (a connection each, so kube-proxy spreads them)."""
-        return all(self.answer(name) == TAGS[name, version] for _ in range(tries))
+        """Requests through the Service reach name:version (a connection each, so kube-proxy spreads them);
+        False while a request fails (for `eventually`)."""
+        try:
+            return all(self.answer(name) == TAGS[name, version] for _ in range(tries))
+        except Exception as error:  # noqa: BLE001 - refused or not found until routing settles
+            print(f"{name}: {type(error).__name__}: {error}")
+            return False
 
     def load(self, name: str, rate: float = 4) -> LoadGenerator:
         return LoadGenerator(self.address(name), name, SAMPLES, rate=rate, workers=2, max_seconds=600).start()
@@ -166,12 +171,17 @@ def test_a_pool_places_routes_evicts_switches_versions_and_survives_a_server_kil
     assert stat.ok > 0 and stat.failed == 0, stat.errors
 
     # ---- a server killed while serving: its copies are placed again and served ---------------------------
-    # Traffic runs to every model: those with a copy elsewhere must not notice; a model whose only copy was
-    # on the killed server fails until a copy is placed again (counted, not asserted: nothing to route to).
+    # Traffic runs to every model: those with no copy on the killed server must not notice. Requests to a model
+    # that had one there fail until its Service drops the dead server (the crash window any Service has) and,
+    # for a model whose only copy that was, until a copy is placed again: counted and printed, not asserted.
     layout = {s["name"]: sorted(m["name"] for m in s["models"]) for s in world.status()["servers"]}
     victim = world.where("gamma", 1)[0]
     lost = layout[victim]
     runtime = next(r for r in kubelet.pods.values() if r.key == f"{kube.namespace}/{victim}")
+
+    def server_uids() -> set[str]:
+        return {p["metadata"]["uid"] for p in get_json(kube, "pods", "-l", "modelops.dev/model-pool=shared")["items"]}
+
     loads = {name: world.load(name, rate=3) for name in ("alpha", "beta", "gamma")}
     try:
         time.sleep(3)
@@ -179,7 +189,8 @@ def test_a_pool_places_routes_evicts_switches_versions_and_survives_a_server_kil
         assert runtime.main.signal_group(signal.SIGKILL)
         for name in lost:
             version = world.status("ms", name)["modelVersion"]
-            eventually(lambda: victim not in world.where(name, version) and world.where(name, version), 300,
+            # the failed pod is deleted (a fresh server may take its name) and a ready copy is placed again
+            eventually(lambda: runtime.uid not in server_uids() and world.where(name, version), 300,
                        f"{name} placed again after {victim} was killed", interval=1)
             assert eventually(lambda: world.answers(name, version), 60, f"{name} served again", interval=1)
         again = time.monotonic() - killed
@@ -191,8 +202,5 @@ def test_a_pool_places_routes_evicts_switches_versions_and_survives_a_server_kil
           + ", ".join(f"{n} {s.ok} ok/{s.failed} failed" for n, s in stats.items()))
     for name, stat in stats.items():
         assert stat.ok > 0, (name, stat)
-        if not any(name in models for server, models in layout.items() if server != victim):
-            continue  # its only copy was killed: failures until placed again are the scale-to-zero issue's
-        assert stat.failed == 0, (name, stat.errors)
-    servers = get_json(kube, "pods", "-l", "modelops.dev/model-pool=shared")["items"]
-    assert runtime.uid not in {p["metadata"]["uid"] for p in servers}  # the failed pod went; a fresh one serves
+        if name not in lost:
+            assert stat.failed == 0, (name, stat.errors)
