@@ -1,5 +1,6 @@
 """The whole model lifecycle on the local cluster, step by step: DDP training -> serving -> autoscaling ->
-a canary promoted -> a broken canary rolled back. `make demo` prints it; e2e/test_lifecycle.py asserts it.
+a canary promoted -> a worse model refused -> a broken canary rolled back -> several models trained and
+served from one ModelPool, one canaried inside it. `make demo` prints it; e2e/test_lifecycle.py asserts it.
 
 Everything goes through the API as a user would (kubectl apply/patch/delete) and through the ModelService's
 Service ClusterIP (kube-proxy) as a client would; the only thing written by hand is the deliberately broken
@@ -25,6 +26,9 @@ from modelops.dev.cluster import LocalCluster
 
 NAMESPACE = "demo"
 MODEL = "digits"
+POOL = "shared"
+POOLED = ("digits-eu", "digits-us", "digits-ap")
+"""Models trained and served from one pool (one per region, as a fleet of small models would be)."""
 class StepFailed(AssertionError):
     """A lifecycle step did not reach its goal."""
 
@@ -85,6 +89,7 @@ class Lifecycle:
             ("canary: a second training is promoted", self.canary_promoted),
             ("gate: a worse model is refused before any traffic", self.worse_model_refused),
             ("rollback: a broken version is rolled back", self.canary_rolled_back),
+            ("pool: three trained models share one ModelPool, one canaried inside it", self.pool),
         ):
             if not self.step(name, action).ok:
                 return False
@@ -109,11 +114,13 @@ class Lifecycle:
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelops-trainer"},
              "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": self.space.namespace}]})
 
-    def training_job(self) -> dict[str, Any]:
-        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": MODEL},
-                "spec": {"workers": 2, "resources": {"gpus": 1},
-                         "trainer": {"dataset": "digits", "epochs": self.epochs, "batchSize": 32},
-                         "output": {"modelName": MODEL,
+    def training_job(self, name: str = MODEL, seed: int | None = None) -> dict[str, Any]:
+        """The demo's DDP job (2 GPU workers); with a seed, a 1-worker CPU job for a pooled model."""
+        trainer = {"dataset": "digits", "epochs": self.epochs, "batchSize": 32}
+        workers = {"workers": 2, "resources": {"gpus": 1}} if seed is None else {"workers": 1}
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+                "spec": {**workers, "trainer": trainer if seed is None else {**trainer, "seed": seed},
+                         "output": {"modelName": name,
                                     "repository": {"hostPath": {"path": str(self.repository)}}}}}
 
     def model_service(self) -> dict[str, Any]:
@@ -272,23 +279,71 @@ class Lifecycle:
         return (f"version {broken} rolled back ({why}); version {stable} answered "
                 f"{during[0]} requests during the canary and {after.stats.ok}/{after.stats.ok} after")
 
+    def pool(self) -> str:
+        """Three models trained (one worker each, at once) and served as copies on one ModelPool's two
+        servers, each through its own Service; then one is retrained and its new version placed beside the
+        serving one and switched to, with traffic on it throughout."""
+        self.space.apply(self.model_pool(), *(self.training_job(name, seed) for seed, name in enumerate(POOLED)))
+        versions = {name: self.wait_trained(name) for name in POOLED}
+        self.space.apply(*(self.pooled_service(name) for name in POOLED))
+        for name in POOLED:
+            self.wait_serving(version=versions[name], timeout=300, name=name)
+        accuracy = {name: self.held_out_accuracy(name, count=16)[0] for name in POOLED}
+        if min(accuracy.values()) < 0.7:  # trained models (chance is 0.1); a few epochs on one worker vary
+            raise StepFailed(f"held-out accuracy through the pooled Services: {accuracy}")
+        canaried = POOLED[0]
+        with self.load(rate=8, name=canaried) as load:
+            self.space.kubectl("delete", "tj", canaried, "--wait=true")
+            self.space.apply(self.training_job(canaried, seed=7))
+            new = self.wait_trained(canaried)
+            self.wait_serving(version=new, timeout=300, name=canaried)
+            time.sleep(3)  # requests keep reaching the new version once the Service switched
+        stats = load.stats
+        if stats.failed or not stats.ok:
+            raise StepFailed(f"{stats.failed} requests failed during the pooled canary: {stats.errors}")
+        status = self.space.get("mp", POOL).get("status") or {}
+        layout = "; ".join(s["name"] + ": " + ", ".join(f"{m['name']}:{m['version']}" for m in s["models"])
+                           for s in status.get("servers", []))
+        return (f"{len(POOLED)} models on {status.get('readyServers')} servers ({layout}; {status.get('memory')}), "
+                f"accuracy {', '.join(f'{a:.2f}' for a in accuracy.values())}; {canaried} "
+                f"v{versions[canaried]} -> v{new} inside the pool, {stats.ok} requests ok, 0 failed")
+
+    def model_pool(self) -> dict[str, Any]:
+        # A resident model costs about 300 MB here (its python stub), so a 700Mi server holds two of them.
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelPool", "metadata": {"name": POOL},
+                "spec": {"repository": {"hostPath": {"path": str(self.repository)}}, "resources": {"cpu": "1"},
+                         "capacity": "700Mi", "minServers": 2, "maxServers": 3}}
+
+    def pooled_service(self, name: str) -> dict[str, Any]:
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": name},
+                "spec": {"pool": POOL, "model": {"name": name, "fromTrainingJob": name},
+                         "repository": {"hostPath": {"path": str(self.repository)}},
+                         "triton": {"backend": "python", "maxBatchSize": 16}, "resources": {"memory": "300Mi"}}}
+
+    def wait_trained(self, name: str, timeout: float = 420) -> int:
+        job = wait_for(lambda: (j := self.space.get("tj", name)).get("status", {}).get("phase")
+                       in ("Succeeded", "Failed") and j, timeout, f"the TrainingJob {name} to finish", interval=2)
+        if job["status"]["phase"] != "Succeeded":
+            raise StepFailed(f"TrainingJob {name} failed: {job['status'].get('conditions')}")
+        return int(job["status"]["model"]["version"])
+
     # ---- helpers ---------------------------------------------------------------
 
     def ms_status(self) -> dict[str, Any]:
         return dict(self.space.get("ms", MODEL).get("status") or {})
 
-    def wait_serving(self, version: int | None, timeout: float) -> dict[str, Any]:
+    def wait_serving(self, version: int | None, timeout: float, name: str = MODEL) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
-            status = self.ms_status()
+            status = dict(self.space.get("ms", name).get("status") or {})
             conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
             if conditions.get("Ready") == "True" and (version is None or status.get("modelVersion") == version):
                 return status
             return None
 
-        return dict(wait_for(ready, timeout, "the ModelService to be Ready", interval=2))
+        return dict(wait_for(ready, timeout, f"the ModelService {name} to be Ready", interval=2))
 
-    def address(self) -> str:
-        service = self.space.get("service", MODEL)
+    def address(self, name: str = MODEL) -> str:
+        service = self.space.get("service", name)
         return f"{service['spec']['clusterIP']}:8000"
 
     def held_out(self) -> tuple[np.ndarray, np.ndarray]:
@@ -298,16 +353,16 @@ class Lifecycle:
         data = prepare(load_builtin("digits", 0), missing=Missing.DROP, val_fraction=0.1, test_fraction=0.1, seed=0)
         return data.test.x, data.test.y
 
-    def held_out_accuracy(self, count: int = 48, batch: int = 8) -> tuple[float, int]:
+    def held_out_accuracy(self, name: str = MODEL, count: int = 48, batch: int = 8) -> tuple[float, int]:
         """Accuracy over `count` held-out digits, sent in batches within the served maxBatchSize."""
         x, y = self.held_out()
-        predictions = np.concatenate([infer(self.address(), MODEL, x[i:i + batch]).argmax(axis=1)
+        predictions = np.concatenate([infer(self.address(name), name, x[i:i + batch]).argmax(axis=1)
                                       for i in range(0, count, batch)])
         return float((predictions == y[:count]).mean()), count
 
-    def load(self, rate: float) -> _Load:
+    def load(self, rate: float, name: str = MODEL) -> _Load:
         x, _ = self.held_out()
-        return _Load(LoadGenerator(self.address(), MODEL, x, rate=rate, workers=4, max_seconds=900))
+        return _Load(LoadGenerator(self.address(name), name, x, rate=rate, workers=4, max_seconds=900))
 
     def publish_broken_version(self, base: int) -> int:
         """Copy the serving version and swap its model.pt for one that fails every request (atomic rename)."""

@@ -18,4 +18,4 @@ def test_train_serve_scale_canary_rollback(kube, kubelet, serving_operator, tmp_
     print(lifecycle.table())
     assert ok, lifecycle.table()
     steps = [r.name.split(":")[0] for r in lifecycle.results]
-    assert steps == ["train", "serve", "scale", "canary", "gate", "rollback"]
+    assert steps == ["train", "serve", "scale", "canary", "gate", "rollback", "pool"]

@@ -245,6 +245,17 @@ def test_a_copy_in_its_services_endpoints_is_never_unloaded_until_it_left_them()
     assert unloads(plan) == []  # out of the slice just now: kube-proxy may not know yet
     plan = plan_pool(observe(s0, s1, demands=[left], memory=plan.memory, now=NOW + timedelta(seconds=67)))
     assert unloads(plan) == [("shared-s0", "a", False)]
+    # written after the unload ran: the copy stays out of the endpoints (leaving), not routed to again
+    assert plan.status["servers"][0]["models"][0]["leaving"] is True
+
+
+def test_a_version_served_without_a_known_signature_keeps_its_copies_and_loads_none() -> None:
+    """Its followed TrainingJob is gone or training again: what serves stays, nothing new can be configured."""
+    s0, s1 = server(0, resident("a")), server(1)
+    unknown = replace(demand("a", copies=2), signature={})
+    plan = plan_pool(observe(s0, s1, demands=[unknown]))
+    assert plan.model_actions == [] and plan.status["unplaced"] == []
+    assert [m["name"] for m in plan.status["servers"][0]["models"]] == ["a"]
 
 
 def test_a_server_whose_unloads_leak_is_drained_then_replaced() -> None:

@@ -114,9 +114,11 @@ def demand_of(ctx: Context, ms: Obj) -> Demand | None:
     versions = [int(r["version"]) for r in (status.get("stable"), status.get("canary"))
                 if isinstance(r, dict) and isinstance(r.get("version"), int)]
     target, _ = resolve_target(ctx, ms["metadata"]["namespace"], spec)
-    if target is None or target.signature is None:
-        return None  # nothing to load yet; its own controller says why
+    if target is not None and target.signature is None:
+        return None  # a pinned version without a signature: its own controller refuses it
     if not versions:
+        if target is None:
+            return None  # nothing to load yet; its own controller says why
         versions = [target.version]
     slices = ctx.caches.stores.get("EndpointSlice")
     endpoints = slices.get(ms["metadata"]["namespace"], service_name(ServiceMeta.of(ms))) if slices else None
@@ -128,7 +130,10 @@ def demand_of(ctx: Context, ms: Obj) -> Demand | None:
     return Demand(service=ms["metadata"]["name"], created=str(ms["metadata"].get("creationTimestamp", "")),
                   model=spec.model.name, versions=tuple(dict.fromkeys(versions)), min_copies=low, max_copies=high,
                   declared_bytes=int(declared) if declared else None, autoscaling=scaling,
-                  triton=spec.triton.wire(), signature=target.signature, involved=ms, routed=routed,
+                  # its followed TrainingJob gone or training again: the versions its status serves keep
+                  # their copies, with no signature to load more of them until the job says it again
+                  triton=spec.triton.wire(), signature=(target.signature if target else None) or {}, involved=ms,
+                  routed=routed,
                   routed_version=stable.get("version") if isinstance(stable, dict) else None,
                   canary_version=canary.get("version") if isinstance(canary, dict) else None,
                   canary_copies=int(canary.get("replicas") or 0) if isinstance(canary, dict) else 0)

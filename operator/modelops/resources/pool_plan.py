@@ -497,6 +497,8 @@ def _place_missing(ready: list[Server], wanted: dict[str, _Wanted], have: dict[s
     order = sorted(wanted.values(), key=lambda w: (len(have.get(w.key, [])) >= w.demand.min_copies,
                                                    len(have.get(w.key, [])), -w.size, w.key))
     for item in order:
+        if not item.demand.signature:
+            continue  # its TrainingJob is gone or training again: the copies it has stay, none is loaded
         if item.size > placement.limit:
             unplaced.append(Unplaced(item.demand.service, item.demand.model, item.version, "TooLarge",
                                      f"{item.key} needs {_size(item.size)}{'' if item.measured else ' (declared)'}; "
@@ -594,6 +596,9 @@ def _status(obs: PoolObservation, limit: int, live: list[Server], placement: _Pl
     previous, meta = obs.previous, obs.meta
     ready_servers = [s for s in live if s.ready and s not in retiring]
     desired = len(live) - len(retiring) + new_servers
+    # A copy unloaded this pass is still in the report this status is built from, and the status is written
+    # after the unload ran: it stays leaving, or its ModelService would route to it again until the next pass.
+    unloading = {(a.server, key_of(a.name, a.version)) for a in placement.actions if isinstance(a, ModelUnload)}
     servers = []
     for server in sorted(live, key=lambda s: s.index):
         models = []
@@ -602,7 +607,7 @@ def _status(obs: PoolObservation, limit: int, live: list[Server], placement: _Pl
             size = model.bytes or server.ledger.sizes.get(key)
             entry: dict[str, Any] = {"name": model.name, "version": model.version, "ready": model.ready,
                                      "measured": size is not None}
-            if (server.name, key) in placement.leaving:
+            if (server.name, key) in placement.leaving or (server.name, key) in unloading:
                 entry["leaving"] = True
             entry["bytes"] = size or (wanted[key].size if key in wanted else None)
             if entry["bytes"] is None:
