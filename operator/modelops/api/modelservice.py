@@ -420,6 +420,8 @@ class ColdStartStatus(ApiModel):
     """When the activator reported the first request held now (unset while nothing is held)."""
     held: int | None = None
     """Requests the activators hold now."""
+    woken_at: str | None = None
+    """When the operator saw demand with nothing ready (cleared once a replica is ready)."""
     last_seconds: float | None = None
     """The last cold start: demand seen to the model ready on a pod (or copy)."""
     last_time: str | None = None
