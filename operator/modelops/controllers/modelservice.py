@@ -24,7 +24,7 @@ from modelops.resources import modelservice as build
 from modelops.resources.meta import Claim, by_claim, is_ours
 from modelops.resources.plan import with_orphans
 from modelops.resources.pods import Wait, pod_wait
-from modelops.resources.scale_to_zero import Demand, scales_to_zero
+from modelops.resources.scale_to_zero import Demand, scales_to_zero, targets_name
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
 from modelops.resources import modelpool as build_pool
@@ -183,7 +183,8 @@ def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObse
     pools = ctx.caches.stores.get("ModelPool")
     pool = pools.get(meta.namespace, spec.pool or "") if pools is not None else None
     servers = ctx.caches.store("Pod").by_index("owner", pool["metadata"]["uid"]) if pool else []
-    keep = {("Service", build.service_name(meta)), ("EndpointSlice", build.service_name(meta))}
+    keep = {("Service", build.service_name(meta)), ("EndpointSlice", build.service_name(meta)),
+            *((("EndpointSlice", targets_name(meta)),) if scales_to_zero(spec) else ())}
     owned = [(o["apiVersion"], o["kind"], o["metadata"]["name"])
              for kind in ("Deployment", "ConfigMap", "HorizontalPodAutoscaler", "Service", "EndpointSlice")
              for o in ctx.caches.store(kind).by_index("owner", meta.uid) if (kind, o["metadata"]["name"]) not in keep]
@@ -202,7 +203,9 @@ def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObse
         analysis=sample_pooled_analysis(ctx.prometheus, spec.model.name, pool_label, state, window)
         if window else None,
         evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
-                         if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)])
+                         if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)],
+        activators=ctx.demand.addresses() if ctx.demand and scales_to_zero(spec) else (),
+        held=ctx.demand.snapshot(meta.namespace, meta.name).held if ctx.demand and scales_to_zero(spec) else 0)
 
 
 def released_pods(ctx: Context, meta: build.ServiceMeta) -> list[str]:

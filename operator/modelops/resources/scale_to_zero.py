@@ -94,17 +94,24 @@ def routing(meta: build.ServiceMeta, model: str, version: int | None, pods: list
                                                      SLICE_MANAGER_LABEL: SLICE_MANAGER}),
               "addressType": "IPv4", "endpoints": endpoints,
               "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in ports]}
-    targets_meta = meta.child_metadata(targets_name(meta), {**meta.selector, TARGETS_LABEL: "true",
-                                                            SERVICE_LABEL: meta.name})
-    targets_meta["annotations"] = {MODEL_ANNOTATION: model, VERSION_ANNOTATION: str(version or 0),
-                                   REASON_ANNOTATION: reason}
-    targets = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": targets_meta,
-               "addressType": "IPv4",
-               "endpoints": [{"addresses": [p["status"]["podIP"]],
-                              "targetRef": {"kind": "Pod", "name": p["metadata"]["name"],
-                                            "namespace": meta.namespace}} for p in running],
-               "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in ACTIVATOR_PORTS]}
+    targets = targets_slice(meta, model, version or 0, running, reason)
     return [service, served, targets]
+
+
+def targets_slice(meta: build.ServiceMeta, model: str, version: int, pods: list[dict[str, Any]],
+                  reason: str) -> dict[str, Any]:
+    """What the activator reads (activator/routing.backend_from_slice): the model, its version, why nothing
+    is ready, and every pod (or pool server) that may become ready. No kubernetes.io/service-name label:
+    kube-proxy ignores it."""
+    metadata = meta.child_metadata(targets_name(meta), {**meta.selector, TARGETS_LABEL: "true",
+                                                        SERVICE_LABEL: meta.name})
+    metadata["annotations"] = {MODEL_ANNOTATION: model, VERSION_ANNOTATION: str(version), REASON_ANNOTATION: reason}
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": metadata,
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [p["status"]["podIP"]],
+                           "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": meta.namespace}}
+                          for p in sorted(pods, key=lambda p: p["metadata"]["name"])],
+            "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in ACTIVATOR_PORTS]}
 
 
 def targets_name(meta: build.ServiceMeta) -> str:
