@@ -11,7 +11,7 @@ from typing import Any
 from modelops.activator import routing as activator
 from modelops.api.modelservice import ModelServiceSpec
 from modelops.clock import rfc3339
-from modelops.engine.demand import merge, ready_addresses, woken
+from modelops.engine.demand import admin_port, merge, ready_addresses, woken
 from modelops.resources import modelservice as build
 from modelops.resources import scale_to_zero as zero
 from modelops.resources.modelservice_plan import (ANNOTATION_ROLE, MetricReading, ObservedRevision,
@@ -168,3 +168,4 @@ def test_demand_is_summed_over_activators_and_a_rise_wakes_the_modelservice() ->
                               {"addresses": ["10.0.9.3"], "conditions": {"ready": False}}]},
                {"endpoints": [{"addresses": ["10.0.9.1"]}]}]
     assert ready_addresses(slices_) == ("10.0.9.1", "10.0.9.2")
+    assert admin_port(slices_) == 9090 and admin_port([{"ports": [{"name": "admin", "port": 9191}]}]) == 9191

@@ -46,6 +46,12 @@ def woken(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             if (entry or {}).get("held", 0) > ((old.get(key) or {}).get("held") or 0)]
 
 
+def admin_port(slices: list[dict[str, Any]]) -> int:
+    """The port named admin on the activator Service's slices (its /demand), else the chart's 9090."""
+    return next((int(p["port"]) for s in slices for p in s.get("ports") or []
+                 if p.get("name") == "admin" and isinstance(p.get("port"), int)), ADMIN_PORT)
+
+
 def ready_addresses(slices: list[dict[str, Any]]) -> tuple[str, ...]:
     """The ready endpoints' addresses of a Service's EndpointSlices."""
     return tuple(sorted({address for s in slices for e in s.get("endpoints") or []
@@ -56,8 +62,8 @@ class ActivatorDemand:
     """Long polls of every activator pod; `service` is "namespace/name" of the activator's Service."""
 
     def __init__(self, kube: Kube, service: str, enqueue: Callable[[tuple[str, str, str]], None], *,
-                 port: int = ADMIN_PORT, wait: float = WAIT_SECONDS) -> None:
-        self.kube, self.enqueue, self.port, self.wait = kube, enqueue, port, wait
+                 wait: float = WAIT_SECONDS) -> None:
+        self.kube, self.enqueue, self.port, self.wait = kube, enqueue, ADMIN_PORT, wait
         self.namespace, _, self.name = service.partition("/")
         self._lock = threading.Lock()
         self._answers: dict[str, dict[str, Any]] = {}
@@ -87,6 +93,7 @@ class ActivatorDemand:
             try:
                 slices, _ = self.kube.list_objects("discovery.k8s.io/v1", "EndpointSlice", self.namespace,
                                                    labels=f"kubernetes.io/service-name={self.name}")
+                self.port = admin_port(slices)
                 self._set_addresses(ready_addresses(slices))
             except ApiError as error:
                 log.warning("could not list the activator's endpoints %s/%s: %s", self.namespace, self.name, error)

@@ -166,7 +166,7 @@ def plan_service(seen: ServiceObservation) -> Plan:
     action = seen.action if seen.action in ("promote", "abort") else None
     decision, analysis = _decide_rollout(seen, observed, action)
     total, autoscaling, memory = _scale(seen, observed)
-    zero = scales_to_zero(spec) and bool(seen.activators or seen.slices)
+    zero = scales_to_zero(spec)  # (its Service is selector-less from the start: no flip of the Service itself)
     serving = [observed[r] for r in (state.stable, state.canary) if r in observed]
     draining = zero and total == 0 and any(r.replicas for r in serving)
     if draining:  # the Service's slice goes to the activator first; the replicas after kube-proxy's lag
