@@ -93,15 +93,15 @@ class ActivatorDemand:
             try:
                 slices, _ = self.kube.list_objects("discovery.k8s.io/v1", "EndpointSlice", self.namespace,
                                                    labels=f"kubernetes.io/service-name={self.name}")
-                self.port = admin_port(slices)
-                self._set_addresses(ready_addresses(slices))
+                self.set_addresses(ready_addresses(slices), admin_port(slices))
             except ApiError as error:
                 log.warning("could not list the activator's endpoints %s/%s: %s", self.namespace, self.name, error)
             self._stop.wait(LIST_SECONDS)
 
-    def _set_addresses(self, addresses: tuple[str, ...]) -> None:
+    def set_addresses(self, addresses: tuple[str, ...], port: int = ADMIN_PORT) -> None:
+        """Poll these activator pods (their admin port): new ones start a long poll, gone ones stop theirs."""
         with self._lock:
-            self._addresses = addresses
+            self._addresses, self.port = addresses, port
             for gone in set(self._pollers) - set(addresses):
                 self._pollers.pop(gone).set()
                 self._answers.pop(gone, None)
