@@ -1,11 +1,12 @@
 """Scale to zero against the real API server (local cluster, kwok pods: no Triton, so no pod passes the model
 check and the ModelService's Service stays on the activator): minReplicas 0 admitted (and refused with an
-HPA), the operator reading the activator's addresses from its Service's EndpointSlices and writing the two
-slices docs/scale-to-zero.md describes. Zero after idle needs Triton's metrics in Prometheus: e2e, not here."""
+HPA), the operator reading the activator's addresses from its Service's EndpointSlices and writing the
+activator's slice of the ModelService's Service and the activator-target slice. Zero after idle needs Triton's metrics in Prometheus: e2e, not here."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,16 +91,13 @@ def test_nothing_ready_routes_to_the_activator_which_is_told_the_pods_and_the_mo
                                               if (p.get("status") or {}).get("podIP")), what="activator pod IP")
     kube.kubectl("apply", "-f", "-", stdin=model_service("digits"))
 
-    service = eventually(lambda: (s := service_spec(kube)) and "selector" not in s and s,
-                         timeout=60, what="a selector-less Service")
-    assert {p["name"]: p["port"] for p in service["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
-
     def routed() -> list[str]:
-        found = slices(kube, "digits").get("digits") or {}
+        found = slices(kube, "digits").get("digits-activator") or {}
         return sorted(a for e in found.get("endpoints") or [] for a in e["addresses"])
     eventually(lambda: routed() == activator_ips, timeout=60, what="the Service's slice listing the activator")
-    found = slices(kube, "digits")["digits"]
+    found = slices(kube, "digits")["digits-activator"]
     assert found["metadata"]["labels"]["kubernetes.io/service-name"] == "digits"
+    assert service_spec(kube)["selector"] == {"modelops.dev/model-service": "digits"}
 
     # a new ModelService at minReplicas 0 starts at one replica (its model checked once); its pod is a target
     serving = eventually(lambda: [p for p in get_json(kube, "pods", "-l", "modelops.dev/model-service=digits")["items"]
@@ -113,9 +111,24 @@ def test_nothing_ready_routes_to_the_activator_which_is_told_the_pods_and_the_mo
     assert [t.host for t in backend.targets] == [serving[0]["status"]["podIP"]]
     assert "kubernetes.io/service-name" not in slices(kube, "digits")["digits-activator-targets"]["metadata"]["labels"]
 
-    # back to minReplicas 1: the Service selects its pods again and the operator's slices go
+    # back to minReplicas 1: the operator's slices go
     kube.kubectl("patch", "ms", "digits", "--type=merge", "-p", '{"spec": {"autoscaling": {"minReplicas": 1}}}')
-    eventually(lambda: get_json(kube, "service", "digits")["spec"].get("selector"), timeout=60,
-               what="the selector back")
-    eventually(lambda: not {"digits", "digits-activator-targets"} & set(slices(kube, "digits")), timeout=60,
-               what="the operator's slices removed")
+    eventually(lambda: not {"digits-activator", "digits-activator-targets"} & set(slices(kube, "digits")),
+               timeout=60, what="the operator's slices removed")
+
+
+
+def test_a_service_that_loses_its_selector_keeps_the_endpointslice_controllers_slices(kube, crds_installed) -> None:  # type: ignore[no-untyped-def]
+    """Why the ModelService's Service keeps its selector at minReplicas 0 (the activator gets a second slice):
+    on this Kubernetes a Service that loses its selector keeps the slices the controller wrote for it, so
+    kube-proxy would go on routing to pods that are gone."""
+    kube.kubectl("apply", "-f", "-", stdin=ACTIVATOR)
+
+    def controller_slices() -> list[str]:
+        items = get_json(kube, "endpointslices", "-l", "kubernetes.io/service-name=activator,"
+                         "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io")["items"]
+        return [s["metadata"]["name"] for s in items if s.get("endpoints")]
+    kept = eventually(controller_slices, timeout=60, what="the controller's slice of the selecting Service")
+    kube.kubectl("patch", "service", "activator", "--type=merge", "-p", '{"spec": {"selector": null}}')
+    time.sleep(5)
+    assert controller_slices() == kept

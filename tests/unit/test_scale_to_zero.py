@@ -78,15 +78,18 @@ def test_idle_for_the_whole_period_routes_to_the_activator_first_then_drops_the_
     assert plan.status["autoscaling"]["desiredReplicas"] == 0
     assert "no request for 60s" in plan.status["autoscaling"]["reason"]
     service = next(o for o in plan.apply if o["kind"] == "Service")
-    assert "selector" not in service["spec"]  # its endpoints are the slice the operator writes
-    routed = slices(plan)["digits"]
+    assert service["spec"]["selector"] == MS.selector  # the EndpointSlice controller keeps listing ready pods
+    routed = slices(plan)["digits-activator"]  # a second slice of the same Service: kube-proxy merges them
     assert addresses(routed) == list(ACTIVATORS) and {p["name"] for p in routed["ports"]} == {"http", "grpc"}
     assert routed["metadata"]["labels"]["kubernetes.io/service-name"] == "digits"
     assert replicas_written(plan) == 1 and plan.requeue_after == zero.DRAIN_SECONDS  # kube-proxy's lag first
 
     later = NOW + timedelta(seconds=6)
     again = plan_service(seen(1, 1, pods=serving, now=later, previous=plan.status, memory=plan.memory))
-    assert replicas_written(again) == 0 and addresses(slices(again)["digits"]) == list(ACTIVATORS)
+    assert replicas_written(again) == 0 and addresses(slices(again)["digits-activator"]) == list(ACTIVATORS)
+    left = plan_service(seen(0, 0, now=later, previous=again.status, memory=plan.memory,
+                             slices=("digits", "digits-activator", "digits-activator-targets")))
+    assert [(d.kind, d.name) for d in left.delete] == [("EndpointSlice", "digits")]  # (from serving in a pool)
 
 
 def test_missing_metrics_recent_scaling_or_no_activator_never_scale_to_zero() -> None:
@@ -120,7 +123,7 @@ def test_demand_at_zero_scales_up_at_once_and_the_activator_learns_why_the_pod_w
     waiting = seen(1, 0, memory=plan.memory, demand=held, previous=plan.status, pods=[pod("digits-b", ready=False)],
                    wait=stuck, wait_pod="digits-b", waiting=1, now=NOW + timedelta(seconds=3))
     plan = plan_service(waiting)
-    routed, targets = slices(plan)["digits"], slices(plan)["digits-activator-targets"]
+    routed, targets = slices(plan)["digits-activator"], slices(plan)["digits-activator-targets"]
     assert addresses(routed) == list(ACTIVATORS)
     backend = activator.backend_from_slice(targets)
     assert backend is not None and (backend.namespace, backend.name, backend.model, backend.version) == \
@@ -134,18 +137,17 @@ def test_demand_at_zero_scales_up_at_once_and_the_activator_learns_why_the_pod_w
                     observed={REVISION: replace(waiting.observed[REVISION], ready_replicas=1, wait=None)},
                     demand=zero.Demand(), previous=plan.status)
     plan = plan_service(ready)
-    assert addresses(slices(plan)["digits"]) == ["10.1.0.8"]
-    assert {p["name"] for p in slices(plan)["digits"]["ports"]} == {"http", "grpc", "metrics"}
+    assert addresses(slices(plan)["digits-activator"]) == []  # the pod, listed by the EndpointSlice controller
     assert plan.status["coldStart"] == {"lastSeconds": 7.5, "lastTime": rfc3339(NOW + timedelta(seconds=7.5))}
 
 
 def test_without_zero_the_service_selects_its_pods_and_leftover_slices_go() -> None:
     observation = seen(1, 1, pods=[pod("digits-a", ready=True)], activators=(), spec=spec(minReplicas=1),
-                       slices=("digits", "digits-activator-targets"))
+                       slices=("digits-activator", "digits-activator-targets"))
     plan = plan_service(observation)
     service = next(o for o in plan.apply if o["kind"] == "Service")
     assert service["spec"]["selector"] == MS.selector and not slices(plan)
-    assert {(d.kind, d.name) for d in plan.delete} == {("EndpointSlice", "digits"),
+    assert {(d.kind, d.name) for d in plan.delete} == {("EndpointSlice", "digits-activator"),
                                                        ("EndpointSlice", "digits-activator-targets")}
     assert "coldStart" not in plan.status
 

@@ -16,7 +16,8 @@ from modelops.resources.evaluation_plan import plan_gate
 from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL
 from modelops.resources.plan import Delete, Patch, Plan
 from modelops.resources.pods import Wait, limited, wait_event
-from modelops.resources.scale_to_zero import DRAIN_SECONDS, Demand, routing, scales_to_zero, zero_decision
+from modelops.resources.scale_to_zero import (DRAIN_SECONDS, Demand, activator_slice_name, routing, scales_to_zero,
+                                             targets_name, zero_decision)
 from modelops.rollout import evaluation
 from modelops.rollout.analysis import CanarySample, judge, latency_ratio
 from modelops.rollout.canary import (ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, Verdict,
@@ -166,7 +167,7 @@ def plan_service(seen: ServiceObservation) -> Plan:
     action = seen.action if seen.action in ("promote", "abort") else None
     decision, analysis = _decide_rollout(seen, observed, action)
     total, autoscaling, memory = _scale(seen, observed)
-    zero = scales_to_zero(spec)  # (its Service is selector-less from the start: no flip of the Service itself)
+    zero = scales_to_zero(spec)
     serving = [observed[r] for r in (state.stable, state.canary) if r in observed]
     draining = zero and total == 0 and any(r.replicas for r in serving)
     if draining:  # the Service's slice goes to the activator first; the replicas after kube-proxy's lag
@@ -201,7 +202,8 @@ def plan_service(seen: ServiceObservation) -> Plan:
         delete=[Delete(api_version, kind, name) for api_version, kind, name in revisions.delete] +
         [Delete("v1", "Pod", name) for name in gate.delete] +
         [Delete("v1", "Pod", name, even_if_refused=True, orphan=True) for name in seen.released_pods] +
-        ([] if zero else [Delete("discovery.k8s.io/v1", "EndpointSlice", name) for name in seen.slices]),
+        [Delete("discovery.k8s.io/v1", "EndpointSlice", name) for name in seen.slices
+         if not (zero and name in (activator_slice_name(meta), targets_name(meta)))],
         status=revisions.status, events=revisions.events, requeue_after=min(requeue),
         own_patch={"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}
         if action and decision and decision.action_used else None,
@@ -342,8 +344,7 @@ class PlanInputs:
     """The evaluation records as the Deployments hold them before this pass (to tell what changed)."""
     followed_missing: bool = False
     routing: list[dict[str, Any]] | None = None
-    """At minReplicas 0: the selector-less Service and its slices (scale_to_zero.routing), instead of the
-    Service that selects the pods."""
+    """At minReplicas 0: the Service and the activator's slices (scale_to_zero.routing)."""
 
 
 def state_from_status(status: dict[str, Any]) -> RolloutState:

@@ -71,31 +71,31 @@ def zero_decision(scaling: Autoscaling, current: int, decided: int, requests: fl
 
 def routing(meta: build.ServiceMeta, model: str, version: int | None, pods: list[dict[str, Any]],
             activators: tuple[str, ...], to_zero: bool, reason: str) -> list[dict[str, Any]]:
-    """The selector-less Service, its EndpointSlice (the pods where the model is ready, else the activators;
-    the activators as soon as the replicas are to go), and the activator-target slice."""
+    """The Service (it keeps selecting its pods: the EndpointSlice controller lists the ready ones), a slice
+    of ours under the same Service that lists the activator pods while no pod is ready or the replicas are to
+    go (and nothing otherwise), and the activator-target slice.
+
+    Why not a selector-less Service, as the design first said: a Service that loses its selector keeps the
+    slices the EndpointSlice controller wrote (Kubernetes 1.33, tests/integration/test_scale_to_zero.py), so
+    kube-proxy would go on routing to pods that are gone. kube-proxy merges every slice of a Service; a pod
+    is listed ready only once the model check passed (its readiness gate), so "ready" is Triton's word."""
     running = sorted((p for p in pods if (p.get("status") or {}).get("podIP")
                       and not p["metadata"].get("deletionTimestamp")), key=lambda p: p["metadata"]["name"])
-    ready = [] if to_zero else [p for p in running if (build.model_ready_condition(p) or {}).get("status") == "True"
-                                and _pod_ready(p)]
+    ready = [p for p in running if (build.model_ready_condition(p) or {}).get("status") == "True" and _pod_ready(p)]
     name = build.service_name(meta)
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta.child_metadata(name, meta.selector),
-               "spec": {"ports": [{"name": n, "port": port, "targetPort": port, "protocol": "TCP"}
-                                  for n, port in (*ACTIVATOR_PORTS, ("metrics", build.METRICS_PORT))]}}
-    if ready:
-        endpoints = [{"addresses": [p["status"]["podIP"]], "conditions": {"ready": True},
-                      "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": meta.namespace}}
-                     for p in ready]
-        ports = [*ACTIVATOR_PORTS, ("metrics", build.METRICS_PORT)]
-    else:  # the activator holds the requests; no metrics port: its metrics are not the model's
-        endpoints = [{"addresses": [address], "conditions": {"ready": True}} for address in sorted(activators)]
-        ports = list(ACTIVATOR_PORTS)
+    listed = sorted(activators) if to_zero or not ready else []
     served = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-              "metadata": meta.child_metadata(name, {**meta.selector, SERVICE_NAME_LABEL: name,
-                                                     SLICE_MANAGER_LABEL: SLICE_MANAGER}),
-              "addressType": "IPv4", "endpoints": endpoints,
-              "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in ports]}
-    targets = targets_slice(meta, model, version or 0, running, reason)
-    return [service, served, targets]
+              "metadata": meta.child_metadata(activator_slice_name(meta),
+                                              {**meta.selector, SERVICE_NAME_LABEL: name,
+                                               SLICE_MANAGER_LABEL: SLICE_MANAGER}),
+              "addressType": "IPv4",
+              "endpoints": [{"addresses": [address], "conditions": {"ready": True}} for address in listed],
+              "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in ACTIVATOR_PORTS]}
+    return [build.service(meta), served, targets_slice(meta, model, version or 0, running, reason)]
+
+
+def activator_slice_name(meta: build.ServiceMeta) -> str:
+    return f"{build.service_name(meta)}-activator"
 
 
 def targets_slice(meta: build.ServiceMeta, model: str, version: int, pods: list[dict[str, Any]],
