@@ -90,6 +90,8 @@ def test_idle_for_the_whole_period_routes_to_the_activator_first_then_drops_the_
     left = plan_service(seen(0, 0, now=later, previous=again.status, memory=plan.memory,
                              slices=("digits", "digits-activator", "digits-activator-targets")))
     assert [(d.kind, d.name) for d in left.delete] == [("EndpointSlice", "digits")]  # (from serving in a pool)
+    ready = next(c for c in left.status["conditions"] if c["type"] == "Ready")
+    assert (left.status["phase"], ready["status"], ready["reason"]) == ("Ready", "True", "ScaledToZero")
 
 
 def test_missing_metrics_recent_scaling_or_no_activator_never_scale_to_zero() -> None:

@@ -544,6 +544,11 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     if waiting and not stable_failure:  # the scheduler's or kubelet's words, where a user looks first
         ready_message = limited(f"{ready_message}; {waiting.describe_wait()}" if serving or message
                                 else waiting.describe_wait())
+    if not serving and not desired and phase == "Ready" and inputs.routing is not None and not stable_failure:
+        # at zero by design (minReplicas 0): healthy, and the activator answers for it
+        serving, ready_reason = True, "ScaledToZero"
+        ready_message = (f"0 replicas: no request for {spec.autoscaling.scale_to_zero_after_seconds}s; the "  # type: ignore[union-attr]
+                         f"activator holds the next requests and brings version {state.stable_version} back")
     conditions = [
         Cond("Ready", serving, ready_reason, ready_message),
         Cond("Progressing", bool(canary), outcome or "Waiting", message if canary else ""),
