@@ -1,9 +1,10 @@
-"""Pure: scale to zero for a dedicated ModelService (autoscaling.minReplicas 0; docs/scale-to-zero.md).
+"""Pure: scale to zero for a ModelService (autoscaling.minReplicas 0; docs/scale-to-zero.md).
 
-When replicas may go to zero, and when demand brings them back; and what routes to the ModelService: a
-selector-less Service whose EndpointSlice lists the pods where the model check passed or, while there are none,
-the activator pods; plus the activator-target slice telling the activator which pods to wait for and why they
-are not ready yet. The operator writes both; the activator only reads the second."""
+When a dedicated ModelService's replicas may go to zero, and when demand brings them back; and what routes
+to it: its Service keeps selecting its pods (ready only once the model check passed), and a second slice of
+ours under that Service lists the activator pods while no pod is ready; plus the activator-target slice
+telling the activator which pods (or pool servers) to wait for and why they are not ready yet. The operator
+writes both slices; the activator only reads the second."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ SERVICE_LABEL = "modelops.dev/modelservice"
 MODEL_ANNOTATION = "modelops.dev/model"
 VERSION_ANNOTATION = "modelops.dev/model-version"
 REASON_ANNOTATION = "modelops.dev/not-ready-reason"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # (as pooled_service_plan: it imports this module's importer)
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # (the same names as pooled_service_plan's)
 SLICE_MANAGER_LABEL = "endpointslice.kubernetes.io/managed-by"
 SLICE_MANAGER = "modelops.dev"
 DRAIN_SECONDS = 5.0
