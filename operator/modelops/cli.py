@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--check-workers", type=int, default=4, help="model checks run in parallel")
     run.add_argument("--prometheus-url", default=os.environ.get("MODELOPS_PROMETHEUS_URL", ""),
                      help="Prometheus for autoscaling and canary analysis (env MODELOPS_PROMETHEUS_URL)")
+    run.add_argument("--activator-service", default=os.environ.get("MODELOPS_ACTIVATOR_SERVICE", ""),
+                     help="namespace/name of the activator's Service: its pods' /demand brings ModelServices back "
+                          "from zero (env MODELOPS_ACTIVATOR_SERVICE; unset: nothing scales to zero)")
     run.set_defaults(handler=_run)
 
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
@@ -90,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace, liveness_port=args.liveness_port, metrics_port=args.metrics_port,
         log_format=args.log_format, verbose=args.verbose, peering=args.peering, priority=args.priority,
         peering_lifetime=args.peering_lifetime, prometheus_url=args.prometheus_url, workers=args.workers,
+        activator_service=args.activator_service,
         check_workers=args.check_workers))
 
 

@@ -36,6 +36,7 @@ class RunOptions:
     priority: int = 0
     peering_lifetime: int = 10
     prometheus_url: str = ""
+    activator_service: str = ""
     workers: int = 16
     check_workers: int = 4
 
@@ -111,7 +112,8 @@ def run_operator(options: RunOptions) -> int:
         Kube.from_environment(), Prometheus(options.prometheus_url),
         [TrainingJobController(), ModelServiceController(), ModelPoolController()],
         EngineOptions(namespaces=options.namespaces, workers=options.workers, check_workers=options.check_workers,
-                      peering=options.peering, identity=identity, priority=options.priority),
+                      peering=options.peering, identity=identity, priority=options.priority,
+                      activator=options.activator_service),
         checker=check_pod)
     liveness = f"http://0.0.0.0:{options.liveness_port}/healthz" if options.liveness_port else None
     kopf.run(

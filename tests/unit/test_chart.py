@@ -198,6 +198,15 @@ def test_the_activator_reads_only_endpointslices(render, flags: list[str], names
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     [budget] = find(docs, "PodDisruptionBudget", name)
     assert budget["spec"]["maxUnavailable"] == 1
+    # the operator long-polls the activator pods' /demand: their addresses from its Service's EndpointSlices
+    operator = next(w for kind in ("Deployment", "StatefulSet") for w in find(docs, kind)
+                    if w["metadata"]["name"] == f"{RELEASE}-modelops")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELOPS_ACTIVATOR_SERVICE"] == f"{NAMESPACE}/{name}"
+    if namespaces:  # the release's namespace is not among the watched ones: a Role of its own there
+        [reader] = [r for r in find(docs, "Role", f"{RELEASE}-modelops-activator-endpoints")]
+        assert reader["metadata"]["namespace"] == NAMESPACE
+        assert rules_of(reader) == {("discovery.k8s.io", "endpointslices"): verbs("list")}
 
 
 def test_peering_cluster_wide(render) -> None:  # type: ignore[no-untyped-def]

@@ -185,3 +185,23 @@ def test_a_pooled_model_service_is_refused_what_a_pool_cannot_do_by_both_checker
         with pytest.raises(ValidationError, match=words):
             ModelServiceSpec.model_validate({**base, **bad})
         ModelServiceSpec.model_validate({**base, **bad, "pool": None})  # the same without a pool is fine
+
+
+def test_zero_replicas_are_allowed_with_the_builtin_autoscaler_only_by_both_checkers() -> None:
+    """minReplicas 0 (scale to zero) with its idle period; an HPA cannot bring a ModelService back from zero."""
+    import pytest
+    from pydantic import ValidationError
+
+    from modelops.api.modelservice import ZERO_HPA, Autoscaling
+
+    schema = spec_schema("ModelService")["properties"]["autoscaling"]
+    assert schema["properties"]["minReplicas"]["minimum"] == 0
+    assert schema["properties"]["scaleToZeroAfterSeconds"]["default"] == 300
+    assert {"rule": "self.minReplicas >= 1 || self.provider == 'builtin'", "message": ZERO_HPA} in \
+        schema["x-kubernetes-validations"]
+    zero = Autoscaling.model_validate({"minReplicas": 0, "target": 5})
+    assert (zero.min_replicas, zero.scale_to_zero_after_seconds) == (0, 300)
+    with pytest.raises(ValidationError, match="HorizontalPodAutoscaler cannot scale to zero"):
+        Autoscaling.model_validate({"minReplicas": 0, "target": 5, "provider": "hpa"})
+    with pytest.raises(ValidationError):
+        Autoscaling.model_validate({"minReplicas": 0, "target": 5, "scaleToZeroAfterSeconds": 1})

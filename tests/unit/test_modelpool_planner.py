@@ -352,3 +352,26 @@ def test_with_the_prometheus_operator_a_pod_monitor_scrapes_the_pools_servers() 
     assert monitor["spec"]["selector"] == {"matchLabels": {"modelops.dev/model-pool": "shared"}}
     assert monitor["spec"]["podTargetLabels"] == ["modelops.dev/model-pool"]
     assert not [o for o in plan_pool(observe(server(0), demands=[])).apply if o["kind"] == "PodMonitor"]
+
+
+def test_at_min_zero_a_copy_comes_on_demand_and_goes_after_the_idle_period_the_pool_staying_up() -> None:
+    """autoscaling.minReplicas 0: no copy until the activator holds a request; then one at once; unloaded
+    (leaving first, out of the Service's endpoints) once Triton's last inference is scaleToZeroAfterSeconds old."""
+    scaling = Autoscaling(min_replicas=0, max_replicas=2, target=1000, scale_to_zero_after_seconds=60)
+    idle = demand("a", copies=0, max_copies=2, autoscaling=scaling)
+    quiet = plan_pool(observe(server(0), demands=[idle]))
+    assert loads(quiet) == [] and quiet.memory.copies["a:1"].desired == 0
+    asked = plan_pool(observe(server(0), demands=[replace(idle, held=4)], memory=quiet.memory))
+    assert loads(asked) == [("shared-s0", "a", 1)]
+
+    # loaded, answered a request at NOW + 10 s (Triton's last_inference), then nothing
+    last_ms = int((NOW + timedelta(seconds=10)).timestamp() * 1000)
+    loaded = server(0, resident("a", last=last_ms, count=1))
+    busy = plan_pool(observe(loaded, demands=[idle], memory=asked.memory, now=NOW + timedelta(seconds=40)))
+    assert busy.model_actions == [] and busy.memory.copies["a:1"].desired == 1
+    gone = plan_pool(observe(loaded, demands=[idle], memory=busy.memory, now=NOW + timedelta(seconds=71)))
+    assert gone.memory.copies["a:1"].desired == 0
+    assert gone.status["servers"][0]["models"][0]["leaving"] is True  # out of the endpoints first
+    unloaded = plan_pool(observe(loaded, demands=[idle], memory=gone.memory, now=NOW + timedelta(seconds=77)))
+    assert unloads(unloaded) == [("shared-s0", "a", False)]
+    assert [s["name"] for s in unloaded.status["servers"]] == ["shared-s0"]  # the pool stays

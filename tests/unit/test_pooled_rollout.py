@@ -277,3 +277,27 @@ def test_a_first_version_is_placed_then_waits_for_its_gate_before_it_serves() ->
     assert loaded.status["conditions"][0]["reason"] == "EvaluationPending" and listed(loaded) == []
     [pod] = [o for o in loaded.apply if o["kind"] == "Pod"]
     assert "--stable" not in pod["spec"]["containers"][0]["args"]  # the first version: judged on its own
+
+
+def test_at_zero_copies_the_service_goes_to_the_activator_which_asks_every_pool_server() -> None:
+    """autoscaling.minReplicas 0: with no ready copy its slice lists the activator pods; the activator-target
+    slice lists the running pool servers (the one that loads the copy answers ready first); back to the copy
+    once it is ready."""
+    from modelops.activator.routing import backend_from_slice
+
+    at_zero = ModelServiceSpec.model_validate({**spec().wire(), "autoscaling": {"minReplicas": 0, "target": 1000}})
+    stable = {"stable": "churn-v4", "stableVersion": 4}
+    empty = {"metadata": {"name": "shared", "namespace": "ml", "uid": "uid-shared"},
+             "status": {"servers": [{"name": "shared-s0", "models": []}, {"name": "shared-s1", "models": []}]}}
+    plan = plan_pooled_service(observe(at_zero, empty, stable, activators=("10.9.0.2", "10.9.0.1"), held=2))
+    slices = {o["metadata"]["name"]: o for o in plan.apply if o["kind"] == "EndpointSlice"}
+    assert [e["addresses"] for e in slices["churn"]["endpoints"]] == [["10.9.0.1"], ["10.9.0.2"]]
+    backend = backend_from_slice(slices["churn-activator-targets"])
+    assert backend is not None and (backend.model, backend.version) == ("churn", 4)
+    assert [t.host for t in backend.targets] == ["10.0.0.0", "10.0.0.1"]
+    assert plan.status["coldStart"] == {"held": 2}
+
+    loaded = {**empty, "status": {"servers": [{"name": "shared-s0", "models": [
+        {"name": "churn", "version": 4, "ready": True}]}, {"name": "shared-s1", "models": []}]}}
+    plan = plan_pooled_service(observe(at_zero, loaded, stable, activators=("10.9.0.1",)))
+    assert listed(plan) == ["shared-s0"] and "coldStart" not in plan.status

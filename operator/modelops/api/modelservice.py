@@ -126,14 +126,21 @@ class ScalingRules(ApiModel):
     period_seconds: int = Field(15, ge=1, le=1800)
 
 
+ZERO_HPA = ("minReplicas 0 needs autoscaling.provider builtin: a HorizontalPodAutoscaler cannot scale to zero "
+            "(HPAScaleToZero is an alpha feature gate), and only the operator brings a ModelService back from zero")
+
+
 class Autoscaling(ApiModel):
     """Scale the serving replicas from Triton's metrics (through Prometheus)."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+        cel("self.minReplicas >= 1 || self.provider == 'builtin'", ZERO_HPA),
     ]})
 
-    min_replicas: int = Field(1, ge=1, le=1000)
+    min_replicas: int = Field(1, ge=0, le=1000)
+    """0: scale to zero after scaleToZeroAfterSeconds without a request; the activator holds the requests that
+    come while nothing is ready (docs/scale-to-zero.md)."""
     max_replicas: int = Field(4, ge=1, le=1000)
     metric: Metric = "queueTimeMicroseconds"
     target: float = Field(gt=0)
@@ -145,6 +152,17 @@ class Autoscaling(ApiModel):
     scale_down: ScalingRules = Field(
         default_factory=lambda: ScalingRules(stabilization_window_seconds=300),
         json_schema_extra={"default": ScalingRules(stabilization_window_seconds=300).wire()})
+    scale_to_zero_after_seconds: int = Field(300, ge=10, le=86400)
+    """With minReplicas 0: how long without a request (Triton's success and failure counters, and no request
+    held by the activator) before the last replica or copy goes. 300 s is KEDA's cooldownPeriod default;
+    Knative's 60 s window plus 30 s grace suits containers that start in a second, not a model that takes tens
+    of seconds to load. Missing metrics never scale to zero."""
+
+    @model_validator(mode="after")
+    def _zero(self) -> Self:
+        if self.min_replicas == 0 and self.provider != "builtin":
+            raise ValueError(ZERO_HPA)
+        return self
 
 
 class RolloutStep(ApiModel):
@@ -395,6 +413,20 @@ class PooledStatus(ApiModel):
     """Where the new version is ready, while it is placed."""
 
 
+class ColdStartStatus(ApiModel):
+    """Scale from zero, as the operator sees it (the activator's histogram has every cold start)."""
+
+    held_since: str | None = None
+    """When the activator reported the first request held now (unset while nothing is held)."""
+    held: int | None = None
+    """Requests the activators hold now."""
+    woken_at: str | None = None
+    """When the operator saw demand with nothing ready (cleared once a replica is ready)."""
+    last_seconds: float | None = None
+    """The last cold start: demand seen to the model ready on a pod (or copy)."""
+    last_time: str | None = None
+
+
 class ModelServiceStatus(ApiModel):
     observed_generation: int | None = None
     phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
@@ -419,3 +451,5 @@ class ModelServiceStatus(ApiModel):
     url: str | None = None
     pool: PooledStatus | None = None
     """A pooled ModelService's copies (spec.pool)."""
+    cold_start: ColdStartStatus | None = None
+    """Scale to zero (autoscaling.minReplicas 0): requests held, and the last cold start's duration."""

@@ -69,3 +69,10 @@ def canary_queries(sel: str, window_seconds: int) -> dict[str, str]:
         "failure": f"sum(increase(nv_inference_request_failure{sel}[{window}]))",
         "p99_us": f'max(nv_inference_request_summary_us{{quantile="0.99",{sel[1:-1]}}})',
     }
+
+
+def requests_query(sel: str, seconds: int) -> str:
+    """Requests Triton answered (successes and failures) over the last `seconds`: the idle check before scaling
+    to zero. No series (a pod not scraped yet) gives no result, which never counts as idle."""
+    return (f"sum(increase(nv_inference_request_success{sel}[{seconds}s])) + "
+            f"sum(increase(nv_inference_request_failure{sel}[{seconds}s]))")

@@ -136,4 +136,6 @@ def demand_of(ctx: Context, ms: Obj) -> Demand | None:
                   routed=routed,
                   routed_version=stable.get("version") if isinstance(stable, dict) else None,
                   canary_version=canary.get("version") if isinstance(canary, dict) else None,
-                  canary_copies=int(canary.get("replicas") or 0) if isinstance(canary, dict) else 0)
+                  canary_copies=int(canary.get("replicas") or 0) if isinstance(canary, dict) else 0,
+                  held=ctx.demand.snapshot(ms["metadata"]["namespace"], ms["metadata"]["name"]).held
+                  if ctx.demand and scaling and scaling.min_replicas == 0 else 0)

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from modelops import API_VERSION
 from modelops.api.modelservice import ModelServiceSpec
-from modelops.autoscale.prometheus import Prometheus, PrometheusUnavailable, canary_queries, metric_queries, selector
+from modelops.autoscale.prometheus import (Prometheus, PrometheusUnavailable, canary_queries, metric_queries,
+                                          requests_query, selector)
 from modelops.controllers.common import claimants, end_orphans, refuse_invalid_spec, report_failure, write_plan
 from modelops.controllers.model_check import check_inputs
 from modelops.engine.cache import IndexFn, Obj, by_controller_uid, by_label, trim_pod
@@ -23,6 +24,7 @@ from modelops.resources import modelservice as build
 from modelops.resources.meta import Claim, by_claim, is_ours
 from modelops.resources.plan import with_orphans
 from modelops.resources.pods import Wait, pod_wait
+from modelops.resources.scale_to_zero import Demand, scales_to_zero, targets_name
 from modelops.resources.modelservice_plan import (AnalysisSample, MetricReading, ObservedRevision, ServiceMemory,
                                                   ServiceObservation, plan_service, rollout_state, with_evaluation)
 from modelops.resources import modelpool as build_pool
@@ -149,6 +151,8 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
     window = analysis_window(state, desired, spec.rollout, now) if desired else None
     hpa = ctx.caches.store("HorizontalPodAutoscaler").get(meta.namespace, build.service_name(meta))
     scaling = spec.autoscaling
+    due = scaling is not None and scaling.provider == "builtin" and memory.scaling_due(now)
+    zero = scales_to_zero(spec) and ctx.demand is not None
     return ServiceObservation(
         meta=meta, spec=spec, previous=previous, now=now, target=target, waiting=waiting, desired=desired,
         followed_missing=bool(spec.model.from_training_job)
@@ -160,8 +164,11 @@ def observe(ctx: Context, obj: Obj, spec: ModelServiceSpec, key: Key) -> Service
         evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
                          if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)],
         analysis=sample_analysis(ctx.prometheus, state, window) if window else None,
-        metric=read_metric(ctx.prometheus, spec, meta, observed, state)
-        if scaling and scaling.provider == "builtin" and memory.scaling_due(now) else None,
+        metric=read_metric(ctx.prometheus, spec, meta, observed, state) if due else None,
+        requests=read_requests(ctx.prometheus, spec, meta) if zero and due else None,
+        demand=ctx.demand.snapshot(meta.namespace, meta.name) if zero and ctx.demand else Demand(),
+        activators=ctx.demand.addresses() if zero and ctx.demand else (),
+        slices=tuple(o["metadata"]["name"] for o in ctx.caches.store("EndpointSlice").by_index("owner", meta.uid)),
         memory=memory, service_monitor=ctx.serves(*SERVICE_MONITOR),
         has_hpa=hpa is not None and (controller_owner(hpa) or {}).get("uid") == meta.uid)
 
@@ -176,7 +183,8 @@ def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObse
     pools = ctx.caches.stores.get("ModelPool")
     pool = pools.get(meta.namespace, spec.pool or "") if pools is not None else None
     servers = ctx.caches.store("Pod").by_index("owner", pool["metadata"]["uid"]) if pool else []
-    keep = {("Service", build.service_name(meta)), ("EndpointSlice", build.service_name(meta))}
+    keep = {("Service", build.service_name(meta)), ("EndpointSlice", build.service_name(meta)),
+            *((("EndpointSlice", targets_name(meta)),) if scales_to_zero(spec) else ())}
     owned = [(o["apiVersion"], o["kind"], o["metadata"]["name"])
              for kind in ("Deployment", "ConfigMap", "HorizontalPodAutoscaler", "Service", "EndpointSlice")
              for o in ctx.caches.store(kind).by_index("owner", meta.uid) if (kind, o["metadata"]["name"]) not in keep]
@@ -195,7 +203,9 @@ def observe_pooled(ctx: Context, obj: Obj, spec: ModelServiceSpec) -> PooledObse
         analysis=sample_pooled_analysis(ctx.prometheus, spec.model.name, pool_label, state, window)
         if window else None,
         evaluation_pods=[p for p in ctx.caches.store("Pod").by_index("owner", meta.uid)
-                         if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)])
+                         if (p["metadata"].get("labels") or {}).get(build.LABEL_EVALUATES)],
+        activators=ctx.demand.addresses() if ctx.demand and scales_to_zero(spec) else (),
+        held=ctx.demand.snapshot(meta.namespace, meta.name).held if ctx.demand and scales_to_zero(spec) else 0)
 
 
 def released_pods(ctx: Context, meta: build.ServiceMeta) -> list[str]:
@@ -347,3 +357,13 @@ def read_metric(prometheus: Prometheus, spec: ModelServiceSpec, meta: build.Serv
         return MetricReading(top)
     except PrometheusUnavailable as error:
         return MetricReading(None, f"metric unavailable: {error}")
+
+
+def read_requests(prometheus: Prometheus, spec: ModelServiceSpec, meta: build.ServiceMeta) -> MetricReading:
+    """Triton's requests over the idle period (scale to zero); no data or no Prometheus: value None."""
+    seconds = spec.autoscaling.scale_to_zero_after_seconds  # type: ignore[union-attr]
+    try:
+        return MetricReading(prometheus.scalar(requests_query(selector(modelops_dev_model_service=meta.label),
+                                                              seconds)))
+    except PrometheusUnavailable as error:
+        return MetricReading(None, str(error))

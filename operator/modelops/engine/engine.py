@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from modelops.autoscale.prometheus import Prometheus
 from modelops.engine.cache import Caches, Informer, Obj, Store, object_key, trim
 from modelops.engine.children import NamespaceTerminating, OwnerGone
+from modelops.engine.demand import ActivatorDemand
 from modelops.engine.pause import Pause
 from modelops.engine.peering import PeeringFollower
 from modelops.engine.queue import Backoff, Failure, Key, WorkQueue
@@ -64,6 +65,8 @@ class Context:
     """A refused child is retried slowly (the spec must change first; its edit reconciles at once anyway)."""
     checks: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, jitter=0.2))
     """Rechecks of a serving pod whose Triton is not ready yet: 1 s doubling to 30 s, per pod."""
+    demand: ActivatorDemand | None = None
+    """The activators' held requests and addresses (None: no activator configured, nothing scales to zero)."""
 
     def absent(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Whether the object is not there: the caches say so and the API server confirms it (one GET, only
@@ -118,6 +121,8 @@ class EngineOptions:
     peering: str | None = None
     identity: str = ""
     priority: int = 0
+    activator: str = ""
+    """"namespace/name" of the activator's Service, whose pods' /demand the engine long-polls ('' : none)."""
 
 
 def merged_child_kinds(controllers: Iterable[Controller]) -> dict[str, ChildKind]:
@@ -156,7 +161,9 @@ class Engine:
         self.checks = WorkQueue("model-check", lambda key: checker(self.ctx, key) if checker else None,
                                 workers=options.check_workers, pause=self.pause)
         self.ctx = Context(caches=self.caches, writer=Writer(kube, self.caches), prometheus=prometheus,
-                           enqueue=self.queue.add, enqueue_check=self.checks.add, serves=self._serves)
+                           enqueue=self.queue.add, enqueue_check=self.checks.add, serves=self._serves,
+                           demand=ActivatorDemand(kube, options.activator, self.queue.add) if options.activator
+                           else None)
         self._served: set[tuple[str, str]] = set()
         for controller in controllers:
             self.caches.stores[controller.kind] = Store(controller.resource_indexes)
@@ -198,12 +205,16 @@ class Engine:
         self.checks.start()
         if self.peering:
             self.peering.start()
+        if self.ctx.demand:
+            self.ctx.demand.start()
         threading.Thread(target=self._open_when_synced, name="cache sync", daemon=True).start()
 
     def stop(self) -> None:
         self.pause.close("stopping")
         if self.peering:
             self.peering.stop()
+        if self.ctx.demand:
+            self.ctx.demand.stop()
         self.caches.stop()
         self.queue.stop()
         self.checks.stop()

@@ -5,7 +5,7 @@ rollout step (canary.decide), the replica count (autoscale.decision), then the c
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from modelops.api.modelservice import ModelServiceSpec, Rollout
@@ -16,6 +16,8 @@ from modelops.resources.evaluation_plan import plan_gate
 from modelops.resources.meta import MANAGED_BY, MANAGED_BY_LABEL
 from modelops.resources.plan import Delete, Patch, Plan
 from modelops.resources.pods import Wait, limited, wait_event
+from modelops.resources.scale_to_zero import (DRAIN_SECONDS, Demand, activator_slice_name, routing, scales_to_zero,
+                                             targets_name, zero_decision)
 from modelops.rollout import evaluation
 from modelops.rollout.analysis import CanarySample, judge, latency_ratio
 from modelops.rollout.canary import (ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState, Verdict,
@@ -134,6 +136,14 @@ class ServiceObservation:
     memory: ServiceMemory = field(default_factory=ServiceMemory)
     service_monitor: bool = False
     has_hpa: bool = False
+    requests: MetricReading | None = None
+    """At minReplicas 0, with `metric`: Triton's requests over scaleToZeroAfterSeconds (None value: no data)."""
+    demand: Demand = field(default_factory=Demand)
+    """What the activators hold for this ModelService now (their /demand long polls)."""
+    activators: tuple[str, ...] = ()
+    """The activator pods' addresses (its Service's endpoints)."""
+    slices: tuple[str, ...] = ()
+    """Its EndpointSlices (written while it may scale to zero; removed when it may not)."""
 
 
 def with_evaluation(seen: ObservedRevision, record: dict[str, Any] | None,
@@ -157,23 +167,43 @@ def plan_service(seen: ServiceObservation) -> Plan:
     action = seen.action if seen.action in ("promote", "abort") else None
     decision, analysis = _decide_rollout(seen, observed, action)
     total, autoscaling, memory = _scale(seen, observed)
+    zero = scales_to_zero(spec)
+    serving = [observed[r] for r in (state.stable, state.canary) if r in observed]
+    draining = zero and total == 0 and any(r.replicas for r in serving)
+    if draining:  # the Service's slice goes to the activator first; the replicas after kube-proxy's lag
+        since = _parse((autoscaling or {}).get("lastScaleTime"))
+        if since is None or 0 <= (seen.now - since).total_seconds() < DRAIN_SECONDS:
+            total = sum(r.replicas for r in serving)
+    routed = None
+    if zero:
+        waiting_rev = next((r for r in serving if r.wait is not None), None)
+        version = seen.target.version if seen.target else state.stable_version
+        routed = routing(meta, spec.model.name, state.stable_version or version, seen.serving_pods, seen.activators,
+                         to_zero=(autoscaling or {}).get("desiredReplicas") == 0,
+                         reason=waiting_rev.describe_wait() if waiting_rev else seen.waiting)
 
     revisions = plan_revisions(PlanInputs(
         meta=meta, spec=spec, desired=seen.desired, target=seen.target, decision=decision, waiting=seen.waiting,
         observed=observed, total=total, previous=seen.previous, now=seen.now, state=state, last_analysis=analysis,
         autoscaling=autoscaling, service_monitor=seen.service_monitor, has_hpa=seen.has_hpa,
-        followed_missing=seen.followed_missing,
+        followed_missing=seen.followed_missing, routing=routed,
         recorded_evaluations={r: o.evaluation for r, o in seen.observed.items()}))
+    if zero:
+        revisions.status["coldStart"] = cold_start(seen, revisions.status.get("readyReplicas", 0))
     final = {r for r, record in gate.records.items() if record["verdict"] in evaluation.FINAL}
     requeue = [RESYNC_SECONDS, *(d for d in (decision.requeue_after if decision else None, gate.due) if d is not None)]
     if spec.autoscaling and spec.autoscaling.provider == "builtin":
         requeue.append(AUTOSCALE_SECONDS)
+    if draining:
+        requeue.append(DRAIN_SECONDS)
     return Plan(
         apply=revisions.apply + gate.start, create_only=frozenset({"Pod"}),
         patch=[Patch("apps/v1", "Deployment", name, patch) for name, patch in revisions.patch.items()],
         delete=[Delete(api_version, kind, name) for api_version, kind, name in revisions.delete] +
         [Delete("v1", "Pod", name) for name in gate.delete] +
-        [Delete("v1", "Pod", name, even_if_refused=True, orphan=True) for name in seen.released_pods],
+        [Delete("v1", "Pod", name, even_if_refused=True, orphan=True) for name in seen.released_pods] +
+        [Delete("discovery.k8s.io/v1", "EndpointSlice", name) for name in seen.slices
+         if not (zero and name in (activator_slice_name(meta), targets_name(meta)))],
         status=revisions.status, events=revisions.events, requeue_after=min(requeue),
         own_patch={"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}
         if action and decision and decision.action_used else None,
@@ -226,21 +256,55 @@ def _scale(seen: ServiceObservation, observed: dict[str, ObservedRevision]
     if scaling is None or scaling.provider != "builtin":
         return seen.spec.replicas, None, None
     memory = seen.memory
-    if seen.metric is None:  # not due: the last decision stands
-        return memory.desired, memory.status, None
+    zero = scaling.min_replicas == 0
     serving = [observed[r] for r in (seen.state.stable, seen.state.canary) if r in observed]
-    current = sum(r.replicas for r in serving) or (seen.previous.get("autoscaling") or {}).get("desiredReplicas") \
-        or scaling.min_replicas
+    if seen.metric is None:  # not due: the last decision stands, but demand brings a ModelService at zero back now
+        if not (zero and seen.demand.held and memory.desired == 0 and memory.evaluated_at is not None):
+            return memory.desired, memory.status, None
+        reason = f"{seen.demand.held} requests held by the activator"
+        status = {**(memory.status or {}), "desiredReplicas": 1, "reason": reason, "lastScaleTime": rfc3339(seen.now)}
+        return 1, status, replace(memory, desired=1, status=status)
+    current = sum(r.replicas for r in serving)
+    if not current and not (zero and serving):  # (a new ModelService starts at one replica even at minReplicas
+        # 0, as Knative's initial scale, so its model is checked once before it may go to zero)
+        current = (seen.previous.get("autoscaling") or {}).get("desiredReplicas") or max(scaling.min_replicas, 1)
     value = seen.metric.value
     unavailable = seen.metric.unavailable or ("" if value is not None else
                                               "metric unavailable: Prometheus has no data for this ModelService yet")
-    decision = decide_scale(current, value, scaling, memory.scale, seen.now, unavailable)
+    floored = scaling.model_copy(update={"min_replicas": 1}) if zero else scaling
+    decision = decide_scale(max(current, 1) if zero else current, value, floored, memory.scale, seen.now, unavailable)
+    desired, reason = decision.desired, decision.reason
     scaled_at = (seen.previous.get("autoscaling") or {}).get("lastScaleTime")
+    if zero:
+        said = ""
+        desired, said = zero_decision(scaling, current, desired, seen.requests.value if seen.requests else None,
+                                      seen.demand, seen.activators, scaled_at, seen.now)
+        reason = said or reason
     status = {"metric": scaling.metric, "value": value, "target": scaling.target,
-              "desiredReplicas": decision.desired, "reason": decision.reason,
-              "lastScaleTime": rfc3339(seen.now) if decision.desired != current else scaled_at}
+              "desiredReplicas": desired, "reason": reason,
+              "lastScaleTime": rfc3339(seen.now) if desired != current else scaled_at}
     status = {k: v for k, v in status.items() if v is not None}
-    return decision.desired, status, ServiceMemory(decision.memory, seen.now, decision.desired, status)
+    return desired, status, ServiceMemory(decision.memory, seen.now, desired, status)
+
+
+def cold_start(seen: ServiceObservation, ready: int) -> dict[str, Any]:
+    """status.coldStart: what the activators hold, and the last cold start (the operator's measure: from the
+    pass that saw demand with nothing ready to the pass that sees a replica ready)."""
+    before = _dict(seen.previous.get("coldStart"))
+    woken = before.get("wokenAt")
+    value: dict[str, Any] = {"lastSeconds": before.get("lastSeconds"), "lastTime": before.get("lastTime")}
+    if ready and woken:
+        started = _parse(woken)
+        if started is not None:
+            value |= {"lastSeconds": round(max((seen.now - started).total_seconds(), 0.0), 3),
+                      "lastTime": rfc3339(seen.now)}
+        woken = None
+    elif not ready and seen.demand.held and not woken:
+        woken = rfc3339(seen.now)
+    value |= {"wokenAt": woken, "held": seen.demand.held or None,
+              "heldSince": rfc3339(datetime.fromtimestamp(seen.demand.since, timezone.utc))
+              if seen.demand.held and seen.demand.since else None}
+    return {k: v for k, v in value.items() if v is not None}
 
 
 @dataclass
@@ -279,6 +343,8 @@ class PlanInputs:
     recorded_evaluations: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """The evaluation records as the Deployments hold them before this pass (to tell what changed)."""
     followed_missing: bool = False
+    routing: list[dict[str, Any]] | None = None
+    """At minReplicas 0: the Service and the activator's slices (scale_to_zero.routing)."""
 
 
 def state_from_status(status: dict[str, Any]) -> RolloutState:
@@ -382,7 +448,7 @@ def plan_revisions(inputs: PlanInputs) -> ServicePlan:
         seen = inputs.observed.get(state.canary)
         stable_replicas = max(stable_replicas, inputs.total - min(seen.ready_replicas if seen else 0, canary_replicas))
 
-    plan.apply.append(build.service(meta))
+    plan.apply += inputs.routing if inputs.routing is not None else [build.service(meta)]
     if inputs.service_monitor:
         plan.apply.append(build.service_monitor(meta))
     scaling = spec.autoscaling
@@ -478,6 +544,11 @@ def _status(inputs: PlanInputs, state: RolloutState, weight: int, stable_replica
     if waiting and not stable_failure:  # the scheduler's or kubelet's words, where a user looks first
         ready_message = limited(f"{ready_message}; {waiting.describe_wait()}" if serving or message
                                 else waiting.describe_wait())
+    if not serving and not desired and phase == "Ready" and inputs.routing is not None and not stable_failure:
+        # at zero by design (minReplicas 0): healthy, and the activator answers for it
+        serving, ready_reason = True, "ScaledToZero"
+        ready_message = (f"0 replicas: no request for {spec.autoscaling.scale_to_zero_after_seconds}s; the "  # type: ignore[union-attr]
+                         f"activator holds the next requests and brings version {state.stable_version} back")
     conditions = [
         Cond("Ready", serving, ready_reason, ready_message),
         Cond("Progressing", bool(canary), outcome or "Waiting", message if canary else ""),

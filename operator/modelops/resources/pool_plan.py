@@ -170,6 +170,8 @@ class Demand:
     canary_version: int | None = None
     canary_copies: int = 0
     """The copies the canary's rollout step asks (its share of the Service's endpoints: status.canary.replicas)."""
+    held: int = 0
+    """Requests the activators hold for it now (autoscaling.minReplicas 0: demand brings a copy at once)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,9 @@ class CopyMemory:
     sample: LoadSample | None = None
     scale: ScaleMemory = field(default_factory=ScaleMemory)
     desired: int | None = None
+    active_at: datetime | None = None
+    """At minReplicas 0: when a copy was last asked for (demand, or the first pass that saw it): the idle
+    period counts from here or Triton's last inference, whichever is later."""
 
 
 @dataclass(frozen=True)
@@ -414,9 +419,33 @@ def _target(demand: Demand, ready_copies: list[ResidentModel], memory: CopyMemor
             value = served / (now - previous.time).total_seconds() / max(len(ready_copies), 1)
         else:
             reason = f"{scaling.metric} is not measured per model in a pool"
+    if scaling.min_replicas == 0:
+        return _zero_target(demand, ready_copies, memory, now, sample, current, value, reason)
     decision = decide(current, value, scaling, memory.scale, now, reason)
     desired = min(max(decision.desired, demand.min_copies), demand.max_copies)
     return desired, CopyMemory(sample, decision.memory, desired)
+
+
+def _zero_target(demand: Demand, ready_copies: list[ResidentModel], memory: CopyMemory, now: datetime,
+                 sample: LoadSample, current: int, value: float | None, reason: str) -> tuple[int, CopyMemory]:
+    """minReplicas 0: the autoscaler with a floor of one copy; no copy until demand, and none again after
+    scaleToZeroAfterSeconds without an inference (Triton's per-model last_inference) or a held request."""
+    scaling = demand.autoscaling
+    assert scaling is not None
+    active = memory.active_at or now
+    if demand.held:
+        active = now
+    if not demand.held and (memory.desired == 0 or (memory.desired is None and not ready_copies)):
+        return 0, CopyMemory(sample, memory.scale, 0, None)  # at zero (or going): no copy until asked
+    floored = scaling.model_copy(update={"min_replicas": 1})
+    decision = decide(max(current, 1), value, floored, memory.scale, now, reason)
+    desired = min(max(decision.desired, 1), demand.max_copies)
+    last = max((m.last_inference_ms for m in ready_copies), default=0)
+    if last:
+        active = max(active, datetime.fromtimestamp(last / 1000, timezone.utc))
+    if ready_copies and not demand.held and (now - active).total_seconds() >= scaling.scale_to_zero_after_seconds:
+        return 0, CopyMemory(sample, decision.memory, 0, None)
+    return desired, CopyMemory(sample, decision.memory, desired, active)
 
 
 def _copies(servers: list[Server], placement: _Placement, *, ready_only: bool = False) -> dict[str, list[str]]:

@@ -29,6 +29,7 @@ from modelops.resources.evaluation_plan import plan_gate
 from modelops.resources.modelservice_plan import (AnalysisSample, decide_rollout, decision_events,
                                                   evaluation_status, state_from_status)
 from modelops.resources.plan import Delete, Plan
+from modelops.resources.scale_to_zero import targets_name, targets_slice
 from modelops.rollout import evaluation
 from modelops.rollout.canary import ANNOTATION as ROLLOUT_ANNOTATION, CanaryHealth, Decision, RolloutState
 
@@ -58,6 +59,10 @@ class PooledObservation:
     """(apiVersion, kind, name) of children left from serving on pods of its own (Deployments, ConfigMaps, an
     HPA): a pooled ModelService has none (they go once the pool serves a ready copy)."""
     recorded: dict[str, Any] = field(default_factory=dict)
+    activators: tuple[str, ...] = ()
+    """At minReplicas 0: the activator pods' addresses (the Service goes to them while no copy is ready)."""
+    held: int = 0
+    """Requests the activators hold for it now."""
     """The EndpointSlice's ANNOTATION_ROLLOUT, decoded ({}: none yet)."""
     action: str | None = None
     """A person's modelops.dev/rollout annotation ("promote" or "abort")."""
@@ -224,8 +229,19 @@ def plan_pooled_service(obs: PooledObservation) -> Plan:
     # Moving from pods of its own into a pool: they serve until the pool has a ready copy.
     handed_over = bool(pods) or min_copies(spec) == 0
     requeue = [RESYNC_SECONDS, *(d for d in (decision.requeue_after if decision else None, gate.due) if d is not None)]
-    return Plan(apply=[service(meta), endpoint_slice(meta, pods, encode_rollout(state, records, lineages)),
-                       *gate.start],
+    routed = endpoint_slice(meta, pods, encode_rollout(state, records, lineages))
+    extra: list[dict[str, Any]] = []
+    if min_copies(spec) == 0 and obs.activators:
+        # scale to zero: with no ready copy the Service goes to the activator, told which servers to ask
+        if not pods:
+            routed["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in sorted(obs.activators)]
+            routed["ports"] = [p for p in routed["ports"] if p["name"] != "metrics"]
+        reason = next((str(u.get("message", "")) for u in unplaced), "")
+        extra = [targets_slice(meta, model, state.stable_version or (obs.target.version if obs.target else 0),
+                               list(running.values()), reason)]
+        if obs.held:
+            status["coldStart"] = {"held": obs.held}
+    return Plan(apply=[service(meta), routed, *extra, *gate.start],
                 create_only=frozenset({"Pod"}),
                 delete=([Delete(api_version, kind, name) for api_version, kind, name in obs.owned] if handed_over
                         else []) + [Delete("v1", "Pod", name) for name in gate.delete],
