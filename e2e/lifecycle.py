@@ -288,6 +288,7 @@ class Lifecycle:
         self.space.apply(*(self.pooled_service(name) for name in POOLED))
         for name in POOLED:
             self.wait_serving(version=versions[name], timeout=300, name=name)
+            wait_for(lambda: self.routed(name), 30, f"{name}'s Service to answer", interval=0.5)
         accuracy = {name: self.held_out_accuracy(name, count=16)[0] for name in POOLED}
         if min(accuracy.values()) < 0.7:  # trained models (chance is 0.1); a few epochs on one worker vary
             raise StepFailed(f"held-out accuracy through the pooled Services: {accuracy}")
@@ -341,6 +342,15 @@ class Lifecycle:
             return None
 
         return dict(wait_for(ready, timeout, f"the ModelService {name} to be Ready", interval=2))
+
+    def routed(self, name: str) -> bool:
+        """Whether a request through the Service is answered: Ready is the operator's word that the slice lists a
+        ready copy; kube-proxy programs a brand-new Service's rules a moment later, as for any Service."""
+        try:
+            infer(self.address(name), name, self.held_out()[0][:1])
+            return True
+        except Exception:  # noqa: BLE001 - refused (no rules yet) or unknown model until routing settles
+            return False
 
     def address(self, name: str = MODEL) -> str:
         service = self.space.get("service", name)
