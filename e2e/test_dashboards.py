@@ -134,6 +134,18 @@ def training_job(repository: Path) -> dict[str, Any]:
                      "output": {"modelName": NAME, "repository": {"hostPath": {"path": str(repository)}}}}}
 
 
+def pool(repository: Path) -> list[dict[str, Any]]:
+    """A ModelPool of one server and a ModelService placed on it: the pool panels' series."""
+    return [{"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelPool", "metadata": {"name": NAME},
+             "spec": {"repository": {"hostPath": {"path": str(repository)}}, "resources": {"cpu": "1"},
+                      "capacity": "700Mi", "minServers": 1, "maxServers": 1}},
+            {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": f"{NAME}-pooled"},
+             "spec": {"pool": NAME, "model": {"name": NAME, "version": 1, "signature": SIGNATURE},
+                      "repository": {"hostPath": {"path": str(repository)}},
+                      "triton": {"backend": "python", "maxBatchSize": 16}, "resources": {"memory": "300Mi"},
+                      "rollout": {"gates": {"evaluation": {"enabled": False}}}}}]
+
+
 def model_service(repository: Path, version: int) -> dict[str, Any]:
     return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": NAME},
             "spec": {
@@ -155,7 +167,7 @@ def exercise(space: Space, repository: Path) -> None:
     for version in (1, 2):
         shutil.copytree(SAMPLE, repository / NAME / str(version))
     Lifecycle(space, repository).setup()  # the trainer may report progress on its pod
-    space.apply(training_job(repository / "trained"), model_service(repository, 1))
+    space.apply(training_job(repository / "trained"), model_service(repository, 1), *pool(repository))
     started = time.monotonic()
 
     def status(kind: str) -> dict[str, Any]:
@@ -183,6 +195,8 @@ def exercise(space: Space, repository: Path) -> None:
     wait("tj", lambda s: s.get("phase") in ("Succeeded", "Failed"), 120, "the job finished")
     assert status("tj")["phase"] == "Succeeded", status("tj")
     assert load.stats.ok > 100, load.stats
+    wait("mp", lambda s: s.get("copies", 0) >= 1 and s.get("totals", {}).get("loads", 0) >= 1, 180,
+         "the pool holds a copy")
     time.sleep(6)  # a few more scrapes: the last passes and the promotion are in Prometheus
 
 

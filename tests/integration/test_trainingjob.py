@@ -177,7 +177,7 @@ def test_edit_of_running_group_is_refused(kube, operator) -> None:  # type: igno
     ({"workers": 0}, "spec.workers"),
     ({"resources": {"gpus": -1}}, "spec.resources.gpus"),
     ({"trainer": {"dataset": "digits", "dataPath": "/data/x.csv"}}, "set dataset or dataPath, not both"),
-    ({"trainer": {"model": "transformer"}}, 'Unsupported value: "transformer"'),
+    ({"trainer": {"model": "resnet"}}, 'Unsupported value: "resnet"'),
     ({"trainer": {"valFraction": 0.6, "testFraction": 0.5}}, "valFraction + testFraction must be below 1"),
     ({"output": {"modelName": "digits", "repository": {}}}, "set exactly one of persistentVolumeClaim or hostPath"),
     ({"output": {"repository": {"hostPath": {"path": "/m"}}}}, "spec.output.modelName: Required value"),
