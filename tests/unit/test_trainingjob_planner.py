@@ -613,7 +613,7 @@ def test_a_deleted_worker_restarts_the_whole_group_without_consuming_the_backoff
     assert lost.status["phase"] == "Pending" and condition(lost.status, "Preempted")["status"] == "True"
     assert (lost.status["restarts"], lost.status["preemptions"]) == (0, 1)
     [event] = [e for e in lost.events if e.type == "Warning"]
-    assert event.reason == "WorkerPreempted" and "worker 1 disappeared" in event.message
+    assert event.reason == "WorkerPreempted" and "worker 1 (pod digits-a0-w1) disappeared" in event.message
     # the survivor is gone: attempt 1 starts whole, carrying the record; said once
     fresh = tj.plan(JOB, s, [], lost.status, NOW)
     assert kinds(fresh.apply) == ["Service/digits-workers", "Pod/digits-a1-w0", "Pod/digits-a1-w1"]

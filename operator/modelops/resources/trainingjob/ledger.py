@@ -117,7 +117,9 @@ def _attempt_ending(job: JobMeta, spec: TrainingJobSpec, attempt: list[ObservedP
     missing = [rank for rank in range(_group_size(spec, attempt)) if rank not in ranks
                and (number is None or pod_name(job.name, number, rank) not in present)]
     if started and missing:
-        return Ending(PREEMPTED, f"worker {missing[0]} disappeared (its pod was deleted)")
+        # the pod went before a pass saw it going (its deletion was the first event the cache got): named still
+        gone = f" (pod {pod_name(job.name, number, missing[0])})" if number is not None else ""
+        return Ending(PREEMPTED, f"worker {missing[0]}{gone} disappeared (its pod was deleted)")
     return None
 
 
